@@ -1,0 +1,61 @@
+"""Aspect buckets (~1 MP, multiples of 64) and the resize-to-cover centre-crop geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    """A target size in pixels, width × height."""
+
+    width: int
+    height: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, cols) of 16-pixel patches."""
+        return self.height // 16, self.width // 16
+
+    @classmethod
+    def parse(cls, label: str) -> Bucket:
+        w, h = label.lower().split("x")
+        return cls(int(w), int(h))
+
+
+# Order matters: ties are won by the earlier bucket.
+BUCKETS: tuple[Bucket, ...] = (
+    Bucket(1024, 1024),
+    Bucket(832, 1216),
+    Bucket(1216, 832),
+    Bucket(768, 1280),
+    Bucket(1280, 768),
+    Bucket(704, 1344),
+    Bucket(1344, 704),
+)
+
+
+def choose_bucket(width: int, height: int) -> Bucket:
+    """The bucket whose aspect ratio is closest to width/height (first wins ties)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    aspect = width / height
+    return min(BUCKETS, key=lambda b: abs(b.width / b.height - aspect))
+
+
+def cover_crop_box(width: int, height: int, bucket: Bucket) -> tuple[float, float, float, float]:
+    """The centred source region (left, top, right, bottom) with the bucket's aspect.
+
+    Resizing this region to the bucket size equals resize-to-cover followed by a
+    centre crop, without ever materialising the (possibly huge) covered image.
+    """
+    scale = max(bucket.width / width, bucket.height / height)
+    region_w = bucket.width / scale
+    region_h = bucket.height / scale
+    left = (width - region_w) / 2
+    top = (height - region_h) / 2
+    return left, top, left + region_w, top + region_h

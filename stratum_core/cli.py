@@ -1,0 +1,179 @@
+"""The `stratum` command line: process, status, verify, and the commands other modules register."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from stratum_core import __version__
+from stratum_core.errors import StratumError
+
+log = logging.getLogger("stratum")
+
+# Modules that add their own subcommands through `register(subparsers)`.
+COMMAND_MODULES = ("stratum_core.models_cli", "stratum_core.publish.cli", "stratum_core.preview")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except StratumError as exc:
+        log.error("error: %s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stratum", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"stratum {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_process(sub)
+    _add_status(sub)
+    _add_verify(sub)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def _add_process(sub: argparse._SubParsersAction) -> None:
+    from stratum_core.passes import REGISTRY, PassUnavailable, pass_class
+
+    p = sub.add_parser("process", help="run passes over a folder of images")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("--output", "-o", type=Path, required=True, help="dataset directory to write")
+    p.add_argument("--passes", default="all",
+                   help="comma-separated passes, or 'all' (caption,dinov3,t5,pose,seg,depth,normal); "
+                        "'pixel' only when named")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per model batch (default: chosen from free GPU memory, 8 on CPU)")
+    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                   help="decode threads (default: number of cores, at most 8)")
+    select = p.add_mutually_exclusive_group()
+    select.add_argument("--shard", help="N/M: only images at positions N, N+M, … of the sorted list")
+    select.add_argument("--shard-key", help="run exactly one registered shard (see the Dagster section)")
+    p.add_argument("--image-list", type=Path, help="file with one image path per line")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="folder of models laid out as <hub id>/ (default $STRATUM_MODEL_DIR)")
+    p.add_argument("--model", action="append", default=[], metavar="PASS=PATH",
+                   help="explicit weights for one pass, e.g. --model seg=/w/seg.pt2 (repeatable)")
+    p.add_argument("--progress-every", type=float, default=30.0,
+                   help="seconds between progress lines when not on a terminal (default 30)")
+    p.add_argument("--verbose", "-v", action="store_true", help="log every image")
+    for name in REGISTRY:
+        try:
+            pass_class(name).add_arguments(p)
+        except PassUnavailable:
+            continue
+    p.set_defaults(handler=cmd_process)
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="count artifacts per type and failures per pass")
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=cmd_status)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check every artifact's shape, dtype and values")
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--fix", action="store_true", help="delete bad files so the next run redoes them")
+    p.set_defaults(handler=cmd_verify)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from stratum_core.status import dataset_status
+
+    if not args.output_dir.is_dir():
+        raise StratumError(f"no dataset at {args.output_dir}")
+    status = dataset_status(args.output_dir)
+    _write(json.dumps(status.to_dict(), indent=1) if args.json else status.format())
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from stratum_core.verify import verify
+
+    if not args.output_dir.is_dir():
+        raise StratumError(f"no dataset at {args.output_dir}")
+    report = verify(args.output_dir, fix=args.fix)
+    _write(report.format())
+    return 0 if report.ok or args.fix else 1
+
+
+def parse_model_paths(values: Sequence[str]) -> dict[str, Path]:
+    from stratum_core.passes import REGISTRY
+
+    paths = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or name not in REGISTRY:
+            raise StratumError(f"--model takes PASS=PATH with PASS one of {', '.join(REGISTRY)}, got {value!r}")
+        paths[name] = Path(path).expanduser()
+    return paths
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from stratum_core.devices import claim_device
+    from stratum_core.discover import discover
+    from stratum_core.engine import RunConfig, run
+    from stratum_core.models import model_dir_from_env, offline_from_env
+    from stratum_core.passes import MODEL_PASSES, parse_passes, pass_class
+    from stratum_core.passes.base import PassOptions
+
+    names = parse_passes(args.passes)
+    configs = {n: pass_class(n).config_from_args(args, os.environ) for n in names}
+    claim = claim_device(args.device if set(names) & set(MODEL_PASSES) else "cpu")
+    try:
+        options = PassOptions(
+            device=claim.device, precision=args.precision, batch_size=args.batch_size,
+            model_dir=args.model_dir or model_dir_from_env(), model_paths=parse_model_paths(args.model),
+            offline=offline_from_env())
+        config = RunConfig(output_dir=args.output, passes=names, options=options, pass_configs=configs,
+                           workers=args.workers, batch_size=args.batch_size or 8,
+                           progress_every=args.progress_every, verbose=args.verbose)
+        if args.shard_key:
+            from stratum_core.shards import shard_sources
+
+            images, errors = shard_sources(args.input_dir, args.output, args.shard_key), []
+        else:
+            found = discover(args.input_dir, args.image_list, args.shard)
+            images, errors = found.images, found.errors
+        log.info("stratum: %d images, passes %s, device %s", len(images), ",".join(names), claim.device)
+        summary = run(config, images, errors)
+    finally:
+        claim.release()
+    _write(summary.format())
+    return summary.exit_code
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+CommandHandler = Callable[[argparse.Namespace], int]

@@ -1,0 +1,77 @@
+"""Device choice: `auto` takes a GPU that no other stratum run on this machine holds."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from stratum_core.errors import ConfigError
+
+log = logging.getLogger("stratum.devices")
+
+
+@dataclass
+class DeviceClaim:
+    """A resolved device; for a GPU picked by `auto`, holds an flock until released."""
+
+    device: str
+    _lock_file: IO | None = None
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def _lock_path(index: int, lock_dir: Path | None) -> Path:
+    return Path(lock_dir or tempfile.gettempdir()) / f"stratum-gpu-{index}.lock"
+
+
+def _try_lock(index: int, lock_dir: Path | None) -> IO | None:
+    f = open(_lock_path(index, lock_dir), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def cuda_device_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def claim_device(spec: str, *, gpu_count: int | None = None, lock_dir: Path | None = None) -> DeviceClaim:
+    """`auto | cpu | cuda | cuda:N` → a concrete device string."""
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return DeviceClaim("cpu")
+    count = cuda_device_count() if gpu_count is None else gpu_count
+    if spec == "auto":
+        for index in range(count):
+            lock = _try_lock(index, lock_dir)
+            if lock is not None:
+                return DeviceClaim(f"cuda:{index}", lock)
+        if count:
+            log.warning("every GPU is held by another stratum run; sharing cuda:0")
+            return DeviceClaim("cuda:0")
+        return DeviceClaim("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= count:
+            raise ConfigError(f"--device {spec}: {count} CUDA device(s) visible")
+        return DeviceClaim(f"cuda:{index}")
+    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")

@@ -1,0 +1,192 @@
+"""Find source images, give them stable ids, and select shards or listed subsets."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+from stratum_core.errors import ConfigError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True, order=True)
+class SourceImage:
+    """One source file: `rel_path` is POSIX and relative to the input dir."""
+
+    rel_path: str
+    path: Path = field(compare=False)
+
+    @property
+    def image_id(self) -> str:
+        return image_id_for(self.rel_path)
+
+
+@dataclass(frozen=True)
+class DiscoveryError:
+    """A source (or list line) that cannot be processed, with a closed-set reason."""
+
+    source: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Discovery:
+    images: list[SourceImage]
+    errors: list[DiscoveryError]
+
+
+def image_id_for(rel_path: str) -> str:
+    """`ffhq/00001.png` → `ffhq/00001`."""
+    p = PurePosixPath(rel_path)
+    return str(p.with_suffix("")) if p.suffix else str(p)
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def scan(input_dir: Path) -> tuple[list[SourceImage], list[DiscoveryError]]:
+    """Recursively list image files under `input_dir`, following only symlinks that stay inside."""
+    root = os.path.realpath(input_dir)
+    images: list[SourceImage] = []
+    errors: list[DiscoveryError] = []
+    visited: set[str] = {root}
+
+    def walk(directory: str, rel: str) -> None:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            errors.append(DiscoveryError(rel or ".", "not_found", f"cannot list directory: {exc}"))
+            return
+        for entry in entries:
+            rel_path = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not _inside(target, root):
+                    if entry.is_dir() or is_image_name(entry.name):
+                        errors.append(DiscoveryError(
+                            rel_path, "outside_input", f"symlink points outside the input directory: {target}"))
+                    continue
+            if entry.is_dir():
+                real = os.path.realpath(entry.path)
+                if real not in visited:  # symlink loops and duplicate links are walked once
+                    visited.add(real)
+                    walk(entry.path, rel_path)
+            elif entry.is_file() and is_image_name(entry.name):
+                images.append(SourceImage(rel_path, Path(entry.path)))
+
+    walk(str(input_dir), "")
+    return images, errors
+
+
+def read_image_list(input_dir: Path, list_file: Path) -> tuple[list[SourceImage], list[DiscoveryError]]:
+    """Sources named in `list_file` (relative to input_dir or absolute inside it)."""
+    root = os.path.realpath(input_dir)
+    images: list[SourceImage] = []
+    errors: list[DiscoveryError] = []
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read image list {list_file}: {exc}") from exc
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        candidate = Path(line) if os.path.isabs(line) else Path(input_dir) / line
+        lexical = os.path.normpath(os.path.abspath(candidate))
+        if not _inside(lexical, os.path.normpath(os.path.abspath(input_dir))) or not _inside(
+                os.path.realpath(candidate), root):
+            errors.append(DiscoveryError(line, "outside_input", "listed path is outside the input directory"))
+            continue
+        if not is_image_name(line):
+            errors.append(DiscoveryError(line, "not_an_image", "listed path is not an image file"))
+            continue
+        if not os.path.isfile(candidate):
+            errors.append(DiscoveryError(line, "not_found", "listed file does not exist"))
+            continue
+        rel = PurePosixPath(*Path(os.path.relpath(lexical, os.path.abspath(input_dir))).parts)
+        images.append(SourceImage(str(rel), Path(lexical)))
+    return images, errors
+
+
+def split_collisions(images: Iterable[SourceImage]) -> tuple[list[SourceImage], list[DiscoveryError]]:
+    """Sort by relative path, drop duplicates, and report every source of an ambiguous id."""
+    by_id: dict[str, list[SourceImage]] = defaultdict(list)
+    for image in sorted(set(images)):
+        by_id[image.image_id].append(image)
+    kept: list[SourceImage] = []
+    errors: list[DiscoveryError] = []
+    for image_id, group in by_id.items():
+        if len(group) == 1:
+            kept.append(group[0])
+            continue
+        names = ", ".join(g.rel_path for g in group)
+        errors.extend(DiscoveryError(g.rel_path, "id_collision", f"image id {image_id!r} is shared by: {names}")
+                      for g in group)
+    kept.sort()
+    return kept, errors
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """`"2/8"` → (2, 8), checking 0 ≤ N < M."""
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError as exc:
+        raise ConfigError(f"--shard must look like N/M, got {spec!r}") from exc
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard N/M needs 0 <= N < M, got {spec!r}")
+    return index, count
+
+
+def select_shard(images: list[SourceImage], index: int, count: int) -> list[SourceImage]:
+    """Positions index, index+count, … of the sorted list."""
+    return images[index::count]
+
+
+def discover(input_dir: Path, image_list: Path | None = None, shard: str | None = None) -> Discovery:
+    """The sorted, collision-free sources of a run, plus everything that was refused."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise ConfigError(f"input directory does not exist: {input_dir}")
+    found, errors = read_image_list(input_dir, image_list) if image_list else scan(input_dir)
+    images, collisions = split_collisions(found)
+    if shard:
+        images = select_shard(images, *parse_shard(shard))
+    return Discovery(images, errors + collisions)
+
+
+def iter_image_dirs(output_dir: Path) -> Iterator[tuple[str, set[str]]]:
+    """Yield (image_id, file names) for every image directory under `output_dir`.
+
+    An image directory is one holding `metadata.json` or a failure record; one
+    `os.scandir` per directory, so this costs about the same as a bare walk.
+    """
+    def walk(directory: str, rel: str) -> Iterator[tuple[str, set[str]]]:
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except OSError:
+            return
+        names = set()
+        subdirs = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith("."):
+                    subdirs.append(entry)
+            else:
+                names.add(entry.name)
+        if rel and (("metadata.json" in names) or any(n.startswith(".failed-") for n in names)):
+            yield rel, names
+        for sub in sorted(subdirs, key=lambda e: e.name):
+            yield from walk(sub.path, f"{rel}/{sub.name}" if rel else sub.name)
+
+    yield from walk(str(output_dir), "")

@@ -1,0 +1,345 @@
+"""The run engine: plan → decode in workers → batch by bucket → run pass lanes → background writer.
+
+A pass never loops over images or writes files; this module does. Memory stays
+bounded: decodes in flight, per-bucket batches and every queue have a fixed size.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from stratum_core.artifacts import BY_NAME
+from stratum_core.buckets import Bucket
+from stratum_core.discover import DiscoveryError, SourceImage
+from stratum_core.errors import ConfigError, InfrastructureError, ItemError
+from stratum_core.intake import Decoded, decode
+from stratum_core.outcomes import FAILED, OK, Outcome
+from stratum_core.passes import build_passes
+from stratum_core.passes.base import Item, Pass, PassOptions
+from stratum_core.progress import Progress
+from stratum_core.store import Store
+from stratum_core.summary import Failure, PassStats, RunSummary
+
+log = logging.getLogger("stratum.engine")
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs besides the list of images."""
+
+    output_dir: Path
+    passes: tuple[str, ...]  # validated by passes.parse_passes (metadata first)
+    options: PassOptions = field(default_factory=PassOptions)
+    pass_configs: Mapping[str, Any] = field(default_factory=dict)
+    workers: int = 2  # decode threads
+    batch_size: int = 8  # images per same-bucket batch handed to the lanes
+    progress_every: float = 30.0  # seconds between plain progress lines
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.batch_size < 1:
+            raise ConfigError("--workers and --batch-size must be at least 1")
+
+
+@dataclass
+class _Planned:
+    source: SourceImage
+    todo: tuple[Pass, ...]
+    on_disk: frozenset[str]
+
+
+class _Batch:
+    """Same-bucket items on their way through the lanes; the last lane to finish reports progress."""
+
+    def __init__(self, items: list[Item], todo: dict[str, tuple[Pass, ...]], lanes: int, progress: Progress):
+        self.items = items
+        self.todo = todo  # image id → passes to run
+        self._pending = lanes
+        self._lock = threading.Lock()
+        self._progress = progress
+
+    def lane_done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self._progress.advance(len(self.items))
+
+
+def plan_lanes(passes: Sequence[Pass]) -> list[list[Pass]]:
+    """Group passes into lanes that run concurrently.
+
+    Each server-bound pass (caption) gets its own lane together with every pass that
+    needs its artifacts (t5), so GPU passes never wait on a server; all other passes
+    share the main lane in dependency order.
+    """
+    produced_by = {a.name: p for p in passes for a in p.artifacts}
+    lane_of: dict[str, int] = {}
+    lanes: list[list[Pass]] = [[]]
+    for p in passes:
+        upstream = {lane_of[produced_by[n].name] for n in p.needs if n in produced_by}
+        if p.io_bound:
+            lanes.append([p])
+            lane_of[p.name] = len(lanes) - 1
+        elif upstream - {0}:
+            lane_of[p.name] = max(upstream)
+            lanes[lane_of[p.name]].append(p)
+        else:
+            lane_of[p.name] = 0
+            lanes[0].append(p)
+    return [lane for lane in lanes if lane]
+
+
+class Engine:
+    """Runs a list of passes over a list of images; see `run`."""
+
+    def __init__(self, config: RunConfig, passes: Sequence[Pass] | None = None):
+        self.config = config
+        self.store = Store(config.output_dir)
+        self.passes = list(passes) if passes is not None else build_passes(
+            config.passes, config.options, config.pass_configs)
+        self.lanes = plan_lanes(self.passes)
+        self._loaded: set[str] = set()
+        self._load_lock = threading.Lock()
+        self._abort: BaseException | None = None
+        self._stats_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, source: SourceImage) -> _Planned:
+        """Which passes this image still needs (one directory listing, no decode)."""
+        on_disk = frozenset(self.store.listing(source.image_id))
+        todo = tuple(p for p in self.passes if not all(a.filename in on_disk for a in p.artifacts))
+        return _Planned(source, todo, on_disk)
+
+    # ------------------------------------------------------------------ run
+    def run(self, images: Sequence[SourceImage], discovery_errors: Iterable[DiscoveryError] = (),
+            progress: Progress | None = None) -> RunSummary:
+        for p in self.passes:
+            p.check_requirements()
+        summary = RunSummary(total_images=len(images), passes={p.name: PassStats() for p in self.passes},
+                             discovery_errors=list(discovery_errors))
+        progress = progress or Progress(len(images), every=self.config.progress_every)
+        started = time.monotonic()
+        lane_queues = [queue.Queue(maxsize=4) for _ in self.lanes]
+        write_queue: queue.Queue = queue.Queue(maxsize=64 * self.config.batch_size)
+        writer = threading.Thread(target=self._write_loop, args=(write_queue, summary), name="stratum-writer")
+        lane_threads = [threading.Thread(target=self._lane_loop, args=(lane, q, write_queue, summary),
+                                         name=f"stratum-lane-{i}", daemon=True)
+                        for i, (lane, q) in enumerate(zip(self.lanes, lane_queues))]
+        writer.start()
+        for t in lane_threads:
+            t.start()
+        try:
+            self._feed(images, lane_queues, summary, progress)
+        finally:
+            for q in lane_queues:
+                q.put(_STOP)
+            for t in lane_threads:
+                t.join()
+            write_queue.put(_STOP)
+            writer.join()
+            for p in self.passes:
+                if p.name in self._loaded:
+                    summary.provenance[p.name] = p.provenance()
+                p.close()
+            summary.elapsed = time.monotonic() - started
+        if self._abort is not None:
+            raise self._abort
+        return summary
+
+    def _feed(self, images: Sequence[SourceImage], lane_queues: list[queue.Queue], summary: RunSummary,
+              progress: Progress) -> None:
+        """Main thread: plan, decode (in workers), group by bucket, hand batches to the lanes."""
+        buckets: dict[Bucket, list[tuple[Item, tuple[Pass, ...]]]] = defaultdict(list)
+        prefetch = max(2 * self.config.workers, 2 * self.config.batch_size)
+        with ThreadPoolExecutor(self.config.workers, thread_name_prefix="stratum-decode") as pool:
+            for planned, future in _bounded_map(pool, self._prepare, self._planned(images, summary, progress),
+                                                prefetch):
+                if self._abort is not None:
+                    break
+                try:
+                    item = future.result()
+                except ItemError as exc:
+                    self._record(summary, Failure(planned.source.image_id, "metadata", exc.reason, exc.message))
+                    self.store.record_failure(planned.source.image_id, "metadata", exc.reason, exc.message)
+                    progress.advance()
+                    continue
+                group = buckets[item.bucket]
+                group.append((item, planned.todo))
+                if len(group) >= self.config.batch_size:
+                    self._dispatch(buckets.pop(item.bucket), lane_queues, progress)
+            for group in buckets.values():
+                if self._abort is None:
+                    self._dispatch(group, lane_queues, progress)
+
+    def _planned(self, images: Sequence[SourceImage], summary: RunSummary,
+                 progress: Progress) -> Iterator[_Planned]:
+        """Images with work left; finished ones are counted as existing without a decode."""
+        for source in images:
+            planned = self.plan(source)
+            todo_names = {p.name for p in planned.todo}
+            with self._stats_lock:
+                for p in self.passes:
+                    if p.name not in todo_names:
+                        summary.passes[p.name].existing += 1
+            if not planned.todo:
+                progress.advance(worked=False)
+                continue
+            summary.work_images += 1
+            yield planned
+
+    def _prepare(self, planned: _Planned) -> Item:
+        """Worker thread: decode and crop (or, for passes that never look at pixels, read the bucket)."""
+        if any(p.uses_image for p in planned.todo) or "metadata.json" not in planned.on_disk:
+            try:
+                return Item(planned.source, decode(planned.source.path))
+            except ItemError:
+                raise
+            except Exception as exc:  # a decoder bug or MemoryError fails this image only
+                raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from exc
+        metadata = self.store.read(planned.source.image_id, BY_NAME["metadata"])
+        decoded = Decoded(None, metadata["width"], metadata["height"], Bucket.parse(metadata["aspect_bucket"]))
+        return Item(planned.source, decoded)
+
+    def _dispatch(self, group: list[tuple[Item, tuple[Pass, ...]]], lane_queues: list[queue.Queue],
+                  progress: Progress) -> None:
+        batch = _Batch([item for item, _ in group], {item.image_id: todo for item, todo in group},
+                       len(self.lanes), progress)
+        for q in lane_queues:
+            while self._abort is None:
+                try:
+                    q.put(batch, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+    # ------------------------------------------------------------------ lanes
+    def _lane_loop(self, lane: list[Pass], lane_queue: queue.Queue, write_queue: queue.Queue,
+                   summary: RunSummary) -> None:
+        while True:
+            batch = lane_queue.get()
+            if batch is _STOP:
+                return
+            try:
+                if self._abort is None:
+                    for p in lane:
+                        self._run_pass(p, batch, write_queue, summary)
+            except BaseException as exc:  # infrastructure failure: stop the whole run
+                log.error("%s", exc)
+                self._abort = self._abort or exc
+            finally:
+                batch.lane_done()
+
+    def _run_pass(self, p: Pass, batch: _Batch, write_queue: queue.Queue, summary: RunSummary) -> None:
+        items = [it for it in batch.items if p in batch.todo[it.image_id]]
+        ready: list[Item] = []
+        for item in items:
+            missing = self._fill_inputs(p, item)
+            if missing:
+                outcome = Outcome.skipped("missing_input", f"needs {', '.join(missing)}")
+                write_queue.put((item.image_id, p, outcome))
+            else:
+                ready.append(item)
+        if not ready:
+            return
+        self._ensure_loaded(p)
+        start = time.monotonic()
+        try:
+            outcomes = p.run_batch(ready)
+        except InfrastructureError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":
+                raise InfrastructureError(f"{p.name}: out of GPU memory ({exc}); lower --batch-size") from exc
+            log.exception("%s failed on a batch of %d", p.name, len(ready))
+            outcomes = [Outcome.failed("inference_error", f"{type(exc).__name__}: {exc}")] * len(ready)
+        with self._stats_lock:
+            summary.passes[p.name].seconds += time.monotonic() - start
+        for item, outcome in zip(ready, outcomes):
+            if outcome.status == OK:
+                item.inputs.update(outcome.values)
+            write_queue.put((item.image_id, p, outcome))
+
+    def _fill_inputs(self, p: Pass, item: Item) -> list[str]:
+        """Put each artifact `p` needs into item.inputs (from this run or disk); return what is missing."""
+        missing = []
+        for name in p.needs:
+            if name in item.inputs:
+                continue
+            try:
+                item.inputs[name] = self.store.read(item.image_id, BY_NAME[name])
+            except (OSError, ValueError):
+                missing.append(BY_NAME[name].filename)
+        return missing
+
+    def _ensure_loaded(self, p: Pass) -> None:
+        with self._load_lock:
+            if p.name not in self._loaded:
+                log.info("loading %s", p.name)
+                p.load()
+                self._loaded.add(p.name)
+
+    # ------------------------------------------------------------------ writer
+    def _write_loop(self, write_queue: queue.Queue, summary: RunSummary) -> None:
+        while True:
+            entry = write_queue.get()
+            if entry is _STOP:
+                return
+            image_id, p, outcome = entry
+            try:
+                self._write_outcome(image_id, p, outcome, summary)
+            except OSError as exc:  # disk full, permissions: lose this image's artifact, keep going
+                self._record(summary, Failure(image_id, p.name, "write_error", f"{type(exc).__name__}: {exc}"))
+
+    def _write_outcome(self, image_id: str, p: Pass, outcome: Outcome, summary: RunSummary) -> None:
+        if outcome.status == OK:
+            for artifact in p.artifacts:
+                self.store.write(image_id, artifact, outcome.values[artifact.name])
+            self.store.clear_failure(image_id, p.name)
+            with self._stats_lock:
+                summary.passes[p.name].done += 1
+            if self.config.verbose:
+                log.info("%s %s ok", image_id, p.name)
+        elif outcome.status == FAILED:
+            self._record(summary, Failure(image_id, p.name, outcome.reason, outcome.message))
+            self.store.record_failure(image_id, p.name, outcome.reason, outcome.message)
+        else:
+            with self._stats_lock:
+                summary.passes[p.name].skipped.add(outcome.reason)
+            if self.config.verbose:
+                log.info("%s %s skipped: %s", image_id, p.name, outcome.message)
+
+    def _record(self, summary: RunSummary, failure: Failure) -> None:
+        with self._stats_lock:
+            summary.add_failure(failure)
+        log.log(logging.WARNING if self.config.verbose else logging.DEBUG, "%s [%s] %s: %s",
+                failure.image, failure.pass_name, failure.reason, failure.message)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, limit: int) -> Iterator[tuple[Any, Future]]:
+    """Submit fn(item) for each item with at most `limit` in flight; yield (item, future) in order."""
+    pending: list[tuple[Any, Future]] = []
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= limit:
+            yield pending.pop(0)
+    while pending:
+        yield pending.pop(0)
+
+
+def run(config: RunConfig, images: Sequence[SourceImage], discovery_errors: Iterable[DiscoveryError] = (),
+        progress: Progress | None = None) -> RunSummary:
+    """Process `images` with the passes of `config`; save and return the run summary."""
+    summary = Engine(config).run(images, discovery_errors, progress)
+    summary.save(Store(config.output_dir).state_dir)
+    return summary

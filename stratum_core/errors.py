@@ -1,0 +1,31 @@
+"""Error types: item errors fail one image, infrastructure errors stop the run."""
+
+from __future__ import annotations
+
+
+class StratumError(Exception):
+    """Base class for errors stratum reports to the user with a clear message."""
+
+
+class ConfigError(StratumError):
+    """Invalid options, detected before any work starts."""
+
+
+class InfrastructureError(StratumError):
+    """Something every image needs is broken (server down, weights missing, GPU gone)."""
+
+
+class ModelNotFoundError(InfrastructureError):
+    """Model weights could not be found locally and could not be downloaded."""
+
+
+class ItemError(StratumError):
+    """One image cannot be processed; the run goes on with the others.
+
+    `reason` is one of the closed set in `stratum_core.outcomes.REASONS`.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

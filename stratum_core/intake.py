@@ -1,0 +1,103 @@
+"""Decode a source image once: EXIF orientation, any mode to 8-bit RGB, bucket crop."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from stratum_core.buckets import Bucket, choose_bucket, cover_crop_box
+from stratum_core.errors import ItemError
+
+# PIL's own hard limit (2 × MAX_IMAGE_PIXELS); checked before any pixel is decoded.
+MAX_PIXELS = 178_956_970
+
+# EXIF orientations 5–8 swap width and height.
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A source image cropped to its bucket.
+
+    `crop` is (bucket.height, bucket.width, 3) uint8 RGB; `width`/`height` are the
+    source size after EXIF orientation.
+    """
+
+    crop: np.ndarray
+    width: int
+    height: int
+    bucket: Bucket
+
+
+def decode(path: Path) -> Decoded:
+    """Open, orient, convert and crop `path`; raises ItemError with a closed-set reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _decode_open(img)
+    except ItemError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ItemError("too_large", str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as exc:
+        raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _decode_open(img: Image.Image) -> Decoded:
+    raw_w, raw_h = img.size
+    if raw_w * raw_h > MAX_PIXELS:
+        raise ItemError("too_large", f"{raw_w}x{raw_h} = {raw_w * raw_h} pixels exceeds the limit of {MAX_PIXELS}")
+    orientation = img.getexif().get(0x0112, 1)
+    width, height = (raw_h, raw_w) if orientation in _SWAPPING_ORIENTATIONS else (raw_w, raw_h)
+    bucket = choose_bucket(width, height)
+    _draft_jpeg(img, width, height, bucket, orientation)
+    img.load()
+    img = ImageOps.exif_transpose(img) or img
+    img = to_rgb(img)
+    # The draft may have shrunk the decode; compute the crop in the decoded image's pixels.
+    box = cover_crop_box(img.width, img.height, bucket)
+    crop = img.resize((bucket.width, bucket.height), Image.Resampling.LANCZOS, box=box)
+    return Decoded(np.asarray(crop, dtype=np.uint8), width, height, bucket)
+
+
+def _draft_jpeg(img: Image.Image, width: int, height: int, bucket: Bucket, orientation: int) -> None:
+    """Let libjpeg decode at a reduced DCT scale that still covers the bucket (much faster)."""
+    if img.format != "JPEG":
+        return
+    scale = max(bucket.width / width, bucket.height / height)
+    need_w, need_h = math.ceil(width * scale), math.ceil(height * scale)
+    if orientation in _SWAPPING_ORIENTATIONS:
+        need_w, need_h = need_h, need_w
+    img.draft(img.mode if img.mode in ("RGB", "L") else None, (need_w, need_h))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB; transparency is composited on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = Image.fromarray(_to_uint8(np.asarray(img)), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """High-bit-depth grey to 8 bits: 16-bit range → /257, float [0,1] → ×255."""
+    is_float = values.dtype.kind == "f"
+    values = np.nan_to_num(values.astype(np.float64))
+    if is_float and values.size and values.max() <= 1.0:
+        values = values * 255.0
+    elif values.size and values.max() > 255:
+        values = values / 257.0
+    return np.clip(values, 0, 255).round().astype(np.uint8)

@@ -1,0 +1,110 @@
+"""Where model weights come from: explicit path → $STRATUM_MODEL_DIR/<hub id>/ → HF cache / download."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from stratum_core.errors import ModelNotFoundError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model on the Hub. `files` empty means the whole repo (a transformers folder)."""
+
+    hub_id: str
+    files: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # older ids accepted in $STRATUM_MODEL_DIR (e.g. "t5-large")
+    marker: str = "config.json"  # file that proves a folder model is present
+
+    @property
+    def required_files(self) -> tuple[str, ...]:
+        return self.files or (self.marker,)
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """A resolved model: `root` is the folder; `files` maps each required file to its path."""
+
+    spec: ModelSpec
+    root: Path
+    source: str  # "explicit" | "model_dir" | "hf_cache" | "download"
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+
+def _complete(folder: Path, spec: ModelSpec) -> bool:
+    return all((folder / f).is_file() for f in spec.required_files)
+
+
+def candidate_dirs(spec: ModelSpec, model_dir: Path | None) -> list[Path]:
+    if model_dir is None:
+        return []
+    return [Path(model_dir) / hub_id for hub_id in (spec.hub_id, *spec.aliases)]
+
+
+def resolve_model(spec: ModelSpec, *, explicit: Path | None = None, model_dir: Path | None = None,
+                  offline: bool = False, cache_dir: Path | None = None) -> ModelLocation:
+    """Find `spec` locally or download it; raise ModelNotFoundError naming where it looked."""
+    if explicit is not None:
+        explicit = Path(explicit)
+        folder = explicit.parent if explicit.is_file() and len(spec.required_files) == 1 else explicit
+        if explicit.is_file() and len(spec.required_files) == 1 and explicit.name != spec.required_files[0]:
+            return ModelLocation(ModelSpec(spec.hub_id, (explicit.name,)), folder, "explicit")
+        if _complete(folder, spec):
+            return ModelLocation(spec, folder, "explicit")
+        raise ModelNotFoundError(
+            f"model {spec.hub_id}: {explicit} does not hold {', '.join(spec.required_files)}")
+    looked = candidate_dirs(spec, model_dir)
+    for folder in looked:
+        if _complete(folder, spec):
+            return ModelLocation(spec, folder, "model_dir")
+    cached = _from_hf(spec, cache_dir, local_only=True)
+    if cached is not None:
+        return ModelLocation(spec, cached, "hf_cache")
+    if not offline:
+        downloaded = _from_hf(spec, cache_dir, local_only=False)
+        if downloaded is not None:
+            return ModelLocation(spec, downloaded, "download")
+    where = ", ".join(str(p) for p in looked) or "$STRATUM_MODEL_DIR (not set)"
+    raise ModelNotFoundError(
+        f"model {spec.hub_id} not found: looked in {where} and the HuggingFace cache"
+        f"{' (offline)' if offline else ''}. Fetch it with `stratum models download` "
+        f"(or place {', '.join(spec.required_files)} under $STRATUM_MODEL_DIR/{spec.hub_id}/).")
+
+
+def _from_hf(spec: ModelSpec, cache_dir: Path | None, *, local_only: bool) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        return None
+    try:
+        folder = snapshot_download(spec.hub_id, allow_patterns=list(spec.files) or None,
+                                   cache_dir=cache_dir, local_files_only=local_only)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+        return None
+    folder = Path(folder)
+    return folder if _complete(folder, spec) else None
+
+
+def download_model(spec: ModelSpec, to: Path | None = None, cache_dir: Path | None = None) -> Path:
+    """Fetch `spec` into `to/<hub id>/` (the $STRATUM_MODEL_DIR layout) or the HF cache."""
+    from huggingface_hub import snapshot_download
+
+    local_dir = Path(to) / spec.hub_id if to is not None else None
+    folder = snapshot_download(spec.hub_id, allow_patterns=list(spec.files) or None,
+                               local_dir=local_dir, cache_dir=cache_dir)
+    return Path(folder)
+
+
+def model_dir_from_env(environ: dict[str, str] | os._Environ = os.environ) -> Path | None:
+    """Read $STRATUM_MODEL_DIR (only the CLI and Dagster resources call this)."""
+    value = environ.get("STRATUM_MODEL_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def offline_from_env(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+    return environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

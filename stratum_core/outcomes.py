@@ -1,0 +1,69 @@
+"""Per-image, per-pass outcomes with a closed set of reasons (like img2dataset's status column)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# Closed set of reasons for a failed or skipped (image, pass).
+REASONS: dict[str, str] = {
+    "decode_error": "the file could not be decoded as an image",
+    "too_large": "the image exceeds the decompression-bomb limit",
+    "id_collision": "two source files map to the same image id",
+    "outside_input": "the path resolves outside the input directory",
+    "not_found": "the listed file does not exist",
+    "not_an_image": "the listed file does not have an image extension",
+    "missing_input": "an artifact this pass needs is missing",
+    "empty_result": "the model returned an empty result",
+    "server_error": "the model server failed after retries",
+    "timeout": "the model server did not answer in time",
+    "bad_response": "the model server answered with something unusable",
+    "client_error": "the model server refused the request",
+    "inference_error": "the model failed on this image",
+    "write_error": "an artifact could not be written",
+}
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one pass did to one image: `values` maps artifact name → array or text."""
+
+    status: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in (OK, FAILED, SKIPPED):
+            raise ValueError(f"unknown status {self.status!r}")
+        if self.status != OK and self.reason not in REASONS:
+            raise ValueError(f"unknown reason {self.reason!r}")
+
+    @classmethod
+    def ok(cls, **values: Any) -> Outcome:
+        return cls(OK, values)
+
+    @classmethod
+    def failed(cls, reason: str, message: str) -> Outcome:
+        return cls(FAILED, reason=reason, message=message)
+
+    @classmethod
+    def skipped(cls, reason: str, message: str) -> Outcome:
+        return cls(SKIPPED, reason=reason, message=message)
+
+
+class CappedCounter(Counter):
+    """A Counter that stops adding new keys past `cap` distinct ones (keeps memory bounded)."""
+
+    def __init__(self, cap: int = 50):
+        super().__init__()
+        self.cap = cap
+
+    def add(self, key: str) -> None:
+        if key in self or len(self) < self.cap:
+            self[key] += 1
+        else:
+            self["<other>"] += 1

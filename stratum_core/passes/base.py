@@ -1,0 +1,178 @@
+"""The Pass interface: what a pass needs, what it writes, load, and run a batch.
+
+The engine owns looping, batching by bucket, threads and writing; a pass only turns
+a batch of decoded items into outcomes. `forward` is the hot path (no PIL, no file
+I/O); the base wraps it in `torch.inference_mode` when torch is in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+from stratum_core.artifacts import Artifact, artifacts_of
+from stratum_core.buckets import Bucket
+from stratum_core.discover import SourceImage
+from stratum_core.errors import ConfigError, InfrastructureError, ItemError
+from stratum_core.intake import Decoded
+from stratum_core.models import ModelSpec
+from stratum_core.outcomes import Outcome
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """Settings every pass shares; built by the CLI or the Dagster resources."""
+
+    device: str = "cpu"  # resolved: "cpu" or "cuda:N"
+    precision: str = "auto"
+    batch_size: int | None = None  # None: the pass chooses (from free GPU memory on CUDA)
+    model_dir: Path | None = None  # $STRATUM_MODEL_DIR, read at the edge
+    model_paths: Mapping[str, Path] = field(default_factory=dict)  # pass name → explicit path
+    offline: bool = False  # HF_HUB_OFFLINE, read at the edge
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"unresolved device {self.device!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def resolved_precision(self) -> str:
+        """`auto` is bf16 on CUDA and fp32 on the CPU."""
+        if self.precision == "auto":
+            return "bf16" if self.is_cuda else "fp32"
+        return self.precision
+
+
+@dataclass
+class Item:
+    """One decoded image travelling through the passes of a run.
+
+    `inputs` holds artifacts produced earlier in this run or read from disk (the
+    engine fills in each pass's `needs`); `scratch` lets related passes share work,
+    e.g. the three Sapiens passes share one preprocessed tensor.
+    """
+
+    source: SourceImage
+    decoded: Decoded
+    inputs: dict[str, Any] = field(default_factory=dict)
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_id(self) -> str:
+        return self.source.image_id
+
+    @property
+    def crop(self):
+        """(bucket.height, bucket.width, 3) uint8 RGB."""
+        return self.decoded.crop
+
+    @property
+    def bucket(self) -> Bucket:
+        return self.decoded.bucket
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """For passes without options of their own."""
+
+
+class Pass:
+    """Base class of every pass. Constructors only store config: no downloads, no GPU."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules this pass needs
+    extra: ClassVar[str] = ""  # the pip extra that installs `requires`
+    needs: ClassVar[tuple[str, ...]] = ()  # artifact names read from earlier passes
+    io_bound: ClassVar[bool] = False  # waits on a server: gets its own lane in the engine
+    uses_image: ClassVar[bool] = True  # False: the engine skips decoding when only this pass runs
+    model: ClassVar[ModelSpec | None] = None
+    config_class: ClassVar[type] = NoConfig
+
+    def __init__(self, options: PassOptions, config: Any = None):
+        self.options = options
+        self.config = config if config is not None else self.config_class()
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this pass's own `stratum process` options (none by default)."""
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+        """Build this pass's config from parsed options; the CLI's edge, where env vars are read."""
+        return None
+
+    @property
+    def artifacts(self) -> tuple[Artifact, ...]:
+        return artifacts_of(self.name)
+
+    @property
+    def max_batch(self) -> int:
+        """Largest batch handed to `forward`; passes may compute it in `load()`."""
+        return self.options.batch_size or 16
+
+    def check_requirements(self) -> None:
+        """Raise one clear message if an optional dependency is missing."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f"pip install 'stratum[{self.extra}]'" if self.extra else "pip install " + " ".join(missing)
+            raise InfrastructureError(f"the {self.name} pass needs {', '.join(missing)}: {hint}")
+
+    def load(self) -> None:
+        """Load weights (called once, on the worker, before the first batch)."""
+
+    def preprocess(self, item: Item) -> Any:
+        return item
+
+    def forward(self, batch: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any, items: Sequence[Item]) -> list[Outcome]:
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the artifacts: recorded in the run record and Dagster metadata."""
+        record: dict[str, Any] = {"pass": self.name, "version": self.version, "device": self.options.device,
+                                  "precision": self.options.resolved_precision}
+        if self.model is not None:
+            record["model"] = self.model.hub_id
+        return record
+
+    def close(self) -> None:
+        """Release models and connections at the end of a run."""
+
+    def inference_context(self) -> contextlib.AbstractContextManager:
+        torch = sys.modules.get("torch")
+        return torch.inference_mode() if torch is not None else contextlib.nullcontext()
+
+    def run_batch(self, items: Sequence[Item]) -> list[Outcome]:
+        """preprocess → forward (in chunks of `max_batch`) → postprocess, keeping item errors per item."""
+        outcomes: list[Outcome | None] = [None] * len(items)
+        prepared: list[tuple[int, Any]] = []
+        for i, item in enumerate(items):
+            try:
+                prepared.append((i, self.preprocess(item)))
+            except ItemError as exc:
+                outcomes[i] = Outcome.failed(exc.reason, exc.message)
+        step = max(1, self.max_batch)
+        for start in range(0, len(prepared), step):
+            chunk = prepared[start:start + step]
+            with self.inference_context():
+                outputs = self.forward([p for _, p in chunk])
+            for (i, _), outcome in zip(chunk, self.postprocess(outputs, [items[i] for i, _ in chunk])):
+                outcomes[i] = outcome
+        return [o if o is not None else Outcome.failed("inference_error", "no outcome") for o in outcomes]

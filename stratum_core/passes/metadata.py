@@ -1,0 +1,24 @@
+"""The metadata pass: metadata.json for every image that decodes."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from stratum_core.outcomes import Outcome
+from stratum_core.passes.base import Item, Pass
+
+
+class MetadataPass(Pass):
+    name = "metadata"
+
+    def forward(self, batch: list[Item]) -> list[Item]:
+        return batch
+
+    def postprocess(self, outputs: list[Item], items: Sequence[Item]) -> list[Outcome]:
+        return [Outcome.ok(metadata={
+            "image_id": item.image_id,
+            "source_path": item.source.rel_path,
+            "width": item.decoded.width,
+            "height": item.decoded.height,
+            "aspect_bucket": item.bucket.label,
+        }) for item in outputs]

@@ -1,0 +1,115 @@
+"""The output tree: one directory per image, atomic writes, failure records.
+
+The filesystem is the database: an artifact file is an "ok" row, and a failed
+(image, pass) is a small `.failed-<pass>.json` record next to it, removed when a
+later run succeeds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from stratum_core.artifacts import Artifact, load_json_bytes
+
+FAILURE_PREFIX = ".failed-"
+STATE_DIR = ".stratum"
+
+
+class Store:
+    """Reads and writes artifacts under `root`; never writes outside it."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def image_dir(self, image_id: str) -> Path:
+        parts = PurePosixPath(image_id).parts
+        if not parts or image_id.startswith("/") or any(p in ("", ".", "..") for p in parts) or \
+                parts[0] == STATE_DIR:
+            raise ValueError(f"unsafe image id {image_id!r}")
+        return self.root.joinpath(*parts)
+
+    def path(self, image_id: str, artifact: Artifact) -> Path:
+        return self.image_dir(image_id) / artifact.filename
+
+    def listing(self, image_id: str) -> set[str]:
+        """File names present in the image's directory (one syscall; empty if absent)."""
+        try:
+            return set(os.listdir(self.image_dir(image_id)))
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+
+    def write(self, image_id: str, artifact: Artifact, value: Any) -> Path:
+        """Atomically write one artifact (temp file in the same directory, then rename)."""
+        target = self.path(image_id, artifact)
+        write_atomic(target, encode(artifact, value))
+        return target
+
+    def read(self, image_id: str, artifact: Artifact) -> Any:
+        return decode_bytes(artifact, self.path(image_id, artifact).read_bytes())
+
+    def record_failure(self, image_id: str, pass_name: str, reason: str, message: str) -> None:
+        record = {"pass": pass_name, "reason": reason, "message": message[:2000], "time": time.time()}
+        write_atomic(self.image_dir(image_id) / f"{FAILURE_PREFIX}{pass_name}.json",
+                     json.dumps(record).encode())
+
+    def clear_failure(self, image_id: str, pass_name: str) -> None:
+        try:
+            os.unlink(self.image_dir(image_id) / f"{FAILURE_PREFIX}{pass_name}.json")
+        except FileNotFoundError:
+            pass
+
+    def read_failure(self, image_id: str, pass_name: str) -> dict | None:
+        try:
+            return json.loads((self.image_dir(image_id) / f"{FAILURE_PREFIX}{pass_name}.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+
+def encode(artifact: Artifact, value: Any) -> bytes:
+    if artifact.kind == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
+        return buffer.getvalue()
+    if artifact.kind == "text":
+        return value.encode("utf-8")
+    return json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def decode_bytes(artifact: Artifact, data: bytes) -> Any:
+    if artifact.kind == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if artifact.kind == "text":
+        return data.decode("utf-8")
+    return load_json_bytes(data)
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write `data` to a hidden temp file beside `target`, fsync-free, then rename over it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def is_temp_file(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
