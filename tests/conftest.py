@@ -1,0 +1,37 @@
+"""Test-session settings: offline, isolated caches and Dagster home, no real weights."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+_SESSION_HOME = tempfile.mkdtemp(prefix="stratum-tests-")
+
+# Set before anything imports huggingface_hub or dagster, so no test reads or writes the user's state.
+os.environ["DAGSTER_HOME"] = os.path.join(_SESSION_HOME, "dagster_home")
+os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf_home")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("STRATUM_MODEL_DIR", None)
+os.environ.pop("HF_TOKEN", None)
+os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
