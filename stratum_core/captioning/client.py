@@ -1,0 +1,104 @@
+"""The caption client interface and the JSON-over-HTTP helper that sorts failures into closed-set reasons.
+
+Only the standard library is used (urllib), so captioning adds no dependency.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Mapping
+
+# HTTP statuses worth asking again: rate limiting and server-side faults.
+RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+
+
+class RequestFailure(Exception):
+    """One caption request failed; `reason` is a closed-set outcome reason (server_error, timeout, ...)."""
+
+    def __init__(self, reason: str, message: str, retryable: bool = True, retry_after: float | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after  # seconds the server asked us to wait (429 Retry-After)
+
+
+class CaptionClient:
+    """A captioning server: `check()` before the run, then `caption()` per image (thread-safe)."""
+
+    model: str
+    url: str
+
+    def check(self) -> None:
+        """Raise InfrastructureError with a clear message if the server is down or lacks the model."""
+        raise NotImplementedError
+
+    def caption(self, jpeg: bytes, prompt: str) -> str:
+        """The raw text the model answers for one JPEG; raises RequestFailure."""
+        raise NotImplementedError
+
+
+def request_json(url: str, payload: Mapping[str, Any] | None, timeout: float,
+                 headers: Mapping[str, str] | None = None) -> Any:
+    """GET (payload None) or POST JSON to `url` and return the decoded JSON body; raises RequestFailure."""
+    data = None if payload is None else json.dumps(payload).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        raise _http_failure(exc) from None
+    except (TimeoutError, socket.timeout) as exc:
+        raise RequestFailure("timeout", f"no answer from {safe_url(url)} within {timeout:g} s") from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+            raise RequestFailure("timeout", f"no answer from {safe_url(url)} within {timeout:g} s") from exc
+        raise RequestFailure("server_error", f"cannot reach {safe_url(url)}: {exc.reason}") from exc
+    except (ConnectionError, http.client.HTTPException, OSError) as exc:
+        raise RequestFailure("server_error", f"{safe_url(url)}: {type(exc).__name__}: {exc}") from exc
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise RequestFailure("bad_response", f"{safe_url(url)} answered invalid JSON: {body[:120]!r}") from exc
+
+
+def _http_failure(exc: urllib.error.HTTPError) -> RequestFailure:
+    try:
+        detail = exc.read(300).decode("utf-8", "replace").strip()
+    except Exception:  # the body is only for the message
+        detail = ""
+    message = f"HTTP {exc.code} from {safe_url(exc.url or '')}" + (f": {detail}" if detail else "")
+    if exc.code in RETRYABLE_STATUS:
+        return RequestFailure("server_error", message, retry_after=_retry_after(exc.headers))
+    return RequestFailure("client_error", message, retryable=False)
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return max(0.0, float(headers.get("Retry-After"))) if headers is not None else None
+    except (TypeError, ValueError):  # absent, or an HTTP date: fall back to our own backoff
+        return None
+
+
+def safe_url(url: str) -> str:
+    """`url` without user:password, for messages and provenance."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
