@@ -7,6 +7,7 @@ bounded: decodes in flight, per-bucket batches and every queue have a fixed size
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -113,6 +114,9 @@ class Engine:
         self._load_lock = threading.Lock()
         self._abort: BaseException | None = None
         self._stats_lock = threading.Lock()
+        # A lane with several threads must not run one pass on two batches at once unless
+        # the pass is built for it (concurrency > 1): GPU passes stay one batch at a time.
+        self._pass_locks = {p.name: threading.Lock() for p in self.passes}
 
     # ------------------------------------------------------------------ planning
     def plan(self, source: SourceImage) -> _Planned:
@@ -126,6 +130,9 @@ class Engine:
             progress: Progress | None = None) -> RunSummary:
         for p in self.passes:
             p.check_requirements()
+        for p in self.passes:
+            if p.io_bound:  # no weights to load: check the server now, before any image is touched
+                self._ensure_loaded(p)
         summary = RunSummary(total_images=len(images), passes={p.name: PassStats() for p in self.passes},
                              discovery_errors=list(discovery_errors))
         progress = progress or Progress(len(images), every=self.config.progress_every)
@@ -134,16 +141,18 @@ class Engine:
         write_queue: queue.Queue = queue.Queue(maxsize=64 * self.config.batch_size)
         writer = threading.Thread(target=self._write_loop, args=(write_queue, summary), name="stratum-writer")
         lane_threads = [threading.Thread(target=self._lane_loop, args=(lane, q, write_queue, summary),
-                                         name=f"stratum-lane-{i}", daemon=True)
-                        for i, (lane, q) in enumerate(zip(self.lanes, lane_queues))]
+                                         name=f"stratum-lane-{i}-{j}", daemon=True)
+                        for i, (lane, q) in enumerate(zip(self.lanes, lane_queues))
+                        for j in range(self.lane_parallelism(lane))]
         writer.start()
         for t in lane_threads:
             t.start()
         try:
             self._feed(images, lane_queues, summary, progress)
         finally:
-            for q in lane_queues:
-                q.put(_STOP)
+            for lane, q in zip(self.lanes, lane_queues):
+                for _ in range(self.lane_parallelism(lane)):
+                    q.put(_STOP)
             for t in lane_threads:
                 t.join()
             write_queue.put(_STOP)
@@ -156,6 +165,12 @@ class Engine:
         if self._abort is not None:
             raise self._abort
         return summary
+
+    def lane_parallelism(self, lane: Sequence[Pass]) -> int:
+        """Batches a lane works on at once: one, or for a concurrent pass (caption) enough batches that
+        its request slots stay full while finished batches are written and the next ones prepared."""
+        wanted = max(p.concurrency for p in lane)
+        return 1 if wanted <= 1 else 1 + math.ceil(2 * wanted / self.config.batch_size)
 
     def _feed(self, images: Sequence[SourceImage], lane_queues: list[queue.Queue], summary: RunSummary,
               progress: Progress) -> None:
@@ -255,7 +270,11 @@ class Engine:
         self._ensure_loaded(p)
         start = time.monotonic()
         try:
-            outcomes = p.run_batch(ready)
+            if p.concurrency > 1:
+                outcomes = p.run_batch(ready)
+            else:
+                with self._pass_locks[p.name]:
+                    outcomes = p.run_batch(ready)
         except InfrastructureError:
             raise
         except Exception as exc:

@@ -125,6 +125,11 @@ class Pass:
         """Largest batch handed to `forward`; passes may compute it in `load()`."""
         return self.options.batch_size or 16
 
+    @property
+    def concurrency(self) -> int:
+        """Items this pass works on at once (server requests in flight); above 1 the engine overlaps batches."""
+        return 1
+
     def check_requirements(self) -> None:
         """Raise one clear message if an optional dependency is missing."""
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
