@@ -1,0 +1,85 @@
+"""Weight resolution of the dinov3 and t5 models (SPEC §7) and `stratum models list`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from stratum_core.errors import ModelNotFoundError
+from stratum_core.models import resolve_model
+from stratum_core.models_cli import cmd_list
+from stratum_core.passes.dinov3 import DINOv3Pass
+from stratum_core.passes.t5 import T5Pass
+
+DINO = DINOv3Pass.model
+T5 = T5Pass.model
+
+
+def fake_model(folder: Path, files: tuple[str, ...]) -> Path:
+    """A folder holding empty placeholders of `files`: resolution only checks that they exist."""
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_text("{}")
+    return folder
+
+
+def test_model_ids_are_the_spec_hub_ids():
+    assert DINO.hub_id == "facebook/dinov3-vitl16-pretrain-lvd1689m"
+    assert T5.hub_id == "google-t5/t5-large" and "t5-large" in T5.aliases
+
+
+def test_explicit_folder_wins_over_the_model_dir(tmp_path):
+    explicit = fake_model(tmp_path / "mine", ("config.json",))
+    fake_model(tmp_path / "models" / DINO.hub_id, ("config.json",))
+    found = resolve_model(DINO, explicit=explicit, model_dir=tmp_path / "models", offline=True)
+    assert (found.root, found.source) == (explicit, "explicit")
+
+
+def test_model_dir_layout_is_hub_id_folders(tmp_path):
+    folder = fake_model(tmp_path / "models" / "facebook" / "dinov3-vitl16-pretrain-lvd1689m", ("config.json",))
+    found = resolve_model(DINO, model_dir=tmp_path / "models", offline=True)
+    assert (found.root, found.source) == (folder, "model_dir")
+
+
+def test_t5_large_alias_is_accepted_in_the_model_dir(tmp_path):
+    folder = fake_model(tmp_path / "models" / "t5-large", T5.files)
+    found = resolve_model(T5, model_dir=tmp_path / "models", offline=True)
+    assert found.root == folder
+
+
+def test_t5_folder_without_its_tokenizer_is_not_found(tmp_path):
+    fake_model(tmp_path / "models" / T5.hub_id, ("config.json", "model.safetensors"))
+    with pytest.raises(ModelNotFoundError):
+        resolve_model(T5, model_dir=tmp_path / "models", offline=True)
+
+
+def test_explicit_folder_without_the_model_names_the_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelNotFoundError, match=str(empty)):
+        resolve_model(T5, explicit=empty, offline=True)
+
+
+def test_offline_error_names_the_model_the_folder_and_the_download_command(tmp_path):
+    with pytest.raises(ModelNotFoundError) as caught:
+        resolve_model(DINO, model_dir=tmp_path / "models", offline=True)
+    message = str(caught.value)
+    assert DINO.hub_id in message
+    assert str(tmp_path / "models" / DINO.hub_id) in message
+    assert "stratum models download" in message
+
+
+def test_offline_error_lists_the_alias_folder_too(tmp_path):
+    with pytest.raises(ModelNotFoundError) as caught:
+        resolve_model(T5, model_dir=tmp_path / "models", offline=True)
+    assert str(tmp_path / "models" / "t5-large") in str(caught.value)
+
+
+def test_models_list_shows_present_and_missing(tmp_path, capsys):
+    fake_model(tmp_path / "models" / "t5-large", T5.files)
+    assert cmd_list(argparse.Namespace(model_dir=tmp_path / "models")) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "present" in lines[T5.hub_id] and str(tmp_path / "models" / "t5-large") in lines[T5.hub_id]
+    assert lines[DINO.hub_id].rstrip().endswith("missing")
