@@ -1,0 +1,23 @@
+"""The stratum code location: `defs` merges the shard, pass and publish areas and binds the resources.
+
+Settings come from the environment (read by Dagster at run time, never at import):
+STRATUM_INPUT_DIR, STRATUM_OUTPUT_DIR, optional STRATUM_MODEL_DIR, STRATUM_HUB_REPO, HF_TOKEN.
+Any resource field can be overridden per run (launchpad or `--config`).
+"""
+
+import dagster as dg
+
+from stratum_dagster.defs.passes import assets as pass_area
+from stratum_dagster.defs.publish import assets as publish_area
+from stratum_dagster.defs.shards import sensors as shard_area
+from stratum_dagster.resources import CaptionServerResource, HubResource, StratumResource
+
+RESOURCES = {
+    "stratum": StratumResource(input_root=dg.EnvVar("STRATUM_INPUT_DIR"),
+                               output_root=dg.EnvVar("STRATUM_OUTPUT_DIR")),
+    "caption_server": CaptionServerResource(),
+    "hub": HubResource(repo_id=dg.EnvVar("STRATUM_HUB_REPO"), token=dg.EnvVar("HF_TOKEN")),
+}
+
+defs = dg.Definitions.merge(shard_area.defs, pass_area.defs, publish_area.defs,
+                            dg.Definitions(resources=RESOURCES))

@@ -1,0 +1,1 @@
+"""Pass assets, verify checks and jobs, built from the pass registry."""

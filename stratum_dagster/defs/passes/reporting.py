@@ -1,0 +1,96 @@
+"""What a pass asset reports: run counts and provenance as metadata, a preview, and the verify check."""
+
+
+import base64
+import logging
+from typing import Any
+
+import dagster as dg
+
+from stratum_core.artifacts import artifacts_of
+from stratum_core.store import Store
+from stratum_dagster.resources import ShardRun, StratumResource
+
+log = logging.getLogger("stratum.dagster")
+
+PREVIEW_WIDTH = 480
+MAX_LISTED_IDS = 50
+
+
+def run_metadata(shard_run: ShardRun, stratum: StratumResource) -> dict[str, Any]:
+    """Counts, failures, rate and provenance of one pass over one shard, as asset metadata."""
+    stats = shard_run.summary.passes[shard_run.pass_name]
+    provenance = shard_run.summary.provenance.get(shard_run.pass_name, {})
+    counts = stats.to_dict()
+    metadata: dict[str, Any] = {
+        "images": len(shard_run.images),
+        "done": counts["done"],
+        "existing": counts["existing"],
+        "skipped": counts["skipped"],
+        "failed": counts["failed"],
+        "rate_images_per_s": round(shard_run.summary.rate, 3),
+        "elapsed_s": round(shard_run.summary.elapsed, 3),
+        "device": provenance.get("device", shard_run.device),
+        "model": provenance.get("model", "-"),
+        "precision": provenance.get("precision", "-"),
+        "pass_version": provenance.get("version", "-"),
+        "dataset_dir": dg.MetadataValue.path(str(stratum.output_dir)),
+        "shard_record": dg.MetadataValue.path(str(stratum.output_dir / ".stratum" / "shards" / f"{shard_run.key}.json")),
+    }
+    if counts["failed"] or counts["skipped"]:
+        metadata["reasons"] = dg.MetadataValue.json({"failed": counts["failed_reasons"],
+                                                     "skipped": counts["skipped_reasons"]})
+    failures = [f for f in shard_run.summary.failures if f.pass_name == shard_run.pass_name][:MAX_LISTED_IDS]
+    if failures:
+        metadata["failures"] = dg.MetadataValue.md("\n".join(
+            f"- `{f.image}` {f.reason}: {f.message[:200]}" for f in failures))
+    preview = preview_markdown(shard_run, stratum)
+    if preview:
+        metadata["preview"] = dg.MetadataValue.md(preview)
+    return metadata
+
+
+def preview_markdown(shard_run: ShardRun, stratum: StratumResource) -> str | None:
+    """Markdown with the contact sheet of the shard's first finished image embedded as a PNG."""
+    try:
+        from stratum_core.preview import sheet_png
+    except ImportError:
+        return None
+    store = Store(stratum.output_dir)
+    wanted = {a.filename for a in artifacts_of(shard_run.pass_name)}
+    for image in shard_run.images[:20]:  # a shard's first images are enough to find a finished one
+        if wanted <= store.listing(image.image_id):
+            try:
+                png = sheet_png(stratum.output_dir, image.image_id, source_dir=stratum.input_dir,
+                                max_width=PREVIEW_WIDTH)
+            except Exception as exc:  # a preview is a nicety: never fail the asset over it
+                log.warning("no preview for %s: %s", image.image_id, exc)
+                return None
+            return f"`{image.image_id}`\n\n![preview](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return None
+
+
+def verify_shard(stratum: StratumResource, pass_name: str, key: str) -> dg.AssetCheckResult:
+    """Check the shard's artifacts of one pass (shape, dtype, values); failing ids go in the metadata."""
+    from stratum_core.shards import load_shard
+    from stratum_core.verify import check_image
+
+    store = Store(stratum.output_dir)
+    filenames = {a.filename for a in artifacts_of(pass_name)}
+    bad: dict[str, list[str]] = {}
+    missing, checked = [], 0
+    for image_id in load_shard(stratum.output_dir, key).image_ids:
+        names = store.listing(image_id)
+        if not filenames <= names:
+            missing.append(image_id)
+        if not filenames & names:
+            continue
+        checked += 1
+        problems = [p for p in check_image(store, image_id, names) if p.filename in filenames]
+        if problems:
+            bad[image_id] = [f"{p.filename}: {p.message}" for p in problems]
+    return dg.AssetCheckResult(
+        passed=not bad,
+        metadata={"checked_images": checked, "bad_images": len(bad), "missing_images": len(missing),
+                  "bad_ids": dg.MetadataValue.json(dict(list(bad.items())[:MAX_LISTED_IDS])),
+                  "missing_ids": dg.MetadataValue.json(missing[:MAX_LISTED_IDS])})

@@ -1,0 +1,1 @@
+"""The Hub publish asset and the reconcile job."""

@@ -1,0 +1,1 @@
+"""Shard sensors: register new images as shards, and mirror filesystem status into Dagster."""

@@ -1,0 +1,97 @@
+"""Two cursor sensors over the filesystem; each tick stops after `TICK_BUDGET_S` and resumes next tick.
+
+- `new_images_sensor` registers new images as new shards (stratum_core.shards), adds them as
+  partitions and requests `enrich_job` runs for them.
+- `shard_status_sensor` counts finished artifacts per shard and pass: a shard completed outside
+  Dagster (the CLI) is reported as a materialisation; a shard that lost files (deleted, or removed
+  by `stratum verify --fix`) gets a re-run of that pass's job.
+
+Both are stopped by default: they launch GPU runs over whatever the input root holds, so a user
+turns them on deliberately (UI → Automation, or `dagster sensor start`).
+"""
+
+
+import json
+import time
+
+import dagster as dg
+
+from stratum_core import shards
+from stratum_core.passes import REGISTRY
+from stratum_dagster.defs.passes.factory import PASS_JOBS, enrich_job
+from stratum_dagster.partitions import SHARD_PARTITIONS_NAME, shard_partitions
+from stratum_dagster.resources import StratumResource
+
+TICK_BUDGET_S = 20.0  # well inside Dagster's 60 s sensor timeout, whatever the tree's size
+PASS_NAMES = tuple(REGISTRY)
+
+
+def _load_cursor(context: dg.SensorEvaluationContext, default: dict) -> dict:
+    return {**default, **json.loads(context.cursor)} if context.cursor else dict(default)
+
+
+@dg.sensor(job=enrich_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Registers new images under the input root as new shards and runs enrich_job on them.")
+def new_images_sensor(context: dg.SensorEvaluationContext, stratum: StratumResource) -> dg.SensorResult:
+    cursor = _load_cursor(context, {"after": None})
+    registration = shards.register_new(stratum.input_dir, stratum.output_dir, start_after=cursor["after"],
+                                       time_budget=TICK_BUDGET_S, shard_size=stratum.shard_size)
+    known = set(context.instance.get_dynamic_partitions(SHARD_PARTITIONS_NAME))
+    # Every registered shard Dagster does not know yet: new ones, and any a crashed tick left behind.
+    to_add = [k for k in shards.shard_keys(stratum.output_dir) if k not in known]
+    next_cursor = json.dumps({"after": registration.cursor})
+    if not to_add:
+        return dg.SensorResult(cursor=next_cursor,
+                               skip_reason=f"no new images in {registration.groups_scanned} folders")
+    context.log.info("new shards: %s", ", ".join(to_add))
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=key, partition_key=key) for key in to_add],
+        dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)],
+        cursor=next_cursor)
+
+
+@dg.sensor(jobs=list(PASS_JOBS.values()), minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Reports shards completed outside Dagster and re-runs passes whose files went missing.")
+def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumResource) -> dg.SensorResult:
+    state = _load_cursor(context, {"after": None, "done": {}, "tick": 0})
+    state["tick"] += 1
+    keys = shards.shard_keys(stratum.output_dir)
+    todo = [k for k in keys if state["after"] is None or k > state["after"]]
+    known = set(context.instance.get_dynamic_partitions(SHARD_PARTITIONS_NAME))
+    materialized: dict[str, set[str]] = {}
+    events, requests = [], []
+    started = time.monotonic()
+    state["after"] = None
+    for key in todo:
+        shard = shards.load_shard(stratum.output_dir, key)
+        completion = shards.shard_completion(stratum.output_dir, shard)
+        before = state["done"].get(key)
+        for index, pass_name in enumerate(PASS_NAMES):
+            now = completion.done[pass_name]
+            was = before[index] if before else None
+            if completion.complete(pass_name) and was != now:
+                if key not in materialized.setdefault(pass_name, _materialized(context, pass_name)):
+                    events.append(dg.AssetMaterialization(
+                        asset_key=pass_name, partition=key,
+                        metadata={"source": "filesystem", "images": completion.total, "done": now}))
+            elif was is not None and now < was:
+                context.log.info("%s: %s lost %d finished images; re-running", key, pass_name, was - now)
+                requests.append(dg.RunRequest(run_key=f"{pass_name}:{key}:{state['tick']}",
+                                              job_name=f"{pass_name}_job", partition_key=key))
+        state["done"][key] = [completion.done[p] for p in PASS_NAMES]
+        if time.monotonic() - started > TICK_BUDGET_S:
+            state["after"] = key
+            break
+    state["done"] = {k: v for k, v in state["done"].items() if k in set(keys)}
+    to_add = sorted(({e.partition for e in events} | {r.partition_key for r in requests}) - known)
+    return dg.SensorResult(
+        run_requests=requests, asset_events=events, cursor=json.dumps(state, separators=(",", ":")),
+        dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)] if to_add else [],
+        skip_reason=None if events or requests else f"{len(todo)} shards checked, nothing changed")
+
+
+def _materialized(context: dg.SensorEvaluationContext, pass_name: str) -> set[str]:
+    return context.instance.get_materialized_partitions(dg.AssetKey(pass_name))
+
+
+defs = dg.Definitions(sensors=[new_images_sensor, shard_status_sensor])

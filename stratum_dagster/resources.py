@@ -1,0 +1,180 @@
+"""Configurable resources: where the images are, how passes run, the caption server and the Hub.
+
+Every field can come from an environment variable (`dg.EnvVar`) in `definitions.py` and
+can be overridden per run in the launchpad or with `--config` (`resources: stratum: config: …`).
+The resources build the same config objects as the `stratum` CLI; `stratum_core` does the work.
+"""
+
+
+import argparse
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import dagster as dg
+from pydantic import Field
+
+from stratum_core.discover import SourceImage
+from stratum_core.errors import ConfigError
+from stratum_core.summary import RunSummary
+
+log = logging.getLogger("stratum.dagster")
+
+
+@dataclass
+class ShardRun:
+    """The result of one pass over one shard."""
+
+    key: str
+    pass_name: str
+    images: list[SourceImage]
+    summary: RunSummary
+    device: str
+
+
+class CaptionServerResource(dg.ConfigurableResource):
+    """The Ollama (or OpenAI-compatible) server the caption pass talks to; `None` keeps the pass's default."""
+
+    url: Optional[str] = Field(default=None, description="server base URL, e.g. http://127.0.0.1:11434")
+    model: Optional[str] = Field(default=None, description="model name on the server (default gemma3:27b)")
+    max_tokens: Optional[int] = Field(default=None, description="options.num_predict")
+    timeout_s: Optional[float] = Field(default=None, description="seconds per request")
+    api_key: Optional[str] = Field(default=None, description="for OpenAI-compatible servers; use an EnvVar")
+    extra_args: list[str] = Field(default_factory=list, description="more `stratum process` caption options")
+
+    def to_args(self) -> list[str]:
+        """These settings as the caption pass's own `stratum process` options."""
+        args = []
+        for option, value in (("--caption-url", self.url), ("--caption-model", self.model),
+                              ("--caption-max-tokens", self.max_tokens), ("--caption-timeout", self.timeout_s),
+                              ("--caption-api-key", self.api_key)):
+            if value is not None:
+                args += [option, str(value)]
+        return args + list(self.extra_args)
+
+
+class StratumResource(dg.ConfigurableResource):
+    """Input and output roots and the run options every pass shares (the `stratum process` options)."""
+
+    input_root: str = Field(description="folder of source images (STRATUM_INPUT_DIR)")
+    output_root: str = Field(description="dataset folder to write (STRATUM_OUTPUT_DIR)")
+    model_dir: Optional[str] = Field(default=None, description="models as <hub id>/ (default $STRATUM_MODEL_DIR)")
+    model_paths: dict[str, str] = Field(default_factory=dict, description="pass name → explicit weights path")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N; auto claims a free GPU")
+    precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16")
+    batch_size: Optional[int] = Field(default=None, description="images per model batch (default: chosen)")
+    workers: int = Field(default=4, description="decode threads")
+    shard_size: int = Field(default=1000, description="images per new shard")
+    offline: Optional[bool] = Field(default=None, description="never download weights (default $HF_HUB_OFFLINE)")
+    pass_args: dict[str, list[str]] = Field(
+        default_factory=dict, description="per pass, more `stratum process` options, e.g. {'pose': ['--…']}")
+
+    @property
+    def input_dir(self) -> Path:
+        return Path(self.input_root)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output_root)
+
+    def shard_images(self, key: str) -> list[SourceImage]:
+        from stratum_core.shards import shard_sources
+
+        return shard_sources(self.input_dir, self.output_dir, key)
+
+    def run_pass(self, pass_name: str, key: str, caption: CaptionServerResource | None = None) -> ShardRun:
+        """Run one pass (plus metadata) over shard `key` on a device claimed for this run only."""
+        from stratum_core.devices import claim_device
+        from stratum_core.engine import RunConfig, run
+        from stratum_core.passes import MODEL_PASSES, parse_passes
+
+        images = self.shard_images(key)
+        names = parse_passes([pass_name])
+        extra = {n: list(self.pass_args.get(n, [])) for n in names}
+        if caption is not None and "caption" in extra:
+            extra["caption"] = caption.to_args() + extra["caption"]
+        configs = {n: pass_config(n, extra[n]) for n in names}
+        claim = claim_device(self.device if pass_name in MODEL_PASSES else "cpu")
+        try:
+            config = RunConfig(output_dir=self.output_dir, passes=names, options=self._options(claim.device),
+                               pass_configs=configs, workers=self.workers, batch_size=self.batch_size or 8)
+            summary = run(config, images)
+        finally:
+            claim.release()
+        return ShardRun(key, pass_name, images, summary, claim.device)
+
+    def _options(self, device: str):
+        from stratum_core.models import model_dir_from_env, offline_from_env
+        from stratum_core.passes.base import PassOptions
+
+        return PassOptions(
+            device=device, precision=self.precision, batch_size=self.batch_size,
+            model_dir=Path(self.model_dir) if self.model_dir else model_dir_from_env(),
+            model_paths={name: Path(path) for name, path in self.model_paths.items()},
+            offline=offline_from_env() if self.offline is None else self.offline)
+
+
+class HubResource(dg.ConfigurableResource):
+    """The HuggingFace dataset repo that `publish_job` and `reconcile_job` write to."""
+
+    repo_id: str = Field(description="owner/name of the dataset repo (STRATUM_HUB_REPO)")
+    token: Optional[str] = Field(default=None, description="write token; use EnvVar('HF_TOKEN')")
+    endpoint: Optional[str] = Field(default=None, description="Hub URL (default huggingface.co)")
+    layers: list[str] = Field(default_factory=lambda: ["caption"], description="passes to publish")
+    offset: int = 0
+    limit: Optional[int] = None
+    license: str = "cc-by-nc-sa-4.0"
+    private: bool = False
+
+    def publish_config(self):
+        from stratum_core.publish import PublishConfig
+
+        return PublishConfig(hub_repo=self.repo_id, layers=tuple(self.layers), offset=self.offset,
+                             limit=self.limit, license=self.license, private=self.private)
+
+
+def pass_config(name: str, args: Sequence[str]) -> Any:
+    """A pass's frozen config from its own `stratum process` options, exactly as the CLI builds it."""
+    from stratum_core.passes import PassUnavailable, pass_class
+
+    try:
+        cls = pass_class(name)
+    except PassUnavailable:
+        return None  # the engine reports the missing pass with its own message
+    parser = argparse.ArgumentParser(prog=f"{name} options", add_help=False)
+    cls.add_arguments(parser)
+    known = set(parser._option_string_actions)
+    args = _known_args(list(args), known)
+    with contextlib.redirect_stderr(_LogWriter()):
+        try:
+            namespace = parser.parse_args(args)
+        except SystemExit as exc:
+            raise ConfigError(f"bad options for the {name} pass: {' '.join(args)}") from exc
+    return cls.config_from_args(namespace, os.environ)
+
+
+def _known_args(args: list[str], known: set[str]) -> list[str]:
+    """Drop `--option value` pairs this pass does not define (caption settings a build may not have)."""
+    kept, i = [], 0
+    while i < len(args):
+        option = args[i].split("=", 1)[0]
+        takes_value = "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--")
+        step = 2 if takes_value else 1
+        if option in known:
+            kept.extend(args[i:i + step])
+        else:
+            log.warning("ignoring %s: the pass defines no such option", option)
+        i += step
+    return kept
+
+
+class _LogWriter:
+    def write(self, text: str) -> None:
+        if text.strip():
+            log.error("%s", text.strip())
+
+    def flush(self) -> None:
+        pass
