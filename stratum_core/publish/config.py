@@ -50,6 +50,7 @@ class PublishConfig:
     rows_per_parquet: int = 10_000
     images_per_tar: int = 1_000
     max_tar_mb: float = 1024.0
+    chunks_per_commit: int = 50  # chunk files per commit (each commit also carries manifest and card)
     commit_retries: int = 5  # re-reads after losing a race on the parent commit
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -63,6 +64,8 @@ class PublishConfig:
             raise ConfigError(f"unknown layer(s) {', '.join(unknown)}; choose from {', '.join(PUBLISHABLE_LAYERS)}")
         if self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ConfigError("--offset and --limit must be >= 0")
+        if self.chunks_per_commit < 1:
+            raise ConfigError("chunks_per_commit must be >= 1")
         if self.rows_per_parquet < 1 or self.images_per_tar < 1 or self.max_tar_mb <= 0:
             raise ConfigError("--rows-per-parquet and --images-per-tar must be >= 1, --max-tar-mb > 0")
         if not self.license or any(c.isspace() for c in self.license):

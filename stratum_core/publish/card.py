@@ -1,0 +1,60 @@
+"""The dataset card (README.md): YAML front matter with one `configs:` entry per layer, then prose."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from stratum_core.artifacts import BY_NAME
+from stratum_core.publish.layout import DATA_DIR, TEXT_LAYERS
+
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+
+
+def size_category(n: int) -> str:
+    for bound, label in SIZE_CATEGORIES:
+        if n < bound:
+            return label
+    return "1B<n<10B"
+
+
+def data_files_pattern(layer: str) -> str:
+    return f"{DATA_DIR}/*.parquet" if layer in TEXT_LAYERS else f"{layer}/*.tar"
+
+
+def build_card(repo_id: str, manifest: Mapping, license: str, attribution: str | None = None) -> str:
+    """README.md text; `load_dataset(repo, "<layer>")` works for every published layer."""
+    layers = manifest.get("layers", {})
+    total = int(manifest.get("total_images", 0))
+    yaml = ["---", f"license: {license}", f"pretty_name: {repo_id.split('/')[1]}",
+            "size_categories:", f"- {size_category(total)}", "tags:", "- stratum", "configs:"]
+    names = list(layers) or []
+    if not any(n in TEXT_LAYERS for n in names) and manifest.get("data", {}).get("chunks"):
+        names = ["data", *names]
+    for name in names:
+        pattern = data_files_pattern(name) if name != "data" else f"{DATA_DIR}/*.parquet"
+        yaml += [f"- config_name: {name}", "  data_files:", "  - split: train", f"    path: {pattern}"]
+    yaml.append("---")
+    body = [f"# {repo_id.split('/')[1]}", "",
+            f"Multi-modal annotations for {total} images, published with {manifest.get('created_with', 'stratum')}.",
+            "", "| layer | format | images | files |", "|---|---|---|---|"]
+    body.append(f"| data (metadata table) | parquet | {manifest.get('data', {}).get('count', 0)} | "
+                f"`{DATA_DIR}/*.parquet` |")
+    for name, entry in layers.items():
+        body.append(f"| {name} | {entry['format']} | {entry.get('count', 0)} | `{data_files_pattern(name)}` |")
+    body += ["", "## Layout", "",
+             f"- `{DATA_DIR}/<first>-<last>.parquet`: image_id, width, height, aspect_bucket, caption, "
+             "pose (133×3 float16), dinov3_cls (1024 float16); a column is null where that layer is not published.",
+             "- `<layer>/<first>-<last>.tar`: uncompressed WebDataset tars, members `<key>.<artifact>.npy`; "
+             "in the last path component of an id `%` is written `%25` and `.` is written `%2E`.",
+             "- `*.index.json`: the ids and counts of each chunk; `manifest.json`: every chunk and count.",
+             "- `<first>-<last>` are positions (5+ digits, inclusive) in the dataset's sorted image order.", ""]
+    arrays = [BY_NAME[a] for entry in layers.values() for a in entry.get("artifacts", []) if a in BY_NAME]
+    if arrays:
+        body += ["## Arrays", ""] + [f"- `{a.name}` ({a.dtype}): {a.description}" for a in arrays] + [""]
+    body += ["## Loading", "", "```python", "from datasets import load_dataset", ""]
+    body += [f'ds = load_dataset("{repo_id}", "{name}", split="train")' for name in names]
+    body += ["```", "", "## License", "", f"`{license}`.", ""]
+    if attribution:
+        body += ["## Attribution", "", attribution.strip(), ""]
+    return "\n".join(yaml + body)

@@ -1,0 +1,152 @@
+"""The Hub client: huggingface_hub calls with retries of transient errors and parent-pinned commits.
+
+Retried: 429 (waiting Retry-After when given), 5xx, dropped connections and timeouts, with exponential
+backoff. Any other 4xx fails at once with the server's message. The token is passed to huggingface_hub
+and never formatted into a message or a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar
+
+from stratum_core.errors import StratumError
+from stratum_core.publish.config import RetryPolicy, check_repo_id
+from stratum_core.publish.layout import MANIFEST_PATH
+
+log = logging.getLogger("stratum.publish")
+
+T = TypeVar("T")
+REPO_TYPE = "dataset"
+
+
+class PublishError(StratumError):
+    """The Hub refused a request (or kept failing after all retries)."""
+
+
+class ParentMoved(StratumError):
+    """Someone committed between our read and our commit; re-read the repo and try again."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    blob_id: str | None
+    sha256: str | None  # LFS files only
+
+
+@dataclass
+class RepoState:
+    """The repo at one commit: its oid, files and manifest (None when absent or unreadable)."""
+
+    sha: str
+    files: dict[str, RemoteFile] = field(default_factory=dict)
+    manifest: dict | None = None
+
+
+def _transient_exceptions() -> tuple[type[BaseException], ...]:
+    import httpx2  # huggingface_hub 2.x's HTTP client
+
+    return (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError, ConnectionError)
+
+
+class HubClient:
+    """One repo on one endpoint; every call goes through `_call` (retries) — nothing here prints the token."""
+
+    def __init__(self, repo_id: str, token: str | None = None, endpoint: str | None = None,
+                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep):
+        from huggingface_hub import HfApi
+
+        self.repo_id = check_repo_id(repo_id)
+        self.retry = retry or RetryPolicy()
+        self.sleep = sleep
+        self.api = HfApi(endpoint=endpoint, token=token)
+        self.waited_s = 0.0
+
+    # ---- retries ---------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        transient = _transient_exceptions()
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                message = exc.server_message or (exc.response.reason_phrase if exc.response is not None else "")
+                if what == "commit" and status in (409, 412):
+                    raise ParentMoved(f"{what}: the repo moved ({status})") from None
+                if status != 429 and not (status is not None and status >= 500):
+                    raise PublishError(f"Hub refused {what} on {self.repo_id}: HTTP {status}: {message}") from None
+                if attempt == self.retry.attempts:
+                    raise PublishError(f"{what} on {self.repo_id} still failing after {attempt} attempts: "
+                                       f"HTTP {status}: {message}") from None
+                wait = self._retry_after(exc) if status == 429 else None
+                self._wait(what, attempt, f"HTTP {status}", wait)
+            except transient as exc:
+                if attempt == self.retry.attempts:
+                    raise PublishError(f"{what} on {self.repo_id}: connection failed after {attempt} attempts: "
+                                       f"{type(exc).__name__}") from None
+                self._wait(what, attempt, type(exc).__name__, None)
+        raise AssertionError("unreachable")
+
+    def _retry_after(self, exc) -> float | None:
+        value = exc.response.headers.get("Retry-After") if exc.response is not None else None
+        try:
+            return min(float(value), self.retry.max_retry_after_s) if value is not None else None
+        except ValueError:
+            return None
+
+    def _wait(self, what: str, attempt: int, why: str, retry_after: float | None) -> None:
+        wait = retry_after if retry_after is not None else \
+            min(self.retry.backoff_s * 2 ** (attempt - 1), self.retry.max_backoff_s)
+        log.warning("%s: %s, retrying in %.1fs (attempt %d/%d)", what, why, wait, attempt + 1, self.retry.attempts)
+        self.waited_s += wait
+        self.sleep(wait)
+
+    # ---- calls -----------------------------------------------------------------------------
+    def ensure_repo(self, private: bool) -> None:
+        self._call("create_repo", self.api.create_repo, self.repo_id, repo_type=REPO_TYPE, private=private,
+                   exist_ok=True)
+
+    def read_state(self) -> RepoState:
+        """Head commit, file list and manifest of `main` (all read at one pinned commit)."""
+        info = self._call("repo_info", self.api.dataset_info, self.repo_id, revision="main")
+        sha = info.sha
+        entries = self._call("list_repo_tree", lambda: list(self.api.list_repo_tree(
+            self.repo_id, repo_type=REPO_TYPE, revision=sha, recursive=True)))
+        files = {}
+        for entry in entries:
+            if hasattr(entry, "blob_id"):
+                files[entry.path] = RemoteFile(entry.path, entry.size, entry.blob_id,
+                                               entry.lfs.sha256 if entry.lfs else None)
+        manifest = None
+        if MANIFEST_PATH in files:
+            try:
+                manifest = json.loads(self.download(MANIFEST_PATH, sha))
+            except ValueError:
+                log.warning("manifest.json in %s is not valid JSON; rebuilding it", self.repo_id)
+        return RepoState(sha, files, manifest)
+
+    def download(self, path: str, revision: str) -> bytes:
+        from huggingface_hub import hf_hub_download
+
+        local = self._call(f"download {path}", hf_hub_download, self.repo_id, path, repo_type=REPO_TYPE,
+                           revision=revision, endpoint=self.api.endpoint, token=self.api.token)
+        with open(local, "rb") as f:
+            return f.read()
+
+    def preupload(self, additions: Sequence) -> None:
+        """Upload large files to LFS storage ahead of the commit (huggingface_hub shows progress bars)."""
+        self._call("preupload", self.api.preupload_lfs_files, self.repo_id, additions=list(additions),
+                   repo_type=REPO_TYPE)
+
+    def commit(self, operations: Sequence, message: str, parent: str) -> str:
+        """One commit on top of `parent`; raises ParentMoved when main moved since."""
+        info = self._call("commit", self.api.create_commit, self.repo_id, operations=list(operations),
+                          commit_message=message, repo_type=REPO_TYPE, parent_commit=parent)
+        return info.oid
