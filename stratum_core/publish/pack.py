@@ -88,7 +88,7 @@ def _fixed_list(arrays: list[np.ndarray | None], shape: tuple[int, ...], schema_
     for size in reversed(shape[1:]):
         values = pa.FixedSizeListArray.from_arrays(values, size)
     mask = pa.array(~valid)
-    return pa.FixedSizeListArray.from_arrays(values, shape[0], type=schema_type, mask=mask)
+    return pa.FixedSizeListArray.from_arrays(values, type=schema_type, mask=mask)
 
 
 def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], out: Path,

@@ -1,0 +1,51 @@
+"""Fixtures for publish tests: a small dataset written through Store, and the fake Hub wired in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stratum_core.artifacts import BY_NAME
+from stratum_core.buckets import Bucket
+from stratum_core.publish import PublishConfig, RetryPolicy
+from stratum_core.store import Store
+from tests.fakes.hub import FakeHub
+
+TOKEN = "hf_SECRETtoken1234567890"
+REPO = "me/faces"
+FAST_RETRY = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05)
+BUCKET = Bucket(1024, 1024)
+IDS = ("a/img0", "a/img1", "b/v1.2", "b/img3", "c/img4", "c/img5")  # "b/v1.2": a dot in the last component
+
+
+def cls_value(i: int) -> np.ndarray:
+    return np.full(1024, i / 10, dtype=np.float16)
+
+
+def make_dataset(root, ids=IDS, captions=True, dinov3=True, patches=16) -> list[str]:
+    """Images i = 0..n-1 with caption "caption i", CLS filled with i/10, `patches` patch rows."""
+    store = Store(root)
+    for i, image_id in enumerate(ids):
+        store.write(image_id, BY_NAME["metadata"], {"image_id": image_id, "source_path": image_id + ".png",
+                                                    "width": 100 + i, "height": 200, "aspect_bucket": "1024x1024"})
+        if captions:
+            store.write(image_id, BY_NAME["caption"], f"caption {i}")
+        if dinov3:
+            store.write(image_id, BY_NAME["dinov3_cls"], cls_value(i))
+            store.write(image_id, BY_NAME["dinov3_patches"], np.full((patches, 1024), i, dtype=np.float16))
+    return sorted(ids)
+
+
+def config(**kwargs) -> PublishConfig:
+    kwargs.setdefault("retry", FAST_RETRY)
+    return PublishConfig(hub_repo=kwargs.pop("hub_repo", REPO), **kwargs)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A running fake Hub; huggingface_hub is taken out of the suite's offline mode for it."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as fake:
+        yield fake

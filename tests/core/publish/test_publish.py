@@ -1,0 +1,168 @@
+"""Publishing to the fake Hub: layout, read-back, ranges, incremental runs, no-op republish."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from stratum_core.errors import ConfigError
+from stratum_core.publish import publish
+from stratum_core.publish.layout import escape_key, unescape_key
+from tests.core.publish.hubdata import IDS, REPO, TOKEN, cls_value, config, hub, make_dataset  # noqa: F401
+
+
+def _parquet(data: bytes):
+    return pq.read_table(io.BytesIO(data))
+
+
+def test_publish_caption_then_dinov3_writes_layout_manifest_and_card(tmp_path, hub):
+    ids = make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    assert {"data/00000-00005.parquet", "data/00000-00005.index.json", "dinov3/00000-00005.tar",
+            "dinov3/00000-00005.index.json", "manifest.json", "README.md"} <= set(files)
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["version"] == 1 and manifest["total_images"] == 6
+    assert manifest["layers"]["caption"] == {"format": "parquet", "path": "data", "column": "caption",
+                                             "chunks": {"00000-00005": 6}, "count": 6}
+    assert manifest["layers"]["dinov3"]["format"] == "webdataset"
+    assert manifest["layers"]["dinov3"]["chunks"] == {"00000-00005": 6}
+    assert manifest["created_with"].startswith("stratum ") and manifest["updated_at"]
+    table = _parquet(files["data/00000-00005.parquet"])
+    assert table.column("image_id").to_pylist() == ids
+    assert table.column("caption").to_pylist() == [f"caption {IDS.index(i)}" for i in ids]
+    assert table.column("width").to_pylist() == [100 + IDS.index(i) for i in ids]
+    cls = np.asarray(table.column("dinov3_cls").to_pylist()[0], dtype=np.float16)
+    np.testing.assert_array_equal(cls, cls_value(IDS.index(ids[0])))
+    card = files["README.md"].decode()
+    assert "license: cc-by-nc-sa-4.0" in card and "- n<1K" in card
+    assert "- config_name: caption" in card and "path: data/*.parquet" in card
+    assert "- config_name: dinov3" in card and "path: dinov3/*.tar" in card
+
+
+def test_tar_reads_back_with_webdataset_one_sample_per_image(tmp_path, hub):
+    import webdataset as wds
+
+    ids = make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
+    tar_path = tmp_path / "chunk.tar"
+    tar_path.write_bytes(hub.files(REPO)["dinov3/00000-00005.tar"])
+    samples = list(wds.WebDataset(str(tar_path), shardshuffle=False))
+    assert [unescape_key(s["__key__"]) for s in samples] == ids
+    assert "b/v1%2E2" in [s["__key__"] for s in samples]
+    for sample in samples:
+        i = IDS.index(unescape_key(sample["__key__"]))
+        patches = np.load(io.BytesIO(sample["dinov3_patches.npy"]))
+        assert patches.shape == (16, 1024) and patches.dtype == np.float16 and float(patches[0, 0]) == i
+        np.testing.assert_array_equal(np.load(io.BytesIO(sample["dinov3_cls.npy"])), cls_value(i))
+    index = json.loads(hub.files(REPO)["dinov3/00000-00005.index.json"])
+    assert index["ids"] == ids and index["escaped_keys"] == {"b/v1%2E2": "b/v1.2"}
+
+
+def test_escape_key_is_reversible_and_dot_free_in_last_component():
+    for image_id in ("a/b.c", "x.y/z", "p%2Eq", "a/100%.png.x", "plain"):
+        key = escape_key(image_id)
+        assert "." not in key.rpartition("/")[2]
+        assert unescape_key(key) == image_id
+
+
+def test_load_dataset_reads_the_caption_config_from_a_snapshot(tmp_path, hub):
+    import datasets
+    from huggingface_hub import snapshot_download
+
+    ids = make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption", "dinov3")), token=TOKEN, endpoint=hub.url)
+    local = snapshot_download(REPO, repo_type="dataset", endpoint=hub.url, token=TOKEN,
+                              local_dir=tmp_path / "snap")
+    ds = datasets.load_dataset(str(local), "caption", split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds["image_id"] == ids
+    assert ds[0]["caption"] == f"caption {IDS.index(ids[0])}"
+
+
+def test_offset_and_limit_select_a_range_with_its_label(tmp_path, hub):
+    ids = make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",), offset=2, limit=3), token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    assert [p for p in files if p.endswith(".parquet")] == ["data/00002-00004.parquet"]
+    assert _parquet(files["data/00002-00004.parquet"]).column("image_id").to_pylist() == ids[2:5]
+
+
+def test_chunk_sizes_cut_at_absolute_positions(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption", "dinov3"), offset=1, rows_per_parquet=4, images_per_tar=2),
+            token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    assert sorted(p for p in files if p.endswith((".parquet", ".tar"))) == [
+        "data/00001-00003.parquet", "data/00004-00005.parquet",
+        "dinov3/00001-00001.tar", "dinov3/00002-00003.tar", "dinov3/00004-00005.tar"]
+
+
+def test_max_tar_mb_splits_a_tar(tmp_path, hub):
+    make_dataset(tmp_path / "ds", patches=64)  # ~130 kB per image
+    publish(tmp_path / "ds", config(layers=("dinov3",), max_tar_mb=0.3), token=TOKEN, endpoint=hub.url)
+    manifest = json.loads(hub.files(REPO)["manifest.json"])
+    chunks = manifest["layers"]["dinov3"]["chunks"]
+    assert len(chunks) == 3 and sum(chunks.values()) == 6
+    assert sorted(chunks) == ["00000-00001", "00002-00003", "00004-00005"]
+
+
+def test_more_images_later_adds_chunks_and_counts(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",), limit=3), token=TOKEN, endpoint=hub.url)
+    publish(tmp_path / "ds", config(layers=("caption",), offset=3), token=TOKEN, endpoint=hub.url)
+    manifest = json.loads(hub.files(REPO)["manifest.json"])
+    assert manifest["layers"]["caption"]["chunks"] == {"00000-00002": 3, "00003-00005": 3}
+    assert manifest["total_images"] == 6
+
+
+def test_publishing_a_wider_range_replaces_overlapped_chunks(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",), limit=2), token=TOKEN, endpoint=hub.url)
+    publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    assert [p for p in files if p.startswith("data/")] == ["data/00000-00005.index.json",
+                                                           "data/00000-00005.parquet"] or \
+        sorted(p for p in files if p.startswith("data/")) == ["data/00000-00005.index.json",
+                                                              "data/00000-00005.parquet"]
+    assert json.loads(files["manifest.json"])["total_images"] == 6
+
+
+def test_adding_a_layer_keeps_the_caption_column(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
+    table = _parquet(hub.files(REPO)["data/00000-00005.parquet"])
+    assert None not in table.column("caption").to_pylist()
+    assert None not in table.column("dinov3_cls").to_pylist()
+
+
+def test_republishing_the_same_range_makes_no_commit(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption", "dinov3")), token=TOKEN, endpoint=hub.url)
+    commits = len(hub.repo(REPO).commits)
+    result = publish(tmp_path / "ds", config(layers=("caption", "dinov3")), token=TOKEN, endpoint=hub.url)
+    assert not result.changed and len(hub.repo(REPO).commits) == commits
+    assert hub.count("POST", r"/commit/") == 1
+
+
+def test_each_batch_is_one_commit_with_manifest_and_card(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    result = publish(tmp_path / "ds", config(layers=("caption",), rows_per_parquet=2, chunks_per_commit=1),
+                     token=TOKEN, endpoint=hub.url)
+    assert len(result.commits) == 3
+    repo = hub.repo(REPO)
+    after_first = repo.commits[1].files
+    assert "data/00000-00001.parquet" in after_first and "data/00002-00003.parquet" not in after_first
+    assert json.loads(after_first["manifest.json"].data)["total_images"] == 2
+
+
+def test_repo_id_not_owner_slash_name_is_refused():
+    for bad in ("faces", "a/b/c", "https://huggingface.co/a/b", "../x", "a/..", ""):
+        with pytest.raises(ConfigError):
+            config(hub_repo=bad)
