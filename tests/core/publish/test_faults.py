@@ -1,0 +1,105 @@
+"""Transient Hub errors are retried, others fail at once, and an interrupted commit changes nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from stratum_core.publish import PublishConfig, RetryPolicy, publish
+from stratum_core.publish.hub import PublishError
+from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+
+
+def test_429_with_retry_after_twice_then_success_waits_and_publishes(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    hub.add_fault("POST", r"/commit/", "429", times=2, retry_after=1)
+    result = publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    assert result.changed and "manifest.json" in hub.files(REPO)
+    times = [t for t, m, p, s in hub.requests if m == "POST" and "/commit/" in p]
+    assert [s for _, m, p, s in hub.requests if m == "POST" and "/commit/" in p] == [429, 429, 200]
+    assert times[1] - times[0] >= 0.95 and times[2] - times[1] >= 0.95  # honoured Retry-After: 1
+
+
+def test_5xx_is_retried_with_backoff(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    hub.add_fault("POST", r"/commit/", "503", times=2)
+    result = publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    assert result.changed and hub.count("POST", r"/commit/", 503) == 2
+
+
+def test_other_4xx_fails_at_once_with_the_server_message(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    hub.add_fault("POST", r"/commit/", "403", times=5)
+    with pytest.raises(PublishError, match="HTTP 403: injected 403"):
+        publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    assert hub.count("POST", r"/commit/") == 1
+
+
+def test_dropped_connection_mid_commit_leaves_repo_unchanged_and_rerun_completes(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",), limit=3), token=TOKEN, endpoint=hub.url)
+    before_head, before_files = hub.repo(REPO).head.oid, hub.files(REPO)
+    hub.add_fault("POST", r"/commit/", "drop", times=2)
+    one_try = config(layers=("caption", "dinov3"), retry=RetryPolicy(attempts=2, backoff_s=0.01))
+    with pytest.raises(PublishError, match="connection failed"):
+        publish(tmp_path / "ds", one_try, token=TOKEN, endpoint=hub.url)
+    assert hub.repo(REPO).head.oid == before_head and hub.files(REPO) == before_files
+    publish(tmp_path / "ds", one_try, token=TOKEN, endpoint=hub.url)
+    manifest = json.loads(hub.files(REPO)["manifest.json"])
+    assert manifest["total_images"] == 6 and manifest["layers"]["dinov3"]["count"] == 6
+
+
+def test_losing_a_race_rereads_and_keeps_the_other_publishers_files(tmp_path, hub, monkeypatch):
+    from stratum_core.publish import hub as hub_module
+
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    real_commit = hub_module.HubClient.commit
+    raced = []
+
+    def commit_after_a_rival(self, operations, message, parent):
+        if not raced:  # a rival commits between our read and our commit
+            raced.append(hub.put_files(REPO, {"notes/rival.txt": b"rival"}))
+        return real_commit(self, operations, message, parent)
+
+    monkeypatch.setattr(hub_module.HubClient, "commit", commit_after_a_rival)
+    publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    assert files["notes/rival.txt"] == b"rival" and "data/00000-00005.parquet" in files
+    assert hub.count("POST", r"/commit/", 412) == 1
+
+
+def test_token_never_appears_in_output_or_logs(tmp_path, hub, capsys, caplog):
+    from stratum_core.cli import main
+
+    make_dataset(tmp_path / "ds")
+    hub.add_fault("POST", r"/commit/", "429", times=1, retry_after=0)
+    caplog.set_level(logging.DEBUG)
+    monkey_env = {"HF_TOKEN": TOKEN}
+    import os
+
+    old = os.environ.get("HF_TOKEN")
+    os.environ.update(monkey_env)
+    try:
+        assert main(["publish", str(tmp_path / "ds"), "--hub-repo", REPO, "--layers", "caption,dinov3",
+                     "--endpoint", hub.url]) == 0
+        hub.add_fault("POST", r"/commit/", "401", times=1)
+        (tmp_path / "ds" / "a" / "img0" / "caption.txt").write_text("changed")
+        assert main(["publish", str(tmp_path / "ds"), "--hub-repo", REPO, "--endpoint", hub.url]) == 2
+        assert main(["reconcile", "--hub-repo", REPO, "--dry-run", "--endpoint", hub.url]) == 0
+    finally:
+        os.environ.pop("HF_TOKEN") if old is None else os.environ.update({"HF_TOKEN": old})
+    out = capsys.readouterr()
+    assert any(TOKEN in h for h in hub.auth_headers)  # the token was used ...
+    assert TOKEN not in out.out + out.err and TOKEN not in caplog.text  # ... and never shown
+    assert "HTTP 401" in caplog.text
+
+
+def test_config_refuses_bad_retry_policy():
+    with pytest.raises(Exception):
+        PublishConfig(hub_repo=REPO, retry=RetryPolicy(attempts=0))

@@ -1,0 +1,67 @@
+"""Reconcile rebuilds manifest and card from the repo's files; --dry-run changes nothing."""
+
+from __future__ import annotations
+
+import json
+
+from stratum_core.publish import reconcile, publish
+from stratum_core.publish.manifest import same_content
+from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+
+
+def _publish_two_chunks(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption", "dinov3"), rows_per_parquet=3, images_per_tar=3),
+            token=TOKEN, endpoint=hub.url)
+
+
+def test_reconcile_after_hand_deleting_a_chunk_corrects_counts(tmp_path, hub):
+    _publish_two_chunks(tmp_path, hub)
+    hub.put_files(REPO, {}, delete=("dinov3/00003-00005.tar",))
+    result = reconcile(config(), token=TOKEN, endpoint=hub.url)
+    assert result.committed is not None
+    manifest = json.loads(hub.files(REPO)["manifest.json"])
+    assert manifest["layers"]["dinov3"]["chunks"] == {"00000-00002": 3} and manifest["layers"]["dinov3"]["count"] == 3
+    assert manifest["layers"]["caption"]["count"] == 6
+    assert "dinov3/00003-00005.index.json" not in hub.files(REPO)  # orphaned index removed
+    assert "| dinov3 | webdataset | 3 |" in hub.files(REPO)["README.md"].decode()
+
+
+def test_reconcile_counts_from_the_label_when_no_index(tmp_path, hub):
+    _publish_two_chunks(tmp_path, hub)
+    hub.put_files(REPO, {}, delete=("dinov3/00000-00002.index.json",))
+    result = reconcile(config(), dry_run=True, token=TOKEN, endpoint=hub.url)
+    assert result.manifest["layers"]["dinov3"]["chunks"] == {"00000-00002": 3, "00003-00005": 3}
+    assert result.manifest["estimated_counts"] == ["dinov3/00000-00002.tar"]
+
+
+def _writes(hub) -> int:
+    return sum(1 for _, method, _, _ in hub.requests if method in ("POST", "PUT"))
+
+
+def test_dry_run_uploads_nothing(tmp_path, hub):
+    _publish_two_chunks(tmp_path, hub)
+    hub.put_files(REPO, {}, delete=("data/00003-00005.parquet",))
+    head, writes_before = hub.repo(REPO).head.oid, _writes(hub)
+    result = reconcile(config(), dry_run=True, token=TOKEN, endpoint=hub.url)
+    assert result.changed and result.committed is None and result.manifest["total_images"] == 3
+    assert hub.repo(REPO).head.oid == head and _writes(hub) == writes_before
+
+
+def test_reconcile_of_a_consistent_repo_changes_nothing(tmp_path, hub):
+    _publish_two_chunks(tmp_path, hub)
+    head = hub.repo(REPO).head.oid
+    result = reconcile(config(), token=TOKEN, endpoint=hub.url)
+    assert not result.changed and hub.repo(REPO).head.oid == head
+    assert same_content(result.manifest, json.loads(hub.files(REPO)["manifest.json"]))
+
+
+def test_reconcile_license_and_attribution_update_the_card(tmp_path, hub):
+    _publish_two_chunks(tmp_path, hub)
+    credit = tmp_path / "credit.txt"
+    credit.write_text("Photos by the FFHQ authors.")
+    reconcile(config(license="cc-by-4.0", attribution_file=str(credit)), token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    card = files["README.md"].decode()
+    assert "license: cc-by-4.0" in card and "Photos by the FFHQ authors." in card
+    assert files["ATTRIBUTION.md"] == b"Photos by the FFHQ authors."
