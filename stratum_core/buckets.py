@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 
 @dataclass(frozen=True, order=True)
@@ -43,8 +44,9 @@ def choose_bucket(width: int, height: int) -> Bucket:
     """The bucket whose aspect ratio is closest to width/height (first wins ties)."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    aspect = width / height
-    return min(BUCKETS, key=lambda b: abs(b.width / b.height - aspect))
+    # Exact fractions: with floats, a true tie (16x13 between 1:1 and 19:13) can go to the later bucket.
+    aspect = Fraction(width, height)
+    return min(BUCKETS, key=lambda b: abs(Fraction(b.width, b.height) - aspect))
 
 
 def cover_crop_box(width: int, height: int, bucket: Bucket) -> tuple[float, float, float, float]:

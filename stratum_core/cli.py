@@ -23,8 +23,10 @@ COMMAND_MODULES = ("stratum_core.models_cli", "stratum_core.publish.cli", "strat
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if getattr(args, "verbose", False):
+        # Only our own loggers: a DEBUG root would flood the output with Pillow's chunk traces.
+        logging.getLogger("stratum").setLevel(logging.DEBUG)
     try:
         return args.handler(args)
     except StratumError as exc:

@@ -63,7 +63,10 @@ def scan(input_dir: Path) -> tuple[list[SourceImage], list[DiscoveryError]]:
 
     def walk(directory: str, rel: str) -> None:
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as it:
+                # Sorted, so which of two links to one folder is walked (and names the ids) is stable;
+                # hidden entries (.DS_Store, ._x.jpg, .thumbnails/) are skipped, as the output walk does.
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as exc:
             errors.append(DiscoveryError(rel or ".", "not_found", f"cannot list directory: {exc}"))
             return
@@ -103,8 +106,9 @@ def read_image_list(input_dir: Path, list_file: Path) -> tuple[list[SourceImage]
             continue
         candidate = Path(line) if os.path.isabs(line) else Path(input_dir) / line
         lexical = os.path.normpath(os.path.abspath(candidate))
-        if not _inside(lexical, os.path.normpath(os.path.abspath(input_dir))) or not _inside(
-                os.path.realpath(candidate), root):
+        # An absolute line may spell the input dir as given or as its resolved path.
+        base = next((b for b in (os.path.normpath(os.path.abspath(input_dir)), root) if _inside(lexical, b)), None)
+        if base is None or not _inside(os.path.realpath(candidate), root):
             errors.append(DiscoveryError(line, "outside_input", "listed path is outside the input directory"))
             continue
         if not is_image_name(line):
@@ -113,7 +117,7 @@ def read_image_list(input_dir: Path, list_file: Path) -> tuple[list[SourceImage]
         if not os.path.isfile(candidate):
             errors.append(DiscoveryError(line, "not_found", "listed file does not exist"))
             continue
-        rel = PurePosixPath(*Path(os.path.relpath(lexical, os.path.abspath(input_dir))).parts)
+        rel = PurePosixPath(*Path(os.path.relpath(lexical, base)).parts)
         images.append(SourceImage(str(rel), Path(lexical)))
     return images, errors
 

@@ -186,7 +186,7 @@ class Engine:
                     item = future.result()
                 except ItemError as exc:
                     self._record(summary, Failure(planned.source.image_id, "metadata", exc.reason, exc.message))
-                    self.store.record_failure(planned.source.image_id, "metadata", exc.reason, exc.message)
+                    self._record_on_disk(planned.source.image_id, "metadata", exc.reason, exc.message)
                     progress.advance()
                     continue
                 group = buckets[item.bucket]
@@ -215,16 +215,20 @@ class Engine:
 
     def _prepare(self, planned: _Planned) -> Item:
         """Worker thread: decode and crop (or, for passes that never look at pixels, read the bucket)."""
-        if any(p.uses_image for p in planned.todo) or "metadata.json" not in planned.on_disk:
+        if not any(p.uses_image for p in planned.todo) and "metadata.json" in planned.on_disk:
             try:
-                return Item(planned.source, decode(planned.source.path))
-            except ItemError:
-                raise
-            except Exception as exc:  # a decoder bug or MemoryError fails this image only
-                raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from exc
-        metadata = self.store.read(planned.source.image_id, BY_NAME["metadata"])
-        decoded = Decoded(None, metadata["width"], metadata["height"], Bucket.parse(metadata["aspect_bucket"]))
-        return Item(planned.source, decoded)
+                metadata = self.store.read(planned.source.image_id, BY_NAME["metadata"])
+                decoded = Decoded(None, metadata["width"], metadata["height"],
+                                  Bucket.parse(metadata["aspect_bucket"]))
+                return Item(planned.source, decoded)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                pass  # unreadable metadata.json (deleted or damaged since planning): decode instead
+        try:
+            return Item(planned.source, decode(planned.source.path))
+        except ItemError:
+            raise
+        except Exception as exc:  # a decoder bug or MemoryError fails this image only
+            raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from exc
 
     def _dispatch(self, group: list[tuple[Item, tuple[Pass, ...]]], lane_queues: list[queue.Queue],
                   progress: Progress) -> None:
@@ -317,8 +321,11 @@ class Engine:
             image_id, p, outcome = entry
             try:
                 self._write_outcome(image_id, p, outcome, summary)
-            except OSError as exc:  # disk full, permissions: lose this image's artifact, keep going
-                self._record(summary, Failure(image_id, p.name, "write_error", f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # disk full, permissions, a bad value: lose this artifact, keep going
+                # (an escaping exception would end this thread and leave the lanes blocked on a full queue)
+                message = f"{type(exc).__name__}: {exc}"
+                self._record(summary, Failure(image_id, p.name, "write_error", message))
+                self._record_on_disk(image_id, p.name, "write_error", message)
 
     def _write_outcome(self, image_id: str, p: Pass, outcome: Outcome, summary: RunSummary) -> None:
         if outcome.status == OK:
@@ -337,6 +344,13 @@ class Engine:
                 summary.passes[p.name].skipped.add(outcome.reason)
             if self.config.verbose:
                 log.info("%s %s skipped: %s", image_id, p.name, outcome.message)
+
+    def _record_on_disk(self, image_id: str, pass_name: str, reason: str, message: str) -> None:
+        """Best effort: with the disk full, the failure is still in the run summary."""
+        try:
+            self.store.record_failure(image_id, pass_name, reason, message)
+        except (OSError, ValueError) as exc:
+            log.debug("cannot record the failure of %s [%s]: %s", image_id, pass_name, exc)
 
     def _record(self, summary: RunSummary, failure: Failure) -> None:
         with self._stats_lock:

@@ -77,14 +77,17 @@ def _draft_jpeg(img: Image.Image, width: int, height: int, bucket: Bucket, orien
     img.draft(img.mode if img.mode in ("RGB", "L") else None, (need_w, need_h))
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode → 8-bit RGB; transparency is composited on white."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        img = Image.fromarray(_to_uint8(np.asarray(img)), "L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        img = Image.fromarray(_to_uint8(np.asarray(img), sixteen_bit=img.mode in _SIXTEEN_BIT_MODES), "L")
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:
+        img = img.convert("RGBA")  # a tRNS colour key or palette alpha becomes a real alpha channel
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -92,12 +95,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """High-bit-depth grey to 8 bits: 16-bit range → /257, float [0,1] → ×255."""
+def _to_uint8(values: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
+    """High-bit-depth grey to 8 bits: 16-bit range → /257, float [0,1] → ×255.
+
+    A 16-bit image is always scaled (a dark one with every value ≤ 255 must not pass
+    as 8-bit); for 32-bit integer mode the range is guessed from the values.
+    """
     is_float = values.dtype.kind == "f"
     values = np.nan_to_num(values.astype(np.float64))
     if is_float and values.size and values.max() <= 1.0:
         values = values * 255.0
-    elif values.size and values.max() > 255:
+    elif sixteen_bit or (values.size and values.max() > 255):
         values = values / 257.0
     return np.clip(values, 0, 255).round().astype(np.uint8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -98,7 +98,7 @@ def decode_bytes(artifact: Artifact, data: bytes) -> Any:
 def write_atomic(target: Path, data: bytes) -> None:
     """Write `data` to a hidden temp file beside `target`, fsync-free, then rename over it."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _create_temp(target)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -109,6 +109,20 @@ def write_atomic(target: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _create_temp(target: Path) -> tuple[int, str]:
+    """A new hidden `.<name>.<random>.tmp` beside target, created with the umask's permissions.
+
+    (tempfile.mkstemp would make every artifact 0600, unreadable to other users of a shared dataset.)
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(target.parent, f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def is_temp_file(name: str) -> bool:
