@@ -1,0 +1,41 @@
+"""`stratum models download` fetches a pass's model from the Hub into DIR/<hub id>/ (fake Hub on loopback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.fakes.hub import FakeHub
+
+
+@pytest.fixture
+def model_hub():
+    with FakeHub() as hub:
+        hub.put_files("yzd-v/DWPose", {"yolox_l.onnx": b"\x08\x07detector\0" + bytes(range(256)),
+                                       "dw-ll_ucoco_384.onnx": b"\x08\x07pose\0" * 50,
+                                       "README.md": b"not needed"}, kind="models")
+        yield hub
+
+
+def test_models_download_lays_files_out_as_dir_hub_id_file(tmp_path, model_hub):
+    from stratum_core.passes import PassUnavailable, pass_class
+
+    try:
+        pass_class("pose")
+    except PassUnavailable:
+        pytest.skip("the pose pass is not in this build")
+    env = {**os.environ, "HF_ENDPOINT": model_hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+           "HF_HOME": str(tmp_path / "hf_home")}
+    env.pop("STRATUM_MODEL_DIR", None)
+    done = subprocess.run([sys.executable, "-c", "from stratum_core.cli import console_main; console_main()", "models", "download", "--passes", "pose",
+                           "--to", str(tmp_path / "models")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "models" / "yzd-v" / "DWPose"
+    files = model_hub.files("yzd-v/DWPose", kind="models")
+    assert (folder / "yolox_l.onnx").read_bytes() == files["yolox_l.onnx"]
+    assert (folder / "dw-ll_ucoco_384.onnx").read_bytes() == files["dw-ll_ucoco_384.onnx"]
+    assert not (folder / "README.md").exists()  # only the files the pass needs
+    assert "yzd-v/DWPose" in done.stdout
