@@ -22,7 +22,7 @@ from stratum_core.passes.sapiens import SapiensSegPass, scale_depth  # noqa: E40
 from stratum_core.store import Store  # noqa: E402
 from stratum_core.verify import verify  # noqa: E402
 from tests.fakes.sapiens_models import (GREY, RED, RED_CLASS, build_sapiens_models, normalised,  # noqa: E402
-                                        write_not_torchscript)
+                                        save_scripted, write_not_torchscript)
 
 torch.set_num_threads(1)
 
@@ -183,6 +183,19 @@ def test_scale_depth_of_empty_foreground_is_zeros():
 
 
 # ---------------------------------------------------------------------- runs and errors
+class NanSeg(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 28, 8, 6), float("nan"))
+
+
+def test_non_finite_model_output_fails_the_image(input_dir, tmp_path):
+    path = save_scripted(NanSeg(), tmp_path / "nan.pt2")
+    seg_pass = SapiensSegPass(PassOptions(model_paths={"seg": path}))
+    seg_pass.load()
+    [outcome] = seg_pass.run_batch([item_for(input_dir / f"img_{SQUARE.label}.png")])
+    assert (outcome.status, outcome.reason) == ("failed", "inference_error")
+
+
 def test_depth_without_seg_is_skipped_and_counted(input_dir, model_dir, tmp_path):
     summary = run_engine(input_dir, tmp_path, "depth,normal", model_dir)
     for name in ("depth", "normal"):
