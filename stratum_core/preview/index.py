@@ -10,7 +10,7 @@ _STYLE = """
 body { background: #202124; color: #e8eaed; font: 14px/1.45 system-ui, sans-serif; margin: 24px; }
 h1 { font-size: 20px; font-weight: 600; margin: 0 0 4px; }
 .sub { color: #9aa0a6; margin: 0 0 20px; }
-main { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 20px; }
+main { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 20px; align-items: start; }
 figure { margin: 0; background: #2a2b2f; border-radius: 6px; padding: 12px; }
 figure img { width: 100%; height: auto; display: block; border-radius: 3px; }
 figcaption { margin-top: 8px; }
@@ -38,7 +38,7 @@ def _figure(entry: IndexEntry) -> str:
                else '<p class="caption none">no caption</p>')
     return (
         f'<figure id="{html.escape(entry.filename, quote=True)}">'
-        f'<a href="{href}"><img src="{href}" alt="{html.escape(entry.image_id, quote=True)}" decoding="async" '
+        f'<a href="{href}"><img src="{href}" alt="{html.escape(entry.image_id, quote=True)}" '
         f'onerror="this.closest(\'figure\').classList.add(\'broken\')"></a>'
         f'<p class="missing">sheet {html.escape(entry.filename)} not found</p>'
         f'<figcaption><div class="id">{html.escape(entry.image_id)}</div>{caption}</figcaption></figure>'

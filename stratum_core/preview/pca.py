@@ -10,22 +10,33 @@ from stratum_core.buckets import Bucket
 _LOW_PERCENTILE, _HIGH_PERCENTILE = 1.0, 99.0
 
 
-def principal_axes(x: np.ndarray, count: int, oversample: int = 8, power_iterations: int = 4) -> np.ndarray:
-    """(count', D) top principal axes of centred (N, D) rows, count' = min(count, N, D).
+def _orthonormal_basis(y: np.ndarray) -> np.ndarray:
+    """(N, k') orthonormal columns spanning the columns of (N, k) `y`; directions of ~zero length are dropped.
 
-    Randomised SVD (Halko et al. 2011) with a fixed seed: a few passes of x @ (x.T @ y) find the
+    Through the eigenvectors of the small k×k Gram matrix instead of np.linalg.qr, whose threaded
+    LAPACK path is very slow on a busy CPU for tall, thin matrices.
+    """
+    y64 = y.astype(np.float64)
+    w, v = np.linalg.eigh(y64.T @ y64)
+    keep = w > max(float(w.max(initial=0.0)), 1e-30) * 1e-10
+    return (y64 @ (v[:, keep] / np.sqrt(w[keep]))).astype(y.dtype)
+
+
+def principal_axes(x: np.ndarray, count: int, oversample: int = 8, power_iterations: int = 4) -> np.ndarray:
+    """(count', D) top principal axes of centred (N, D) rows, count' ≤ min(count, N, D) (fewer when x has lower rank).
+
+    Randomised SVD (Halko et al. 2011) with a fixed seed: a few passes of x @ (x.T @ q) find the
     top subspace, then an exact SVD of its small (k, D) projection gives the axes. Only three axes
     are needed, and a full 1024-wide decomposition takes seconds on a busy CPU.
     """
-    rank = min(x.shape)
-    k = min(count + oversample, rank)
-    y = x @ np.random.default_rng(0).standard_normal((x.shape[1], k)).astype(x.dtype)
+    k = min(count + oversample, *x.shape)
+    q = _orthonormal_basis(x @ np.random.default_rng(0).standard_normal((x.shape[1], k)).astype(x.dtype))
     for _ in range(power_iterations):
-        y, _ = np.linalg.qr(y)
-        y = x @ (x.T @ y)
-    q, _ = np.linalg.qr(y)
-    _, _, vt = np.linalg.svd(q.T @ x, full_matrices=False)
-    return vt[:min(count, rank)]
+        q = _orthonormal_basis(x @ (x.T @ q))
+    if q.shape[1] == 0:
+        return np.zeros((0, x.shape[1]), x.dtype)
+    _, singular, vt = np.linalg.svd(q.T @ x, full_matrices=False)
+    return vt[:count][singular[:count] > singular[0] * 1e-6]
 
 
 def principal_components(tokens: np.ndarray, count: int = 3) -> np.ndarray:
