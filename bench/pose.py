@@ -17,8 +17,9 @@ image holds exactly one person (so both sides do one detector and one pose call 
   naive and pass figures are the best of --repeats rounds; the engine figure is one run
   (it includes PNG decode and writing, which naive does not).
 
-Default sizes run in about a minute on a 2-core CPU; `--full-size` widens the stacks to about
-the real networks' cost (YOLOX-L ≈ 78 GMAC at 640², DWPose-L 384×288 ≈ 4.5 GMAC).
+Default sizes (≈ 1.8 and 0.5 GMAC per image) run in under a minute on a 2-core CPU;
+`--full-size` widens the stacks to about the real networks' cost (≈ 82 and 10 GMAC; YOLOX-L
+is 155.6 GFLOPs ≈ 78 GMAC at 640², RTMPose/DWPose-L at 384×288 ≈ 9.4 G in mmpose's table).
 
     python bench/pose.py [--images 16] [--batch-size 16] [--device auto] [--repeats 3] [--full-size] [--fixed-batch]
 """
@@ -51,7 +52,7 @@ from stratum_core.progress import Progress  # noqa: E402
 BUCKET = Bucket(1024, 1024)
 # Channels per stride-2 stage and extra 3×3 convs per stage.
 QUICK = {"det": ((16, 32, 64, 128, 256), 1), "pose": ((16, 32, 64, 128, 256), 1)}
-FULL = {"det": ((64, 128, 256, 512, 1024), 3), "pose": ((32, 64, 128, 256, 512), 1)}
+FULL = {"det": ((72, 144, 288, 576, 1152), 3), "pose": ((48, 96, 192, 384, 768), 3)}
 
 
 # ---------------------------------------------------------------------------- models
@@ -155,6 +156,8 @@ def build_pose(path: Path, widths: tuple[int, ...], depth: int, batch: int | str
 # ---------------------------------------------------------------------------- naive (reference flow)
 def reference_pose(det, pose, image: np.ndarray) -> np.ndarray:
     """One image the way the reference DWPose ONNX code does it (its default: CPU provider)."""
+    import cv2
+
     letterboxed, ratio = geo.letterbox(image)
     raw = det.run(None, {det.get_inputs()[0].name: letterboxed[None]})[0][0]
     boxes, scores = geo.decode_yolox(raw)
@@ -170,8 +173,6 @@ def reference_pose(det, pose, image: np.ndarray) -> np.ndarray:
     results = []
     for box in people:  # one session call per person
         center, scale = geo.box_to_center_scale(box, w, h)
-        import cv2
-
         crop = cv2.warpAffine(image, geo.crop_matrix(center, scale, w, h), (w, h), flags=cv2.INTER_LINEAR)
         crop = (crop - np.array([123.675, 116.28, 103.53])) / np.array([58.395, 57.12, 57.375])  # float64
         simcc_x, simcc_y = pose.run(None, {pose.get_inputs()[0].name: [crop.transpose(2, 0, 1)]})

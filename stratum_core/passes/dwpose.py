@@ -152,7 +152,7 @@ class PoseModel:
                 self._wrong_shape(shape)
         if last == [self.bins_y, self.bins_x] and self.bins_x != self.bins_y:
             return 1, 0
-        if any(d is not None for d in last) and last != [self.bins_x, self.bins_y]:
+        if not all(d in (None, expected) for d, expected in zip(last, (self.bins_x, self.bins_y))):
             self._wrong_shape(self.model.output_shapes)
         return 0, 1
 
