@@ -141,7 +141,7 @@ def bad_inputs(root: Path) -> dict[str, Path]:
     return {
         "zero_byte": write_zero_byte(root / "zero.jpg"),
         "truncated_jpeg": write_truncated(root / "truncated.jpg"),
-        "truncated_png": write_truncated(root / "truncated.png"),
+        "truncated_png": write_truncated(root / "truncated-png.png"),
         "text_png": write_text_named_png(root / "text.png"),
         "huge_header": write_huge_header_png(root / "huge.png"),
         "cmyk": write_cmyk_jpeg(root / "cmyk.jpg", (64, 48), (0, 255, 255, 0)),
@@ -154,4 +154,6 @@ def bad_inputs(root: Path) -> dict[str, Path]:
         "one_pixel": write_solid(root / "one.png", (1, 1), (10, 200, 30)),
         "strip": write_solid(root / "strip.png", (20000, 16), (90, 90, 90)),
         "unicode_space": write_gradient(root / "sub dir" / "café ünï 画像.jpg", 80, 60),
+        "collision_jpg": write_gradient(root / "a.jpg", 40, 40),
+        "collision_png": write_gradient(root / "a.png", 40, 40),
     }

@@ -1,0 +1,210 @@
+"""The run engine through `stratum process`: artifacts, failures, idempotence, pass errors, batching."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stratum_core import passes as pass_registry
+from stratum_core.cli import main
+from stratum_core.discover import discover
+from stratum_core.engine import Engine, RunConfig
+from stratum_core.errors import InfrastructureError
+from stratum_core.intake import decode
+from stratum_core.outcomes import Outcome
+from stratum_core.passes.base import Pass, PassOptions
+from stratum_core.passes.metadata import MetadataPass
+from stratum_core.passes.pixel import PixelPass
+from stratum_core.progress import Progress
+from tests.fakes import images
+
+
+@pytest.fixture
+def input_dir(tmp_path) -> Path:
+    root = tmp_path / "in"
+    images.write_gradient(root / "land.jpg", 96, 64, seed=1)
+    images.write_gradient(root / "sub" / "port.png", 64, 96, seed=2)
+    images.write_gradient(root / "square.png", 50, 50, seed=3)
+    return root
+
+
+def process(input_dir: Path, output: Path, *extra: str) -> int:
+    return main(["process", str(input_dir), "-o", str(output), "--workers", "2", "--progress-every", "3600",
+                 *extra])
+
+
+def test_pixel_run_writes_metadata_with_exact_keys(input_dir, tmp_path, capsys):
+    assert process(input_dir, tmp_path / "out", "--passes", "pixel") == 0
+    metadata = json.loads((tmp_path / "out" / "sub" / "port" / "metadata.json").read_text())
+    assert metadata == {"image_id": "sub/port", "source_path": "sub/port.png", "width": 64, "height": 96,
+                        "aspect_bucket": "832x1216"}
+
+
+def test_pixel_npy_is_the_crop_over_255(input_dir, tmp_path, capsys):
+    process(input_dir, tmp_path / "out", "--passes", "pixel")
+    pixel = np.load(tmp_path / "out" / "land" / "pixel.npy")
+    crop = decode(input_dir / "land.jpg").crop
+    assert pixel.dtype == np.float16 and pixel.shape == (3, 832, 1216)
+    np.testing.assert_allclose(pixel.astype(np.float32), crop.transpose(2, 0, 1) / 255.0, atol=1e-3)
+
+
+def test_run_writes_a_run_record(input_dir, tmp_path, capsys):
+    process(input_dir, tmp_path / "out", "--passes", "pixel")
+    (record_path,) = (tmp_path / "out" / ".stratum" / "runs").iterdir()
+    record = json.loads(record_path.read_text())
+    assert record["total_images"] == 3 and record["failed"] == 0
+    assert record["passes"]["pixel"]["done"] == 3
+
+
+def test_metadata_only_run_writes_no_pixels(input_dir, tmp_path, capsys):
+    assert process(input_dir, tmp_path / "out", "--passes", "metadata") == 0
+    assert sorted(os.listdir(tmp_path / "out" / "square")) == ["metadata.json"]
+
+
+def test_a_failing_image_never_stops_the_others(input_dir, tmp_path, capsys):
+    images.write_truncated(input_dir / "broken.jpg")
+    code = process(input_dir, tmp_path / "out", "--passes", "pixel")
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "broken [metadata] decode_error" in out
+    assert "FAILED 1" in out
+    assert sorted(p.parent.name for p in (tmp_path / "out").rglob("pixel.npy")) == ["land", "port", "square"]
+
+
+def test_second_run_does_no_work_and_says_so(input_dir, tmp_path, capsys):
+    process(input_dir, tmp_path / "out", "--passes", "pixel")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.npy")}
+    capsys.readouterr()
+    assert process(input_dir, tmp_path / "out", "--passes", "pixel") == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out
+    assert "pixel     done 0, existing 3" in out
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.npy")} == stamps
+
+
+def test_adding_a_pass_later_keeps_existing_metadata(input_dir, tmp_path, capsys):
+    process(input_dir, tmp_path / "out", "--passes", "metadata")
+    capsys.readouterr()
+    process(input_dir, tmp_path / "out", "--passes", "pixel")
+    out = capsys.readouterr().out
+    assert "metadata  done 0, existing 3" in out and "pixel     done 3, existing 0" in out
+
+
+def test_a_later_success_clears_the_failure_record(input_dir, tmp_path, capsys):
+    images.write_zero_byte(input_dir / "late.png")
+    process(input_dir, tmp_path / "out", "--passes", "metadata")
+    assert (tmp_path / "out" / "late" / ".failed-metadata.json").exists()
+    images.write_gradient(input_dir / "late.png", 32, 32)
+    assert process(input_dir, tmp_path / "out", "--passes", "metadata") == 0
+    assert os.listdir(tmp_path / "out" / "late") == ["metadata.json"]
+
+
+def test_unknown_pass_is_an_error_before_any_work(input_dir, tmp_path, caplog):
+    assert process(input_dir, tmp_path / "out", "--passes", "pixel,bogus") == 2
+    assert "unknown pass 'bogus'" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_unimplemented_model_pass_says_not_available(input_dir, tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(pass_registry.REGISTRY, "dinov3", "stratum_core.passes.no_such_module:Missing")
+    assert process(input_dir, tmp_path / "out", "--passes", "dinov3", "--device", "cpu") == 2
+    assert "the dinov3 pass is not available" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- engine internals, with spy passes
+
+def engine_run(input_dir: Path, output: Path, extra_passes: list[Pass], batch_size: int = 2):
+    found = discover(input_dir)
+    options = PassOptions()
+    config = RunConfig(output_dir=output, passes=("metadata",), workers=2, batch_size=batch_size)
+    engine = Engine(config, [MetadataPass(options), *extra_passes])
+    return engine.run(found.images, found.errors, Progress(len(found.images), every=3600))
+
+
+class RecordingPixelPass(PixelPass):
+    """The pixel pass, noting the buckets of every batch it is handed."""
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.batches: list[list[str]] = []
+
+    def forward(self, batch):
+        self.batches.append([item.bucket.label for item in batch])
+        return super().forward(batch)
+
+
+def test_batches_hold_one_bucket_each(input_dir, tmp_path):
+    for i in range(3):
+        images.write_gradient(input_dir / f"more_land_{i}.png", 90, 60)
+    spy = RecordingPixelPass(PassOptions())
+    engine_run(input_dir, tmp_path / "out", [spy], batch_size=2)
+    assert all(len(set(batch)) == 1 for batch in spy.batches)
+    assert sorted(b for batch in spy.batches for b in batch).count("1216x832") == 4
+    assert max(len(batch) for batch in spy.batches) == 2
+
+
+class ExplodingPixelPass(PixelPass):
+    def forward(self, batch):
+        if any(item.image_id == "square" for item in batch):
+            raise RuntimeError("boom")
+        return super().forward(batch)
+
+
+def test_a_pass_error_fails_its_batch_and_the_run_goes_on(input_dir, tmp_path):
+    summary = engine_run(input_dir, tmp_path / "out", [ExplodingPixelPass(PassOptions())], batch_size=1)
+    assert [(f.image, f.pass_name, f.reason) for f in summary.failures] == [("square", "pixel", "inference_error")]
+    assert summary.passes["pixel"].done == 2
+    assert json.loads((tmp_path / "out" / "square" / ".failed-pixel.json").read_text())["message"] == \
+        "RuntimeError: boom"
+
+
+class DeadServerPass(PixelPass):
+    def forward(self, batch):
+        raise InfrastructureError("server down")
+
+
+def test_an_infrastructure_error_stops_the_run(input_dir, tmp_path):
+    with pytest.raises(InfrastructureError, match="server down"):
+        engine_run(input_dir, tmp_path / "out", [DeadServerPass(PassOptions())])
+
+
+class FakeT5Pass(Pass):
+    name = "t5"
+    needs = ("caption",)
+    uses_image = False
+
+    def forward(self, batch):
+        return batch
+
+    def postprocess(self, outputs, items):
+        return [Outcome.ok(t5_hidden=np.zeros((512, 1024), np.float16), t5_mask=np.zeros(512, np.uint8))
+                for _ in items]
+
+
+def test_a_pass_whose_input_is_missing_skips_with_the_reason(input_dir, tmp_path):
+    summary = engine_run(input_dir, tmp_path / "out", [FakeT5Pass(PassOptions())])
+    assert dict(summary.passes["t5"].skipped) == {"missing_input": 3}
+    assert summary.exit_code == 0
+    assert not list((tmp_path / "out").rglob("t5_*.npy"))
+
+
+def test_a_pass_reads_its_input_from_disk(input_dir, tmp_path):
+    engine_run(input_dir, tmp_path / "out", [])
+    (tmp_path / "out" / "square" / "caption.txt").write_text("a square")
+    summary = engine_run(input_dir, tmp_path / "out", [FakeT5Pass(PassOptions())])
+    assert summary.passes["t5"].done == 1
+    assert (tmp_path / "out" / "square" / "t5_mask.npy").exists()
+
+
+def test_a_non_image_pass_reuses_metadata_without_decoding(input_dir, tmp_path, monkeypatch):
+    engine_run(input_dir, tmp_path / "out", [])
+    for rel in ("land", "sub/port", "square"):
+        (tmp_path / "out" / rel / "caption.txt").write_text("words")
+    monkeypatch.setattr("stratum_core.engine.decode", lambda path: pytest.fail("decoded"))
+    summary = engine_run(input_dir, tmp_path / "out", [FakeT5Pass(PassOptions())])
+    assert summary.passes["t5"].done == 3
