@@ -108,8 +108,8 @@ def unit_normals(normals: Any, foreground: Any) -> Any:
     return unit.permute(0, 2, 3, 1)
 
 
-def load_torchscript(path: Path, device: str, dtype: Any) -> Any:
-    """torch.jit.load `path` onto `device` and cast its weights to `dtype`; a clear error otherwise."""
+def load_torchscript(path: Path, device: str) -> Any:
+    """torch.jit.load `path` onto `device` in eval mode; a clear error naming the file otherwise."""
     import torch
 
     try:
@@ -121,8 +121,26 @@ def load_torchscript(path: Path, device: str, dtype: Any) -> Any:
         raise InfrastructureError(
             f"{path} is not a TorchScript checkpoint ({detail}); the Sapiens passes need the "
             f"*_torchscript.pt2 files (see `stratum models download --passes seg,depth,normal`)") from exc
-    model.eval()
-    return model.to(dtype)
+    return model.eval()
+
+
+def lower_precision(model: Any, path: Path, device: str, dtype: Any) -> tuple[Any, bool]:
+    """Cast the weights to `dtype` and try one input; returns (model, use_autocast).
+
+    A traced graph can hold float32 constants baked in at trace time, so a cast model may
+    reject bf16 inputs. Then the fp32 weights are reloaded and run under autocast instead.
+    """
+    import torch
+
+    probe = torch.zeros(1, 3, *INPUT_SIZE, device=device, dtype=dtype)
+    try:
+        with torch.inference_mode():
+            model.to(dtype)(probe)
+        return model, False
+    except RuntimeError as exc:
+        log.warning("%s: weights cast to %s fail (%s); running fp32 weights under autocast", path.name,
+                    dtype, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return load_torchscript(path, device), True
 
 
 # ---------------------------------------------------------------------- passes
@@ -147,6 +165,7 @@ class SapiensPass(Pass):
         self._dtype: Any = None
         self._batch: int | None = None
         self._checkpoint: str = ""
+        self._autocast = False  # True: fp32 weights under torch.autocast (see `lower_precision`)
 
     @property
     def max_batch(self) -> int:
@@ -158,7 +177,9 @@ class SapiensPass(Pass):
                                  model_dir=self.options.model_dir, offline=self.options.offline)
         path = location.file(location.spec.files[0])
         self._checkpoint = path.name
-        self._model = load_torchscript(path, self.options.device, self._dtype)
+        self._model = load_torchscript(path, self.options.device)
+        if self.options.resolved_precision != "fp32":
+            self._model, self._autocast = lower_precision(self._model, path, self.options.device, self._dtype)
         self._batch = torch_utils.auto_batch_size(self.options.device, BYTES_PER_ITEM,
                                                   requested=self.options.batch_size, cap=MAX_AUTO_BATCH)
         log.info("%s: %s on %s (%s, batch %d)", self.name, path, self.options.device,
@@ -183,7 +204,9 @@ class SapiensPass(Pass):
         """Run the model on the batch; per image the artifact array, or None for a non-finite output."""
         import torch
 
-        raw = self._model(torch.stack([p.pixels for p in batch]))
+        device_type = torch.device(self.options.device).type
+        with torch.autocast(device_type, dtype=self._dtype, enabled=self._autocast):
+            raw = self._model(torch.stack([p.pixels for p in batch]))
         if isinstance(raw, (tuple, list)):  # some exports return (output,)
             raw = raw[0]
         finite = torch.isfinite(raw).flatten(1).all(dim=1).tolist()
@@ -208,7 +231,8 @@ class SapiensPass(Pass):
                 for array in outputs]
 
     def provenance(self) -> dict[str, Any]:
-        return {**super().provenance(), "file": self._checkpoint, "input_size": list(INPUT_SIZE)}
+        return {**super().provenance(), "file": self._checkpoint, "input_size": list(INPUT_SIZE),
+                "autocast": self._autocast}
 
     def close(self) -> None:
         self._model = None

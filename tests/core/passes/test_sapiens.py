@@ -119,7 +119,27 @@ def test_seg_in_bf16_finds_the_same_rectangle(input_dir, model_dir):
     [outcome] = seg_pass.run_batch([item_for(input_dir / f"img_{SQUARE.label}.png")])
     left, top, right, bottom = red_box(SQUARE)
     assert (outcome.values["seg"][top + MARGIN:bottom - MARGIN, left + MARGIN:right - MARGIN] == RED_CLASS).all()
-    assert seg_pass.provenance()["precision"] == "bf16"
+    assert seg_pass.provenance()["precision"] == "bf16" and seg_pass.provenance()["autocast"] is False
+
+
+class Float32Inside(torch.nn.Module):
+    """Casts its input to float32 like a graph traced with a dtype constant: bf16 weights reject it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 28, 16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.to(torch.float32))
+
+
+def test_bf16_falls_back_to_autocast_when_cast_weights_fail(input_dir, tmp_path):
+    path = save_scripted(Float32Inside(), tmp_path / "fp32_inside.pt2")
+    seg_pass = SapiensSegPass(PassOptions(model_paths={"seg": path}, precision="bf16"))
+    seg_pass.load()
+    [outcome] = seg_pass.run_batch([item_for(input_dir / f"img_{SQUARE.label}.png")])
+    assert outcome.status == "ok" and outcome.values["seg"].shape == (1024, 1024)
+    assert seg_pass.provenance()["autocast"] is True
 
 
 # ---------------------------------------------------------------------- depth and normal
