@@ -89,7 +89,7 @@ def draw_pose(image: Image.Image, pose: np.ndarray, threshold: float = DEFAULT_T
     points = to_pixels(pose, out.width, out.height)
     visible = np.nan_to_num(pose[:, 2].astype(np.float32)) >= threshold
     scale = max(out.width, out.height) / 1024
-    limb_width = max(1, round(4 * scale))
+    limb_width = max(2, round(5 * scale))
     for a, b, colour in LIMBS:
         if visible[a] and visible[b]:
             fine = a in FACE or a >= LEFT_HAND.start
@@ -97,7 +97,7 @@ def draw_pose(image: Image.Image, pose: np.ndarray, threshold: float = DEFAULT_T
             draw.line([tuple(points[a]), tuple(points[b])], fill=colour, width=width)
     for index in np.flatnonzero(visible):
         fine = index in FACE or index >= LEFT_HAND.start
-        radius = max(1.5, (2.5 if fine else 5) * scale)
+        radius = max(1.5, 3 * scale) if fine else max(3.0, 7 * scale)
         x, y = points[index]
         # A dark rim keeps light dots readable on light clothes; tiny dots would be all rim.
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=keypoint_colour(int(index)),
