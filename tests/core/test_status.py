@@ -1,0 +1,86 @@
+"""`stratum status`: artifact counts per type and failures per pass, from the filesystem alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stratum_core.artifacts import ARTIFACTS, BY_NAME
+from stratum_core.cli import main
+from stratum_core.status import dataset_status, failure_records
+from stratum_core.store import Store
+
+
+def metadata(image_id: str) -> dict:
+    return {"image_id": image_id, "source_path": f"{image_id}.png", "width": 10, "height": 10,
+            "aspect_bucket": "1024x1024"}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """4 images with metadata (3 with pixel, 1 with a caption), 1 undecodable, 1 failed pixel write."""
+    store = Store(tmp_path)
+    for image_id in ("a", "b", "c/d", "c/e"):
+        store.write(image_id, BY_NAME["metadata"], metadata(image_id))
+    for image_id in ("a", "b", "c/d"):
+        store.write(image_id, BY_NAME["pixel"], np.zeros((1,), np.float16))  # status never reads arrays
+    store.write("a", BY_NAME["caption"], "words")
+    store.record_failure("bad", "metadata", "decode_error", "truncated")
+    store.record_failure("c/e", "pixel", "write_error", "disk full")
+    (tmp_path / "stray").mkdir()  # not an image directory
+    return tmp_path
+
+
+def test_status_counts_images_with_metadata(dataset):
+    assert dataset_status(dataset).total_images == 4
+
+
+def test_status_counts_each_artifact(dataset):
+    counts = dataset_status(dataset).counts
+    assert (counts["metadata"], counts["pixel"], counts["caption"], counts["seg"]) == (4, 3, 1, 0)
+
+
+def test_status_counts_failures_per_pass_and_reason(dataset):
+    failures = dataset_status(dataset).failures
+    assert {p: dict(c) for p, c in failures.items()} == {"metadata": {"decode_error": 1},
+                                                          "pixel": {"write_error": 1}}
+
+
+def test_status_format_lines(dataset):
+    lines = dataset_status(dataset).format().splitlines()
+    assert lines[0] == "Total images: 4"
+    assert lines[1] == "metadata: 4 / 4 (100.0%)"
+    assert lines[2] == "caption: 1 / 4 (25.0%)"
+    assert "pixel: 3 / 4 (75.0%)" in lines
+    assert lines[1 + len(ARTIFACTS)].startswith("Failures")
+    assert lines[-2:] == ["  metadata: 1 (decode_error 1)", "  pixel: 1 (write_error 1)"]
+
+
+def test_status_of_an_empty_dataset(tmp_path):
+    text = dataset_status(tmp_path).format()
+    assert text.splitlines()[:2] == ["Total images: 0", "metadata: 0 / 0 (0.0%)"]
+    assert "Failures" not in text
+
+
+def test_status_cli_prints_the_format(dataset, capsys):
+    assert main(["status", str(dataset)]) == 0
+    assert capsys.readouterr().out.startswith("Total images: 4\nmetadata: 4 / 4 (100.0%)\n")
+
+
+def test_status_cli_json(dataset, capsys):
+    main(["status", str(dataset), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["total_images"] == 4 and data["artifacts"]["pixel"] == 3
+    assert data["failures"] == {"metadata": {"decode_error": 1}, "pixel": {"write_error": 1}}
+
+
+def test_status_cli_on_a_missing_dir_is_an_error(tmp_path, caplog):
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert "no dataset" in caplog.text
+
+
+def test_failure_records_list_image_and_reason(dataset):
+    records = sorted((r["image_id"], r["pass"], r["reason"]) for r in failure_records(dataset))
+    assert records == [("bad", "metadata", "decode_error"), ("c/e", "pixel", "write_error")]
