@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import dagster as dg
 from pydantic import Field
@@ -38,22 +38,28 @@ class ShardRun:
 class CaptionServerResource(dg.ConfigurableResource):
     """The Ollama (or OpenAI-compatible) server the caption pass talks to; `None` keeps the pass's default."""
 
-    url: Optional[str] = Field(default=None, description="server base URL, e.g. http://127.0.0.1:11434")
+    backend: str = Field(default="ollama", description="ollama | openai (any OpenAI-compatible server)")
+    url: Optional[str] = Field(default=None, description="server URL (ollama: its /api/generate endpoint)")
     model: Optional[str] = Field(default=None, description="model name on the server (default gemma3:27b)")
-    max_tokens: Optional[int] = Field(default=None, description="options.num_predict")
-    timeout_s: Optional[float] = Field(default=None, description="seconds per request")
-    api_key: Optional[str] = Field(default=None, description="for OpenAI-compatible servers; use an EnvVar")
+    max_tokens: Optional[int] = Field(default=None, description="most tokens per caption")
+    concurrency: Optional[int] = Field(default=None, description="caption requests in flight")
+    timeout_s: Optional[float] = Field(default=None, description="seconds to wait for one answer")
+    api_key: Optional[str] = Field(default=None, description="bearer token; use EnvVar('STRATUM_CAPTION_API_KEY')")
     extra_args: list[str] = Field(default_factory=list, description="more `stratum process` caption options")
 
     def to_args(self) -> list[str]:
         """These settings as the caption pass's own `stratum process` options."""
-        args = []
+        args = ["--caption-backend", self.backend]
         for option, value in (("--caption-url", self.url), ("--caption-model", self.model),
-                              ("--caption-max-tokens", self.max_tokens), ("--caption-timeout", self.timeout_s),
-                              ("--caption-api-key", self.api_key)):
+                              ("--caption-max-tokens", self.max_tokens),
+                              ("--caption-concurrency", self.concurrency), ("--caption-timeout", self.timeout_s)):
             if value is not None:
                 args += [option, str(value)]
         return args + list(self.extra_args)
+
+    def environ(self) -> dict[str, str]:
+        """The process environment, with the key where the caption pass looks for it."""
+        return {**os.environ, "STRATUM_CAPTION_API_KEY": self.api_key} if self.api_key else dict(os.environ)
 
 
 class StratumResource(dg.ConfigurableResource):
@@ -96,7 +102,8 @@ class StratumResource(dg.ConfigurableResource):
         extra = {n: list(self.pass_args.get(n, [])) for n in names}
         if caption is not None and "caption" in extra:
             extra["caption"] = caption.to_args() + extra["caption"]
-        configs = {n: pass_config(n, extra[n]) for n in names}
+        environ = caption.environ() if caption is not None else dict(os.environ)
+        configs = {n: pass_config(n, extra[n], environ) for n in names}
         claim = claim_device(self.device if pass_name in MODEL_PASSES else "cpu")
         try:
             config = RunConfig(output_dir=self.output_dir, passes=names, options=self._options(claim.device),
@@ -136,7 +143,7 @@ class HubResource(dg.ConfigurableResource):
                              limit=self.limit, license=self.license, private=self.private)
 
 
-def pass_config(name: str, args: Sequence[str]) -> Any:
+def pass_config(name: str, args: Sequence[str], environ: Mapping[str, str]) -> Any:
     """A pass's frozen config from its own `stratum process` options, exactly as the CLI builds it."""
     from stratum_core.passes import PassUnavailable, pass_class
 
@@ -153,7 +160,7 @@ def pass_config(name: str, args: Sequence[str]) -> Any:
             namespace = parser.parse_args(args)
         except SystemExit as exc:
             raise ConfigError(f"bad options for the {name} pass: {' '.join(args)}") from exc
-    return cls.config_from_args(namespace, os.environ)
+    return cls.config_from_args(namespace, environ)
 
 
 def _known_args(args: list[str], known: set[str]) -> list[str]:

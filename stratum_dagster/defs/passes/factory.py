@@ -25,7 +25,7 @@ GPU_OP_TAGS = {"dagster-k8s/config": GPU_K8S_CONFIG, "dagster-celery/queue": "gp
 CAPTION_OP_TAGS = {"dagster-celery/queue": "caption"}
 GPU_RUN_TAGS = {"dagster-k8s/config": GPU_K8S_CONFIG}
 
-# An infrastructure error (dead server, out of memory, missing weights) raises; Dagster retries the shard.
+# An infrastructure error (dead server, out of memory, missing weights) raises; the jobs retry the step.
 INFRASTRUCTURE_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 
 
@@ -60,7 +60,7 @@ def build_pass_asset(name: str) -> dg.AssetsDefinition:
     """The shard-partitioned asset of one pass: run it over the shard, report counts and provenance."""
 
     @dg.asset(name=name, partitions_def=shard_partitions, deps=upstream_passes(name), group_name="passes",
-              description=_describe(name), retry_policy=INFRASTRUCTURE_RETRY, **_placement(name))
+              description=_describe(name), **_placement(name))
     def _pass_asset(context: dg.AssetExecutionContext, stratum: StratumResource,
                     caption_server: CaptionServerResource) -> dg.MaterializeResult:
         shard_run = stratum.run_pass(name, context.partition_key, caption_server)
@@ -85,15 +85,15 @@ def build_verify_check(name: str) -> dg.AssetChecksDefinition:
 
 
 def build_pass_job(name: str) -> dg.JobDefinition:
-    return dg.define_asset_job(f"{name}_job", selection=[name], partitions_def=shard_partitions,
-                               executor_def=dg.in_process_executor,
+    return dg.define_asset_job(f"{name}_job", selection=[name],
+                               executor_def=dg.in_process_executor, op_retry_policy=INFRASTRUCTURE_RETRY,
                                tags=GPU_RUN_TAGS if name in MODEL_PASSES else None,
                                description=f"The {name} pass over one shard.")
 
 
 enrich_job = dg.define_asset_job(
-    "enrich_job", selection=["metadata", *DEFAULT_PASSES], partitions_def=shard_partitions,
-    executor_def=dg.in_process_executor, tags=GPU_RUN_TAGS,
+    "enrich_job", selection=["metadata", *DEFAULT_PASSES],
+    executor_def=dg.in_process_executor, op_retry_policy=INFRASTRUCTURE_RETRY, tags=GPU_RUN_TAGS,
     description="metadata and the default passes (everything but pixel) over one shard.")
 
 PASS_JOBS: dict[str, dg.JobDefinition] = {n: build_pass_job(n) for n in REGISTRY}

@@ -28,6 +28,8 @@ def run_metadata(shard_run: ShardRun, stratum: StratumResource) -> dict[str, Any
         "existing": counts["existing"],
         "skipped": counts["skipped"],
         "failed": counts["failed"],
+        # an image that does not decode fails under "metadata" and never reaches the pass
+        "decode_failed": sum(shard_run.summary.passes["metadata"].failed.values()),
         "rate_images_per_s": round(shard_run.summary.rate, 3),
         "elapsed_s": round(shard_run.summary.elapsed, 3),
         "device": provenance.get("device", shard_run.device),
@@ -40,7 +42,8 @@ def run_metadata(shard_run: ShardRun, stratum: StratumResource) -> dict[str, Any
     if counts["failed"] or counts["skipped"]:
         metadata["reasons"] = dg.MetadataValue.json({"failed": counts["failed_reasons"],
                                                      "skipped": counts["skipped_reasons"]})
-    failures = [f for f in shard_run.summary.failures if f.pass_name == shard_run.pass_name][:MAX_LISTED_IDS]
+    failures = [f for f in shard_run.summary.failures
+                if f.pass_name in (shard_run.pass_name, "metadata")][:MAX_LISTED_IDS]
     if failures:
         metadata["failures"] = dg.MetadataValue.md("\n".join(
             f"- `{f.image}` {f.reason}: {f.message[:200]}" for f in failures))

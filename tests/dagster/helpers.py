@@ -1,0 +1,65 @@
+"""Shared builders for the Dagster tests: a small source tree, registered shards, resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from PIL import Image
+
+from stratum_core import shards
+from stratum_dagster.defs.passes import assets as pass_area
+from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
+from stratum_dagster.resources import CaptionServerResource, StratumResource
+
+GREY, RED = (128, 128, 128), (255, 0, 0)
+
+
+def write_image(path: Path, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
+    """A grey (width, height) image with a red square in the middle (the smoke seg model's foreground)."""
+    width, height = size
+    array = np.full((height, width, 3), GREY, np.uint8)
+    array[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = RED
+    array[0, 0] = (seed * 37 % 256, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def write_tree(root: Path, rel_paths: list[str]) -> None:
+    for i, rel in enumerate(rel_paths):
+        write_image(root / rel, seed=i)
+
+
+def register(src: Path, out: Path, instance: dg.DagsterInstance, group: str, shard_size: int = 1000) -> list[str]:
+    """Register the group's shards on disk and as Dagster partitions; returns their keys."""
+    created, _ = shards.register_group(src, out, group, shard_size)
+    keys = [s.key for s in created]
+    instance.add_dynamic_partitions(SHARD_PARTITIONS_NAME, keys)
+    return keys
+
+
+def stratum_resource(src: Path, out: Path, **overrides) -> StratumResource:
+    settings = {"device": "cpu", "workers": 1, "batch_size": 2, "offline": True, **overrides}
+    return StratumResource(input_root=str(src), output_root=str(out), **settings)
+
+
+def materialize(names: list[str], key: str, instance: dg.DagsterInstance, stratum: StratumResource,
+                caption: CaptionServerResource | None = None, raise_on_error: bool = True) -> dg.ExecuteInJobResult:
+    """Materialise the pass assets `names` (with their verify checks) for shard `key`."""
+    return dg.materialize(
+        [*pass_area.defs.assets, *pass_area.defs.asset_checks], selection=names, partition_key=key,
+        instance=instance, resources={"stratum": stratum, "caption_server": caption or CaptionServerResource()},
+        raise_on_error=raise_on_error)
+
+
+def asset_metadata(result: dg.ExecuteInJobResult, name: str) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(name)]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def check_results(result: dg.ExecuteInJobResult) -> dict[str, bool]:
+    return {e.asset_check_evaluation_data.asset_check_key.asset_key.to_user_string():
+            e.asset_check_evaluation_data.passed
+            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}

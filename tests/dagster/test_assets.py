@@ -1,0 +1,168 @@
+"""Pass assets over shards: definitions, deps, materialising cheap and smoke-model passes, verify checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from stratum_dagster.defs.passes import assets as pass_area
+from stratum_dagster.resources import CaptionServerResource
+from tests.dagster.helpers import (asset_metadata, check_results, materialize, register, stratum_resource,
+                                   write_tree)
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def tree(tmp_path: Path, instance) -> tuple[Path, Path, str]:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, ["people/a.png", "people/b.png"])
+    [key] = register(src, out, instance, "people")
+    return src, out, key
+
+
+def test_definitions_load_and_validate():
+    from stratum_dagster.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    assert {"enrich_job", "publish_job", "reconcile_job", "pixel_job", "seg_job", "t5_job"} <= jobs
+
+
+def test_asset_deps_follow_the_spec():
+    from stratum_dagster.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    deps = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
+            for k in graph.get_all_asset_keys()}
+    assert {k: v for k, v in deps.items() if k != "hub_dataset"} == {
+        "metadata": [], "caption": [], "dinov3": [], "t5": ["caption"], "pose": [], "seg": [],
+        "depth": ["seg"], "normal": ["seg"], "pixel": []}
+    assert deps["hub_dataset"] == sorted(["metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal"])
+
+
+def test_every_pass_asset_is_partitioned_by_shard_and_enrich_job_leaves_out_pixel():
+    from stratum_dagster.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for name in ("metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel"):
+        assert graph.get(dg.AssetKey(name)).partitions_def.name == "shards"
+    enrich = defs.resolve_job_def("enrich_job")
+    assert {k.to_user_string() for k in enrich.asset_layer.selected_asset_keys} == {
+        "metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal"}
+
+
+def test_gpu_assets_share_the_gpu_pool_and_carry_kubernetes_gpu_requests():
+    from stratum_dagster.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for name in ("dinov3", "t5", "pose", "seg", "depth", "normal"):
+        node = graph.get(dg.AssetKey(name))
+        assert node.pools == {"gpu"}
+        k8s_config = json.loads(defs.resolve_assets_def(name).op.tags["dagster-k8s/config"])
+        limits = k8s_config["container_config"]["resources"]["limits"]
+        assert limits == {"nvidia.com/gpu": "1"}
+    assert graph.get(dg.AssetKey("caption")).pools == {"caption"}
+    assert not graph.get(dg.AssetKey("pixel")).pools
+
+
+def test_materialising_metadata_and_pixel_writes_the_shards_files(tree, instance):
+    src, out, key = tree
+    result = materialize(["metadata", "pixel"], key, instance, stratum_resource(src, out))
+    assert result.success
+    for image_id in ("people/a", "people/b"):
+        assert (out / image_id / "metadata.json").is_file()
+        pixel = np.load(out / image_id / "pixel.npy")
+        assert pixel.dtype == np.float16 and pixel.shape == (3, 1216, 832)
+    metadata = asset_metadata(result, "pixel")
+    assert (metadata["images"], metadata["done"], metadata["failed"], metadata["device"]) == (2, 2, 0, "cpu")
+    assert metadata["precision"] == "fp32"
+    assert metadata["dataset_dir"] == str(out)
+    assert check_results(result) == {"metadata": True, "pixel": True}
+
+
+def test_second_materialisation_reports_existing_images(tree, instance):
+    src, out, key = tree
+    materialize(["pixel"], key, instance, stratum_resource(src, out))
+    metadata = asset_metadata(materialize(["pixel"], key, instance, stratum_resource(src, out)), "pixel")
+    assert (metadata["done"], metadata["existing"]) == (0, 2)
+
+
+def test_verify_check_fails_with_the_offending_id_after_a_file_is_corrupted(tree, instance):
+    src, out, key = tree
+    stratum = stratum_resource(src, out)
+    materialize(["pixel"], key, instance, stratum)
+    np.save(out / "people" / "b" / "pixel.npy", np.full((3, 4, 4), 7, np.float16))
+    result = materialize(["pixel"], key, instance, stratum)  # pixel.npy exists: only the check looks at it
+    [evaluation] = [e.asset_check_evaluation_data for e in result.all_events
+                    if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert not evaluation.passed
+    assert list(evaluation.metadata["bad_ids"].value) == ["people/b"]
+
+
+def test_an_item_failure_is_metadata_not_a_failed_asset(tree, instance):
+    src, out, key = tree
+    (src / "people" / "b.png").write_bytes(b"not a png")
+    result = materialize(["pixel"], key, instance, stratum_resource(src, out))
+    assert result.success
+    metadata = asset_metadata(result, "pixel")
+    assert (metadata["done"], metadata["images"], metadata["decode_failed"]) == (1, 2, 1)
+    assert "`people/b` decode_error" in metadata["failures"]
+
+
+def test_an_infrastructure_error_fails_the_asset(tree, instance):
+    src, out, key = tree
+    stratum = stratum_resource(src, out, model_dir=str(out / "no-models"))
+    result = materialize(["seg"], key, instance, stratum, raise_on_error=False)
+    assert not result.success
+
+
+def test_seg_then_depth_and_normal_write_their_files(tree, instance, tmp_path):
+    pytest.importorskip("torch")
+    from tests.fakes.sapiens_models import RED_CLASS, build_sapiens_models
+
+    src, out, key = tree
+    models = tmp_path / "models"
+    build_sapiens_models(models)
+    stratum = stratum_resource(src, out, model_dir=str(models))
+    assert materialize(["seg"], key, instance, stratum).success
+    result = materialize(["depth", "normal"], key, instance, stratum)
+    assert result.success
+    seg = np.load(out / "people" / "a" / "seg.npy")
+    assert seg.shape == (1216, 832) and seg[608, 416] == RED_CLASS and seg[5, 5] == 0
+    depth = np.load(out / "people" / "a" / "depth.npy")
+    normal = np.load(out / "people" / "a" / "normal.npy")
+    assert depth.shape == (1216, 832) and normal.shape == (1216, 832, 3)
+    assert depth[5, 5] == 0 and np.all(normal[5, 5] == 0)
+    metadata = asset_metadata(result, "depth")
+    assert metadata["done"] == 2 and metadata["model"] == "facebook/sapiens-depth-1b-torchscript"
+    assert check_results(result) == {"depth": True, "normal": True}
+
+
+def test_t5_after_caption_writes_embeddings_of_the_fake_servers_caption(tree, instance, tmp_path):
+    pytest.importorskip("transformers")
+    from tests.fakes.ollama import FakeOllama
+    from tests.fakes.transformers_models import build_t5
+
+    src, out, key = tree
+    t5_folder = build_t5(tmp_path / "t5")
+    stratum = stratum_resource(src, out, model_paths={"t5": str(t5_folder)})
+    with FakeOllama(captions="A person standing in a red shirt.") as fake:
+        caption = CaptionServerResource(url=f"{fake}/api/generate")
+        assert materialize(["caption"], key, instance, stratum, caption).success
+    assert (out / "people" / "a" / "caption.txt").read_text() == "A person standing in a red shirt."
+    result = materialize(["t5"], key, instance, stratum)
+    assert result.success
+    hidden = np.load(out / "people" / "a" / "t5_hidden.npy")
+    mask = np.load(out / "people" / "a" / "t5_mask.npy")
+    assert hidden.shape == (512, 1024) and hidden.dtype == np.float16
+    assert 1 < mask.sum() < 512 and mask[0] == 1 and mask[-1] == 0
+    assert asset_metadata(result, "t5")["done"] == 2
