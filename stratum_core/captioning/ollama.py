@@ -60,7 +60,7 @@ class OllamaClient(CaptionClient):
         text = answer.get("response") if isinstance(answer, dict) else None
         if not isinstance(text, str):
             error = answer.get("error") if isinstance(answer, dict) else None
-            raise RequestFailure("bad_response", f"Ollama answered without a response text"
+            raise RequestFailure("bad_response", "Ollama answered without a response text"
                                  + (f": {error}" if error else ""))
         return text
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Sequence, Union
 
@@ -42,6 +43,8 @@ class FakeCaptionServer:
         self.headers: list[dict[str, str]] = []  # headers of every request (all paths)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.first_request_at: float | None = None  # time.monotonic() of the first generate request
+        self.last_answer_at: float | None = None  # ... and of the last answer, for throughput windows
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._caption_counter = itertools.count()
@@ -92,6 +95,8 @@ class FakeCaptionServer:
         with self._lock:
             index = len(self.requests)
             self.requests.append(body)
+            if self.first_request_at is None:
+                self.first_request_at = time.monotonic()
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -111,6 +116,7 @@ class FakeCaptionServer:
             # the moment it reads this answer never sees the count above its own limit.
             with self._lock:
                 self.in_flight -= 1
+                self.last_answer_at = time.monotonic()
 
     def next_caption(self, body: dict) -> str:
         if callable(self.captions):
