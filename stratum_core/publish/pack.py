@@ -141,17 +141,17 @@ def pack_tar(root: Path, layer: str, image_ids: Sequence[str], out: Path, path_i
     """Write `<key>.<artifact>.npy` members for each image, in id order, straight from the npy files."""
     artifacts = tar_artifacts(layer)
     written = 0
-    with open(out, "wb") as f:
+    with open(out, "wb", buffering=0) as f:
         for image_id in image_ids:
             for artifact in artifacts:
-                data = (root / image_id / artifact.filename).read_bytes()
-                header = _header(member_name(image_id, artifact), len(data))
-                f.write(header)
-                f.write(data)
-                pad = -len(data) % BLOCK
-                if pad:
-                    f.write(b"\0" * pad)
-                written += len(header) + len(data) + pad
+                with open(root / image_id / artifact.filename, "rb", buffering=0) as src:
+                    size = os.fstat(src.fileno()).st_size
+                    header = _header(member_name(image_id, artifact), size)
+                    f.write(header)
+                    _copy(src.fileno(), f.fileno(), size)
+                pad = -size % BLOCK
+                f.write(b"\0" * pad + b"")
+                written += len(header) + size + pad
         end = 2 * BLOCK
         f.write(b"\0" * (end + (-(written + end) % RECORD)))
     keys = {escape_key(i): i for i in image_ids}
@@ -159,6 +159,19 @@ def pack_tar(root: Path, layer: str, image_ids: Sequence[str], out: Path, path_i
              "artifacts": [a.name for a in artifacts],
              "escaped_keys": {k: v for k, v in keys.items() if k != v}}
     return PackedChunk(layer, path_in_repo, out, index)
+
+
+def _copy(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy `size` bytes in the kernel (copy_file_range / sendfile), never through Python buffers."""
+    left = size
+    while left > 0:
+        try:
+            sent = os.copy_file_range(src_fd, dst_fd, left)
+        except (AttributeError, OSError):
+            sent = os.sendfile(dst_fd, src_fd, None, left)
+        if sent == 0:
+            raise OSError("file shrank while packing")
+        left -= sent
 
 
 def tar_member_bytes(root: Path, layer: str, image_id: str) -> int:

@@ -1,0 +1,94 @@
+"""Bench: bytes/s of packing a layer (data parquet + WebDataset tar) vs reading the same npy files from disk.
+
+Goal: packing >= 0.7x the plain read rate. Default: 300 images of the dinov3 layer (1024x1024 bucket:
+4096 patch tokens, ~8 MB per image); `--full-size` uses 2000 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stratum_core.artifacts import BY_NAME  # noqa: E402
+from stratum_core.publish.layout import tar_artifacts  # noqa: E402
+from stratum_core.publish.pack import pack_data, pack_tar  # noqa: E402
+from stratum_core.store import Store  # noqa: E402
+
+
+def make(root: Path, n: int, patches: int) -> list[str]:
+    store = Store(root)
+    rng = np.random.default_rng(0)
+    ids = [f"img/{i:06d}" for i in range(n)]
+    patch = rng.standard_normal((patches, 1024)).astype(np.float16)
+    for i, image_id in enumerate(ids):
+        store.write(image_id, BY_NAME["metadata"], {"image_id": image_id, "source_path": image_id + ".jpg",
+                                                    "width": 1024, "height": 1024, "aspect_bucket": "1024x1024"})
+        store.write(image_id, BY_NAME["caption"], f"a photo number {i}")
+        store.write(image_id, BY_NAME["dinov3_cls"], patch[i % patches])
+        store.write(image_id, BY_NAME["dinov3_patches"], patch + np.float16(i % 7))
+    return ids
+
+
+def read_all(root: Path, ids: list[str]) -> int:
+    total = 0
+    for image_id in ids:
+        for artifact in tar_artifacts("dinov3"):
+            with open(root / image_id / artifact.filename, "rb") as f:
+                total += len(f.read())
+    return total
+
+
+def drop_cache(root: Path) -> None:
+    """Best effort: advise the kernel to drop the files' pages, so both sides read from the same state."""
+    for path in root.rglob("*.npy"):
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--full-size", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    n = args.images or (2000 if args.full_size else 300)
+    with tempfile.TemporaryDirectory(prefix="stratum-bench-") as tmp:
+        root, out = Path(tmp) / "ds", Path(tmp) / "out"
+        out.mkdir()
+        ids = make(root, n, 4096)
+        nbytes = read_all(root, ids)
+        read_s, pack_s, tar_s, parquet_s = [], [], [], []
+        for _ in range(args.repeats):
+            drop_cache(root)
+            t0 = time.perf_counter()
+            read_all(root, ids)
+            read_s.append(time.perf_counter() - t0)
+            drop_cache(root)
+            t0 = time.perf_counter()
+            pack_tar(root, "dinov3", ids, out / "chunk.tar", "dinov3/x.tar")
+            t1 = time.perf_counter()
+            pack_data(root, ids, ("caption", "dinov3"), out / "chunk.parquet", "data/x.parquet")
+            t2 = time.perf_counter()
+            tar_s.append(t1 - t0)
+            parquet_s.append(t2 - t1)
+            pack_s.append(t2 - t0)
+        read_rate = nbytes / min(read_s)
+        pack_rate = nbytes / min(pack_s)
+        print(f"images: {n}, npy bytes: {nbytes / 1e6:.1f} MB (best of {args.repeats})")
+        print(f"read npy files:        {read_rate / 1e6:8.1f} MB/s")
+        print(f"pack tar only:         {nbytes / min(tar_s) / 1e6:8.1f} MB/s")
+        print(f"pack tar + parquet:    {pack_rate / 1e6:8.1f} MB/s   (parquet {min(parquet_s) * 1e3:.0f} ms)")
+        print(f"ratio pack/read:       {pack_rate / read_rate:8.2f}x   (goal >= 0.70x)")
+
+
+if __name__ == "__main__":
+    main()
