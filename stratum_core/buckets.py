@@ -55,9 +55,12 @@ def cover_crop_box(width: int, height: int, bucket: Bucket) -> tuple[float, floa
     Resizing this region to the bucket size equals resize-to-cover followed by a
     centre crop, without ever materialising the (possibly huge) covered image.
     """
-    scale = max(bucket.width / width, bucket.height / height)
-    region_w = bucket.width / scale
-    region_h = bucket.height / scale
+    # The covering side spans the whole source exactly; dividing by a float scale instead can
+    # give an offset of -1e-15, which Pillow refuses ("box offset can't be negative").
+    if bucket.width * height >= bucket.height * width:  # width is the covering side
+        region_h = bucket.height * width / bucket.width
+        top = (height - region_h) / 2
+        return 0.0, top, float(width), top + region_h
+    region_w = bucket.width * height / bucket.height
     left = (width - region_w) / 2
-    top = (height - region_h) / 2
-    return left, top, left + region_w, top + region_h
+    return left, 0.0, left + region_w, float(height)

@@ -86,3 +86,15 @@ def test_output_has_the_exact_bucket_size(tmp_path, bucket):
     assert decoded.crop.shape == (bucket.height, bucket.width, 3)
     assert decoded.crop.dtype == np.uint8
     assert (decoded.width, decoded.height) == (w, h)
+
+
+def test_cover_crop_box_never_leaves_the_source():
+    for w in range(1, 300):
+        for h in range(1, 300, 7):
+            left, top, right, bottom = cover_crop_box(w, h, choose_bucket(w, h))
+            assert 0 <= left < right <= w and 0 <= top < bottom <= h, (w, h)
+
+
+def test_size_whose_float_box_went_negative_decodes(tmp_path):
+    decoded = decode(save_rgb(tmp_path / "x.png", gradient(77, 48)))  # once "box offset can't be negative"
+    assert decoded.crop.shape == (768, 1280, 3)

@@ -1,0 +1,123 @@
+"""Crashes and concurrency: SIGKILL mid-run, two runs at once, a full disk. Nothing partial survives."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stratum_core.discover import discover
+from stratum_core.engine import RunConfig, run
+from stratum_core.progress import Progress
+from stratum_core.store import is_temp_file
+from stratum_core.verify import verify
+from tests.fakes import images
+
+STRATUM = str(Path(sys.executable).parent / "stratum")
+N_IMAGES = 30
+
+
+@pytest.fixture(scope="module")
+def input_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("crash") / "in"
+    for i in range(N_IMAGES):
+        images.write_gradient(root / f"d{i % 3}" / f"{i:03d}.png", 64 + i, 48, seed=i)
+    return root
+
+
+def process_cmd(input_dir: Path, output: Path, *extra: str) -> list[str]:
+    return [STRATUM, "process", str(input_dir), "-o", str(output), "--passes", "pixel",
+            "--progress-every", "3600", *extra]
+
+
+def complete(output: Path) -> list[str]:
+    """Image ids whose metadata.json and pixel.npy both exist."""
+    return sorted(p.parent.relative_to(output).as_posix() for p in output.rglob("pixel.npy")
+                  if (p.parent / "metadata.json").exists())
+
+
+def final_names(output: Path) -> list[Path]:
+    return [p for p in output.rglob("*") if p.is_file() and ".stratum" not in p.parts and not is_temp_file(p.name)]
+
+
+def test_sigkill_mid_run_then_rerun_is_clean_and_complete(input_dir, tmp_path):
+    output = tmp_path / "out"
+    proc = subprocess.Popen(process_cmd(input_dir, output, "--workers", "1", "--batch-size", "1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list(output.rglob("pixel.npy"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted = complete(output)
+    assert proc.returncode == -signal.SIGKILL
+    assert 3 <= len(interrupted) < N_IMAGES, "the run finished before it could be killed"
+    assert verify(output).ok  # whatever was left under a final name is whole
+
+    rerun = subprocess.run(process_cmd(input_dir, output), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"existing {len(interrupted)}" in rerun.stdout
+    report = verify(output)
+    assert report.ok and report.images == N_IMAGES
+    assert len(complete(output)) == N_IMAGES
+    assert all(p.name in ("metadata.json", "pixel.npy") for p in final_names(output))
+
+
+def test_two_runs_at_once_leave_every_artifact_valid(input_dir, tmp_path):
+    output = tmp_path / "out"
+    procs = [subprocess.Popen(process_cmd(input_dir, output, "--workers", "1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stdout.read()) for p in procs]
+    assert [code for code, _ in results] == [0, 0], results
+    report = verify(output)
+    assert report.ok and report.images == N_IMAGES
+    assert len(complete(output)) == N_IMAGES
+    assert not [p for p in output.rglob("*") if is_temp_file(p.name)]
+
+
+class _DiskFull:
+    """A file object that writes half of what it is given, then fails like a full disk."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def write(self, data: bytes) -> int:
+        self._f.write(data[: len(data) // 2])
+        self._f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_fails_only_that_write(input_dir, tmp_path, monkeypatch):
+    victim = "d1/001"
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        return _DiskFull(f) if path.startswith(str(tmp_path / "out" / victim / ".pixel.npy.")) else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    found = discover(input_dir)
+    summary = run(RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pixel"), workers=2),
+                  found.images, found.errors, Progress(len(found.images), every=3600))
+    monkeypatch.undo()
+
+    assert [(f.image, f.pass_name, f.reason) for f in summary.failures] == [(victim, "pixel", "write_error")]
+    assert "No space left on device" in summary.failures[0].message
+    assert summary.exit_code == 1
+    assert summary.passes["pixel"].done == N_IMAGES - 1
+    assert sorted(os.listdir(tmp_path / "out" / victim)) == [".failed-pixel.json", "metadata.json"]
+    assert not [p for p in (tmp_path / "out").rglob("*") if is_temp_file(p.name)]
+    assert verify(tmp_path / "out").ok
