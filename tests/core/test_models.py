@@ -83,3 +83,29 @@ def test_models_list_shows_present_and_missing(tmp_path, capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "present" in lines[T5.hub_id] and str(tmp_path / "models" / "t5-large") in lines[T5.hub_id]
     assert lines[DINO.hub_id].rstrip().endswith("missing")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """The loopback fake Hub, with huggingface_hub pointed at it and allowed online."""
+    import huggingface_hub.constants as hf_constants
+
+    from tests.fakes.hub import FakeHub
+
+    with FakeHub() as hub:
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        yield hub
+
+
+def test_models_download_fetches_only_the_t5_files_into_the_model_dir_layout(tmp_path, fake_hub, capsys):
+    from stratum_core.models_cli import cmd_download
+
+    fake_hub.put_files(T5.hub_id, {"config.json": b"{}", "model.safetensors": b"\0weights", "tokenizer.json": b"{}",
+                                   "tf_model.h5": b"\0a copy nobody needs"}, kind="models")
+    assert cmd_download(argparse.Namespace(passes="t5", to=tmp_path / "models")) == 0
+    folder = tmp_path / "models" / T5.hub_id
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(T5.files)
+    assert resolve_model(T5, model_dir=tmp_path / "models", offline=True).root == folder
