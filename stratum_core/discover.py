@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
@@ -20,7 +21,7 @@ class SourceImage:
     rel_path: str
     path: Path = field(compare=False)
 
-    @property
+    @cached_property
     def image_id(self) -> str:
         return image_id_for(self.rel_path)
 
@@ -41,9 +42,12 @@ class Discovery:
 
 
 def image_id_for(rel_path: str) -> str:
-    """`ffhq/00001.png` → `ffhq/00001`."""
-    p = PurePosixPath(rel_path)
-    return str(p.with_suffix("")) if p.suffix else str(p)
+    """`ffhq/00001.png` → `ffhq/00001` (same rule as PurePosixPath.with_suffix(""), without its cost)."""
+    name_start = rel_path.rfind("/") + 1
+    dot = rel_path.rfind(".")
+    if dot > name_start and dot < len(rel_path) - 1:
+        return rel_path[:dot]
+    return rel_path
 
 
 def is_image_name(name: str) -> bool:
@@ -62,6 +66,7 @@ def scan(input_dir: Path) -> tuple[list[SourceImage], list[DiscoveryError]]:
     visited: set[str] = {root}
 
     def walk(directory: str, rel: str) -> None:
+        directory_path = Path(directory)  # joining a child name is cheaper than parsing each full path
         try:
             with os.scandir(directory) as it:
                 # Sorted, so which of two links to one folder is walked (and names the ids) is stable;
@@ -85,7 +90,7 @@ def scan(input_dir: Path) -> tuple[list[SourceImage], list[DiscoveryError]]:
                     visited.add(real)
                     walk(entry.path, rel_path)
             elif entry.is_file() and is_image_name(entry.name):
-                images.append(SourceImage(rel_path, Path(entry.path)))
+                images.append(SourceImage(rel_path, directory_path / entry.name))
 
     walk(str(input_dir), "")
     return images, errors
@@ -125,7 +130,7 @@ def read_image_list(input_dir: Path, list_file: Path) -> tuple[list[SourceImage]
 def split_collisions(images: Iterable[SourceImage]) -> tuple[list[SourceImage], list[DiscoveryError]]:
     """Sort by relative path, drop duplicates, and report every source of an ambiguous id."""
     by_id: dict[str, list[SourceImage]] = defaultdict(list)
-    for image in sorted(set(images)):
+    for image in sorted(set(images), key=_by_rel_path):
         by_id[image.image_id].append(image)
     kept: list[SourceImage] = []
     errors: list[DiscoveryError] = []
@@ -136,8 +141,12 @@ def split_collisions(images: Iterable[SourceImage]) -> tuple[list[SourceImage], 
         names = ", ".join(g.rel_path for g in group)
         errors.extend(DiscoveryError(g.rel_path, "id_collision", f"image id {image_id!r} is shared by: {names}")
                       for g in group)
-    kept.sort()
+    kept.sort(key=_by_rel_path)
     return kept, errors
+
+
+def _by_rel_path(image: SourceImage) -> str:
+    return image.rel_path  # a plain key sorts ~3x faster than the dataclass's tuple comparison
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

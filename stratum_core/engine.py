@@ -110,6 +110,8 @@ class Engine:
         self.passes = list(passes) if passes is not None else build_passes(
             config.passes, config.options, config.pass_configs)
         self.lanes = plan_lanes(self.passes)
+        # Planning runs once per image, so each pass's file names are computed once here.
+        self._pass_files = [(p, frozenset(a.filename for a in p.artifacts)) for p in self.passes]
         self._loaded: set[str] = set()
         self._load_lock = threading.Lock()
         self._abort: BaseException | None = None
@@ -122,7 +124,7 @@ class Engine:
     def plan(self, source: SourceImage) -> _Planned:
         """Which passes this image still needs (one directory listing, no decode)."""
         on_disk = frozenset(self.store.listing(source.image_id))
-        todo = tuple(p for p in self.passes if not all(a.filename in on_disk for a in p.artifacts))
+        todo = tuple(p for p, files in self._pass_files if not files <= on_disk)
         return _Planned(source, todo, on_disk)
 
     # ------------------------------------------------------------------ run

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,13 +28,17 @@ class Store:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._root_str = str(self.root)
 
     def image_dir(self, image_id: str) -> Path:
-        parts = PurePosixPath(image_id).parts
-        if not parts or image_id.startswith("/") or any(p in ("", ".", "..") for p in parts) or \
-                parts[0] == STATE_DIR:
+        return Path(self._image_dir_str(image_id))
+
+    def _image_dir_str(self, image_id: str) -> str:
+        """String form for the per-image hot paths (pathlib parsing costs more than the syscall)."""
+        parts = image_id.split("/")
+        if image_id.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == STATE_DIR:
             raise ValueError(f"unsafe image id {image_id!r}")
-        return self.root.joinpath(*parts)
+        return os.path.join(self._root_str, *parts)
 
     def path(self, image_id: str, artifact: Artifact) -> Path:
         return self.image_dir(image_id) / artifact.filename
@@ -42,7 +46,7 @@ class Store:
     def listing(self, image_id: str) -> set[str]:
         """File names present in the image's directory (one syscall; empty if absent)."""
         try:
-            return set(os.listdir(self.image_dir(image_id)))
+            return set(os.listdir(self._image_dir_str(image_id)))
         except (FileNotFoundError, NotADirectoryError):
             return set()
 

@@ -1,0 +1,139 @@
+"""Benchmark: `stratum status` and a no-op re-run on a large dataset vs a bare os.scandir walk.
+
+Builds a synthetic dataset of `--n` image directories (default 100,000; metadata.json +
+pixel.npy each) and the matching source tree, then times, each in a fresh child process:
+a bare recursive `os.scandir` walk of the output tree, `status`, a bare walk of the input
+and output trees, and a no-op `process --passes pixel` re-run (discover + plan). Prints
+the ratios (goal: both within 2x) and each phase's peak memory (ru_maxrss).
+
+    python bench/scan.py [--n 100000] [--root DIR] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PER_FOLDER = 1000  # source images per folder, like a typical crawl shard
+
+
+def build(root: Path, n: int) -> None:
+    """n empty source files (never opened on a no-op run) and n complete image directories."""
+    from stratum_core.buckets import BUCKETS
+
+    for i in range(n):
+        folder, name = f"part{i // PER_FOLDER:04d}", f"{i:07d}"
+        if i % PER_FOLDER == 0:
+            (root / "in" / folder).mkdir(parents=True, exist_ok=True)
+        (root / "in" / folder / f"{name}.jpg").touch()
+        image_dir = root / "out" / folder / name
+        image_dir.mkdir(parents=True)
+        bucket = BUCKETS[i % len(BUCKETS)]
+        metadata = {"image_id": f"{folder}/{name}", "source_path": f"{folder}/{name}.jpg", "width": 640,
+                    "height": 480, "aspect_bucket": bucket.label}
+        (image_dir / "metadata.json").write_text(json.dumps(metadata))
+        (image_dir / "pixel.npy").touch()  # status and planning only look at names
+
+
+def bare_walk(*trees: Path) -> int:
+    """The floor: every directory listed once with os.scandir, nothing else."""
+    count = 0
+    stack = [str(t) for t in trees]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                count += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return count
+
+
+def phase(name: str, root: Path) -> dict:
+    """Run one phase in this (fresh) process; report seconds and peak memory."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    # Imports are a fixed cost (well under a second), not part of the per-image scan being compared.
+    from stratum_core.discover import discover
+    from stratum_core.engine import RunConfig, run
+    from stratum_core.progress import Progress
+    from stratum_core.status import dataset_status
+
+    before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if name == "walk_out":
+        detail = bare_walk(root / "out")
+    elif name == "walk_in_out":
+        detail = bare_walk(root / "in", root / "out")
+    elif name == "status":
+        detail = dataset_status(root / "out").total_images
+    elif name == "rerun":
+        found = discover(root / "in")
+        summary = run(RunConfig(output_dir=root / "out", passes=("metadata", "pixel")), found.images, found.errors,
+                      Progress(len(found.images), every=3600, stream=sys.stderr))
+        assert summary.work_images == 0 and summary.passes["pixel"].existing == len(found.images), summary.format()
+        detail = summary.passes["pixel"].existing
+    else:
+        raise SystemExit(f"unknown phase {name}")
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"phase": name, "seconds": seconds, "detail": detail, "peak_mib": peak_kib / 1024,
+            "growth_mib": (peak_kib - before_kib) / 1024}
+
+
+def run_phase(name: str, root: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", name, "--root", str(root)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="image directories (default 100000)")
+    parser.add_argument("--root", type=Path, help="build in / reuse this folder (kept afterwards)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per phase; the fastest counts")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.root)))
+        return
+
+    root = args.root or Path(tempfile.mkdtemp(prefix="stratum-bench-scan-"))
+    try:
+        if not (root / "out").is_dir():
+            start = time.perf_counter()
+            build(root, args.n)
+            print(f"built {args.n} image dirs in {time.perf_counter() - start:.1f}s")
+        best: dict[str, dict] = {}
+        for _ in range(args.repeat):
+            for name in ("walk_out", "status", "walk_in_out", "rerun"):
+                result = run_phase(name, root)
+                if name not in best or result["seconds"] < best[name]["seconds"]:
+                    best[name] = result
+        for r in best.values():
+            print(f"{r['phase']:<12} {r['seconds']:7.2f} s   peak {r['peak_mib']:6.1f} MiB "
+                  f"(+{r['growth_mib']:.1f} MiB during the phase)")
+        status_ratio = best["status"]["seconds"] / best["walk_out"]["seconds"]
+        rerun_ratio = best["rerun"]["seconds"] / best["walk_in_out"]["seconds"]
+        print(f"status / bare walk of the output:          {status_ratio:.2f}x (goal <= 2x)")
+        print(f"no-op re-run / bare walk of input+output:  {rerun_ratio:.2f}x (goal <= 2x)")
+        print(f"no-op re-run / bare walk of the output:    "
+              f"{best['rerun']['seconds'] / best['walk_out']['seconds']:.2f}x")
+    finally:
+        if args.root is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
