@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from stratum_core.artifacts import BY_NAME
 from stratum_core.discover import iter_image_dirs
 
 DEFAULT_SAMPLE = 16
@@ -20,8 +21,12 @@ def select_image_ids(dataset_dir: Path, image_ids: Sequence[str], sample: int | 
 
     With no ids and no `sample`, DEFAULT_SAMPLE images are drawn; `sample` 0 means all. The draw is
     seeded, so one seed on one dataset always gives the same images, listed in sorted order.
+    Only decoded images (those with metadata.json) are candidates: a folder holding just the
+    failure record of an undecodable file has nothing to show.
     """
-    candidates = list(dict.fromkeys(image_ids)) or [image_id for image_id, _ in iter_image_dirs(dataset_dir)]
+    metadata = BY_NAME["metadata"].filename
+    candidates = list(dict.fromkeys(image_ids)) or [image_id for image_id, names in iter_image_dirs(dataset_dir)
+                                                    if metadata in names]
     if sample is None and not image_ids:
         sample = DEFAULT_SAMPLE
     if not sample or sample >= len(candidates):
