@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
@@ -14,16 +13,17 @@ from stratum_core.errors import ConfigError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)  # slots: millions of these live through a run
 class SourceImage:
     """One source file: `rel_path` is POSIX and relative to the input dir."""
 
     rel_path: str
     path: Path = field(compare=False)
+    image_id: str = field(init=False, compare=False, repr=False)
 
-    @cached_property
-    def image_id(self) -> str:
-        return image_id_for(self.rel_path)
+    def __post_init__(self) -> None:
+        # Computed once: planning reads it several times per image.
+        object.__setattr__(self, "image_id", image_id_for(self.rel_path))
 
 
 @dataclass(frozen=True)

@@ -201,19 +201,34 @@ class Engine:
 
     def _planned(self, images: Sequence[SourceImage], summary: RunSummary,
                  progress: Progress) -> Iterator[_Planned]:
-        """Images with work left; finished ones are counted as existing without a decode."""
+        """Images with work left; finished ones are counted as existing without a decode.
+
+        This loop runs once per image even on a no-op re-run of millions, so it stays lean:
+        `existing` is only ever written by this thread (no lock), and finished images are
+        reported to the progress counter in chunks.
+        """
+        all_stats = [summary.passes[p.name] for p in self.passes]
+        finished = 0
         for source in images:
             planned = self.plan(source)
-            todo_names = {p.name for p in planned.todo}
-            with self._stats_lock:
-                for p in self.passes:
-                    if p.name not in todo_names:
-                        summary.passes[p.name].existing += 1
             if not planned.todo:
-                progress.advance(worked=False)
+                for stats in all_stats:
+                    stats.existing += 1
+                finished += 1
+                if finished >= 256:
+                    progress.advance(finished, worked=False)
+                    finished = 0
                 continue
+            for p, stats in zip(self.passes, all_stats):
+                if p not in planned.todo:
+                    stats.existing += 1
+            if finished:
+                progress.advance(finished, worked=False)
+                finished = 0
             summary.work_images += 1
             yield planned
+        if finished:
+            progress.advance(finished, worked=False)
 
     def _prepare(self, planned: _Planned) -> Item:
         """Worker thread: decode and crop (or, for passes that never look at pixels, read the bucket)."""
