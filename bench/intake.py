@@ -3,7 +3,7 @@
 Both use Pillow and NumPy on the same mixed-size JPEG/PNG folder, in one run;
 the printed ratio is naive seconds / engine seconds (goal on 2 cores: ≥ 1.6×).
 
-    python bench/intake.py [--n 200] [--workers N] [--keep DIR]
+    python bench/intake.py [--n 200] [--workers N] [--repeat 2] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="number of source images (default 200)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="engine decode threads")
     parser.add_argument("--keep", type=Path, help="reuse/keep the source images in this folder")
+    parser.add_argument("--repeat", type=int, default=2, help="alternating runs of each; the best counts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -94,12 +95,23 @@ def main() -> None:
             make_images(input_dir, args.n)
             print(f"made {args.n} images in {time.perf_counter() - t:.1f}s")
         n = sum(1 for p in input_dir.rglob("*") if p.is_file())
-        naive_s = naive(input_dir, work / "naive")
-        shutil.rmtree(work / "naive")
-        engine_s = engine(input_dir, work / "engine", args.workers)
-        print(f"images: {n}, cores: {os.cpu_count()}, engine workers: {args.workers}")
+        # Alternate the two and keep each one's best time: other load on a small machine hits both alike.
+        naive_s, engine_s = float("inf"), float("inf")
+        cpu = {"naive": 0.0, "engine": 0.0}  # CPU seconds (all threads): a load-independent view
+        for _ in range(args.repeat):
+            c = time.process_time()
+            naive_s = min(naive_s, naive(input_dir, work / "naive"))
+            cpu["naive"] += time.process_time() - c
+            shutil.rmtree(work / "naive")
+            c = time.process_time()
+            engine_s = min(engine_s, engine(input_dir, work / "engine", args.workers))
+            cpu["engine"] += time.process_time() - c
+            shutil.rmtree(work / "engine")
+        print(f"images: {n}, cores: {os.cpu_count()}, engine workers: {args.workers}, best of {args.repeat}")
         print(f"naive loop:        {naive_s:7.2f} s  ({n / naive_s:6.2f} img/s)")
         print(f"stratum process:   {engine_s:7.2f} s  ({n / engine_s:6.2f} img/s)")
+        print(f"CPU seconds per image: naive {cpu['naive'] / args.repeat / n * 1000:.0f} ms, "
+              f"engine {cpu['engine'] / args.repeat / n * 1000:.0f} ms")
         print(f"speed-up: {naive_s / engine_s:.2f}x (goal >= 1.6x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -55,7 +55,12 @@ class Store:
     def write(self, image_id: str, artifact: Artifact, value: Any) -> Path:
         """Atomically write one artifact (temp file in the same directory, then rename)."""
         target = self.path(image_id, artifact)
-        write_atomic(target, encode(artifact, value))
+        if artifact.kind == "npy":
+            array = np.ascontiguousarray(value)
+            # Streamed into the temp file: no in-memory copy of a large array.
+            write_atomic(target, lambda f: np.lib.format.write_array(f, array, allow_pickle=False))
+        else:
+            write_atomic(target, encode(artifact, value))
         return target
 
     def read(self, image_id: str, artifact: Artifact) -> Any:
@@ -101,13 +106,17 @@ def decode_bytes(artifact: Artifact, data: bytes) -> Any:
     return load_json_bytes(data)
 
 
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write `data` to a hidden temp file beside `target`, fsync-free, then rename over it."""
+def write_atomic(target: Path, data: bytes | Callable[[BinaryIO], Any]) -> None:
+    """Write `data` (bytes, or a function writing to the open file) to a hidden temp file beside
+    `target`, fsync-free, then rename it over `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(target)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
         os.replace(tmp, target)
     except BaseException:
         try:

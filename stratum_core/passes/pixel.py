@@ -10,9 +10,14 @@ from stratum_core.outcomes import Outcome
 from stratum_core.passes.base import Item, Pass
 
 
+# Every uint8 value's float16 image: one table lookup per pixel replaces two float conversions
+# (about 2x faster, and the result is C-contiguous, so saving it needs no further copy).
+_TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float16)
+
+
 def crop_to_pixel(crop: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 → (3, H, W) float16 in [0, 1]."""
-    return (crop.transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)).astype(np.float16)
+    """(H, W, 3) uint8 → C-contiguous (3, H, W) float16 in [0, 1]."""
+    return _TO_UNIT.take(np.ascontiguousarray(crop.transpose(2, 0, 1)))
 
 
 class PixelPass(Pass):
