@@ -142,7 +142,7 @@ def parse_model_paths(values: Sequence[str]) -> dict[str, Path]:
 
 def cmd_process(args: argparse.Namespace) -> int:
     from stratum_core.devices import claim_device
-    from stratum_core.discover import discover
+    from stratum_core.discover import discover, parse_shard
     from stratum_core.engine import RunConfig, run
     from stratum_core.models import model_dir_from_env, offline_from_env
     from stratum_core.passes import MODEL_PASSES, parse_passes, pass_class
@@ -150,6 +150,8 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     names = parse_passes(args.passes)
     configs = {n: pass_class(n).config_from_args(args, os.environ) for n in names}
+    if args.shard:
+        parse_shard(args.shard)  # a typo fails now, before the device claim imports torch
     claim = claim_device(args.device if set(names) & set(MODEL_PASSES) else "cpu")
     try:
         options = PassOptions(
