@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -100,6 +99,7 @@ class Pass:
     needs: ClassVar[tuple[str, ...]] = ()  # artifact names read from earlier passes
     io_bound: ClassVar[bool] = False  # waits on a server: gets its own lane in the engine
     uses_image: ClassVar[bool] = True  # False: the engine skips decoding when only this pass runs
+    uses_torch: ClassVar[bool] = False  # True: forward runs under torch.inference_mode
     model: ClassVar[ModelSpec | None] = None
     config_class: ClassVar[type] = NoConfig
 
@@ -161,8 +161,13 @@ class Pass:
         """Release models and connections at the end of a run."""
 
     def inference_context(self) -> contextlib.AbstractContextManager:
-        torch = sys.modules.get("torch")
-        return torch.inference_mode() if torch is not None else contextlib.nullcontext()
+        if not self.uses_torch:
+            return contextlib.nullcontext()
+        # A real import, not sys.modules: another lane may be importing torch right now, and
+        # the import lock makes this thread wait until the module is complete.
+        import torch
+
+        return torch.inference_mode()
 
     def run_batch(self, items: Sequence[Item]) -> list[Outcome]:
         """preprocess → forward (in chunks of `max_batch`) → postprocess, keeping item errors per item."""

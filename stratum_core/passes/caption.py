@@ -10,7 +10,6 @@ across batch boundaries.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -171,12 +170,6 @@ class CaptionPass(Pass):
         self._client = None
 
     # ------------------------------------------------------------------ work
-    def inference_context(self) -> contextlib.AbstractContextManager:
-        # No torch here. The base class enters torch.inference_mode whenever torch is in sys.modules,
-        # and this lane starts while another pass's load() may still be importing torch: the
-        # half-initialised module has no inference_mode, which failed whole caption batches.
-        return contextlib.nullcontext()
-
     def preprocess(self, item: Item) -> bytes:
         return encode_jpeg(item.crop, self.config.jpeg_quality)
 

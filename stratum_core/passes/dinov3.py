@@ -61,6 +61,7 @@ class DINOv3Pass(Pass):
     name = "dinov3"
     version = "1"
     requires = ("torch", "transformers")
+    uses_torch = True
     extra = "gpu"
     model = ModelSpec("facebook/dinov3-vitl16-pretrain-lvd1689m")
 

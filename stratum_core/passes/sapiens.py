@@ -157,6 +157,7 @@ class SapiensPass(Pass):
     """What the three Sapiens passes share: load, shared preprocessing, batched forward."""
 
     requires = ("torch",)
+    uses_torch = True
     extra = "sapiens"
 
     def __init__(self, options, config=None):

@@ -49,6 +49,7 @@ class T5Pass(Pass):
     name = "t5"
     version = "1"
     requires = ("torch", "transformers", "tokenizers")
+    uses_torch = True
     extra = "gpu"
     needs = ("caption",)
     uses_image = False
