@@ -1,7 +1,9 @@
 """Bench: bytes/s of packing a layer (data parquet + WebDataset tar) vs reading the same npy files from disk.
 
 Goal: packing >= 0.7x the plain read rate. Default: 300 images of the dinov3 layer (1024x1024 bucket:
-4096 patch tokens, ~8 MB per image); `--full-size` uses 2000 images.
+4096 patch tokens, ~8 MB per image); `--full-size` uses 2000 images. The layer is packed as publish packs
+it: tars of at most `--max-tar-mb`, each held in memory and freed before the next one; both sides start
+from a cold page cache.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stratum_core.artifacts import BY_NAME  # noqa: E402
-from stratum_core.publish.layout import tar_artifacts  # noqa: E402
-from stratum_core.publish.pack import pack_data, pack_tar  # noqa: E402
+from stratum_core.publish.layout import split_by_size, tar_artifacts  # noqa: E402
+from stratum_core.publish.pack import pack_data, pack_tar, tar_member_bytes  # noqa: E402
 from stratum_core.store import Store  # noqa: E402
 
 
@@ -68,15 +70,16 @@ def timed_read(root: Path, ids: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def timed_pack(root: Path, ids: list[str], out: Path) -> tuple[float, float]:
-    """Seconds to pack the dinov3 tar and the data parquet of `ids`, from a cold page cache."""
+def timed_pack(root: Path, ids: list[str], max_tar_mb: float) -> tuple[float, float]:
+    """Seconds to pack the dinov3 tars and the data parquet of `ids` (payloads freed, as after upload)."""
+    groups = split_by_size(ids, [tar_member_bytes(root, "dinov3", i) for i in ids], int(max_tar_mb * 2**20))
     drop_cache(root)
     t0 = time.perf_counter()
-    pack_tar(root, "dinov3", ids, out / "chunk.tar", "dinov3/x.tar")
+    for group in groups:
+        pack_tar(root, "dinov3", group, "dinov3/x.tar").close()
     t1 = time.perf_counter()
-    pack_data(root, ids, ("caption", "dinov3"), out / "chunk.parquet", "data/x.parquet")
+    pack_data(root, ids, ("caption", "dinov3"), "data/x.parquet").close()
     t2 = time.perf_counter()
-    (out / "chunk.tar").unlink()
     return t1 - t0, t2 - t1
 
 
@@ -85,11 +88,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-tar-mb", type=float, default=1024.0)
     args = parser.parse_args()
     n = args.images or (2000 if args.full_size else 300)
     with tempfile.TemporaryDirectory(prefix="stratum-bench-") as tmp:
-        root, out = Path(tmp) / "ds", Path(tmp) / "out"
-        out.mkdir()
+        root = Path(tmp) / "ds"
         ids = make(root, n, 4096)
         nbytes = read_all(root, ids)
         read_s, tar_s, parquet_s = [], [], []
@@ -97,7 +100,7 @@ def main() -> None:
             # Alternate which side goes first, so neither always runs right after the other's writeback.
             if repeat % 2:
                 read_s.append(timed_read(root, ids))
-            tar, parquet = timed_pack(root, ids, out)
+            tar, parquet = timed_pack(root, ids, args.max_tar_mb)
             tar_s.append(tar)
             parquet_s.append(parquet)
             if not repeat % 2:

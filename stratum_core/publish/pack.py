@@ -2,6 +2,10 @@
 
 Both writers are deterministic (fixed member order, mtime 0, owner 0), so packing the same images
 twice gives the same bytes and republishing a range is recognised as a no-op by content hash.
+
+A packed chunk lives in a `Payload`: an anonymous in-memory file (Linux memfd) that huggingface_hub
+reads through its /proc/self/fd path, so the npy bytes are copied once, in the kernel, and never
+written back to disk. Elsewhere (or without /proc) it is an unlinked-on-close temporary file.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import hashlib
 import json
 import os
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,26 +28,84 @@ BLOCK = 512
 RECORD = 20 * BLOCK  # tar archives are padded to whole records
 CLS_DIM = 1024
 POSE_SHAPE = (133, 3)
+PREFETCH_FILES = 2  # npy files whose reads are started ahead of the one being copied
+
+
+class Payload:
+    """The bytes of one chunk file: written once, then read by path (hashing, upload) until closed."""
+
+    def __init__(self, name: str, spill_dir: Path | None = None):
+        name = "stratum-" + name.replace("/", "_")  # shows in /proc/<pid>/fd as /memfd:stratum-...
+        self._spilled: str | None = None
+        self.fd = _memfd(name)
+        if self.fd is None:
+            self.fd, self._spilled = tempfile.mkstemp(suffix="-" + name, dir=spill_dir)
+        self.path = self._spilled or f"/proc/self/fd/{self.fd}"
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        _write_all(self.fd, data)
+        self.size += len(data)
+
+    def copy_from(self, src_fd: int, size: int) -> None:
+        """Append `size` bytes of `src_fd` (copied in the kernel where it can be)."""
+        _copy(src_fd, self.fd, size)
+        self.size += size
+
+    def sha256(self) -> str:
+        return file_sha256(Path(self.path))
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def close(self) -> None:
+        """Free the bytes (the memfd's pages go when its last descriptor closes)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self._spilled:
+            Path(self._spilled).unlink(missing_ok=True)
+
+
+def _memfd(name: str) -> int | None:
+    if not hasattr(os, "memfd_create"):
+        return None
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    if os.path.exists(f"/proc/self/fd/{fd}"):
+        return fd
+    os.close(fd)  # no /proc: huggingface_hub could not open it by path
+    return None
 
 
 @dataclass
 class PackedChunk:
-    """One payload file on local disk plus its index (true ids, counts)."""
+    """One payload file (in memory) plus its index (true ids, counts); close() frees the payload."""
 
     layer: str  # "data" or an array layer name
     path_in_repo: str
-    local_path: Path
+    payload: Payload
     index: dict = field(default_factory=dict)
-
-    @property
-    def size(self) -> int:
-        return self.local_path.stat().st_size
+    size: int = 0
 
     def sha256(self) -> str:
-        return file_sha256(self.local_path)
+        return self.payload.sha256()
 
     def index_bytes(self) -> bytes:
         return (json.dumps(self.index, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    def close(self) -> None:
+        self.payload.close()
+
+    def __enter__(self) -> "PackedChunk":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def file_sha256(path: Path) -> str:
@@ -91,8 +154,8 @@ def _fixed_list(arrays: list[np.ndarray | None], shape: tuple[int, ...], schema_
     return pa.FixedSizeListArray.from_arrays(values, type=schema_type, mask=mask)
 
 
-def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], out: Path,
-              path_in_repo: str) -> PackedChunk:
+def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], path_in_repo: str,
+              spill_dir: Path | None = None) -> PackedChunk:
     """Write the data parquet for `image_ids`; columns of layers not in `layers` stay null."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -114,13 +177,20 @@ def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], out: 
         "pose": _fixed_list(poses, POSE_SHAPE, schema.field("pose").type),
         "dinov3_cls": _fixed_list(cls, (CLS_DIM,), schema.field("dinov3_cls").type),
     }, schema=schema)
-    pq.write_table(table, out, compression="zstd")
+    payload = Payload(path_in_repo, spill_dir)
+    try:
+        with open(payload.fd, "wb", closefd=False) as sink:
+            pq.write_table(table, sink, compression="zstd")
+        payload.size = os.fstat(payload.fd).st_size
+    except BaseException:
+        payload.close()
+        raise
     counts = {"caption": sum(c is not None for c in captions), "pose": sum(p is not None for p in poses),
               "dinov3": sum(c is not None for c in cls)}
     index = {"version": 1, "file": path_in_repo, "count": len(image_ids), "ids": list(image_ids),
              "layers": sorted(layer for layer in layers if counts.get(layer)),
              "counts": {k: v for k, v in counts.items() if k in layers}}
-    return PackedChunk("data", path_in_repo, out, index)
+    return PackedChunk("data", path_in_repo, payload, index, payload.size)
 
 
 def _read_text(path: Path) -> str | None:
@@ -137,41 +207,73 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def pack_tar(root: Path, layer: str, image_ids: Sequence[str], out: Path, path_in_repo: str) -> PackedChunk:
+def pack_tar(root: Path, layer: str, image_ids: Sequence[str], path_in_repo: str,
+             spill_dir: Path | None = None) -> PackedChunk:
     """Write `<key>.<artifact>.npy` members for each image, in id order, straight from the npy files."""
     artifacts = tar_artifacts(layer)
-    written = 0
-    with open(out, "wb", buffering=0) as f:
-        for image_id in image_ids:
-            for artifact in artifacts:
-                with open(root / image_id / artifact.filename, "rb", buffering=0) as src:
-                    size = os.fstat(src.fileno()).st_size
-                    header = _header(member_name(image_id, artifact), size)
-                    f.write(header)
-                    _copy(src.fileno(), f.fileno(), size)
-                pad = -size % BLOCK
-                f.write(b"\0" * pad + b"")
-                written += len(header) + size + pad
-        end = 2 * BLOCK
-        f.write(b"\0" * (end + (-(written + end) % RECORD)))
+    sources = [(member_name(i, a), root / i / a.filename) for i in image_ids for a in artifacts]
+    payload = Payload(path_in_repo, spill_dir)
+    try:
+        _write_members(payload, sources)
+    except BaseException:
+        payload.close()
+        raise
     keys = {escape_key(i): i for i in image_ids}
     index = {"version": 1, "file": path_in_repo, "count": len(image_ids), "ids": list(image_ids),
              "artifacts": [a.name for a in artifacts],
              "escaped_keys": {k: v for k, v in keys.items() if k != v}}
-    return PackedChunk(layer, path_in_repo, out, index)
+    return PackedChunk(layer, path_in_repo, payload, index, payload.size)
+
+
+def _write_members(payload: Payload, sources: list[tuple[str, Path]]) -> None:
+    """Header, data and padding of each member, then the end-of-archive blocks and record padding."""
+    fds: list[int] = []  # open sources, the first one being copied, the others prefetching
+    try:
+        for position, (name, _) in enumerate(sources):
+            while len(fds) <= PREFETCH_FILES and position + len(fds) < len(sources):
+                fds.append(_open_prefetching(sources[position + len(fds)][1]))
+            src = fds.pop(0)
+            try:
+                size = os.fstat(src).st_size
+                payload.write(_header(name, size))
+                payload.copy_from(src, size)
+                payload.write(bytes(-size % BLOCK))
+            finally:
+                os.close(src)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    end = 2 * BLOCK
+    payload.write(bytes(end + (-(payload.size + end) % RECORD)))
+
+
+def _open_prefetching(path: Path) -> int:
+    """Open a source and ask the kernel to start reading it, so disk reads overlap the current copy."""
+    fd = os.open(path, os.O_RDONLY)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    return fd
 
 
 def _copy(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy `size` bytes in the kernel (copy_file_range / sendfile), never through Python buffers."""
+    """Copy `size` bytes from the current offset of `src_fd`, in the kernel (sendfile) where it can be."""
     left = size
     while left > 0:
         try:
-            sent = os.copy_file_range(src_fd, dst_fd, left)
-        except (AttributeError, OSError):
             sent = os.sendfile(dst_fd, src_fd, None, left)
+        except OSError:  # no file-to-file sendfile here: copy through a buffer
+            block = os.read(src_fd, min(left, 1 << 24))
+            _write_all(dst_fd, block)
+            sent = len(block)
         if sent == 0:
             raise OSError("file shrank while packing")
         left -= sent
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def tar_member_bytes(root: Path, layer: str, image_id: str) -> int:

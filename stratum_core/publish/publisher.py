@@ -1,15 +1,18 @@
 """`publish`: plan chunks for a range of the dataset, pack them, and commit each batch atomically.
 
 One batch = up to `chunks_per_commit` chunk files, their index files, the updated manifest.json and
-README.md, in ONE commit pinned to the parent it was planned on. Payload files are pre-uploaded first,
-so a failure before the commit leaves the repo exactly as it was; losing a race re-reads and retries.
+README.md, in ONE commit pinned to the parent it was planned on. Each chunk is packed in memory and
+pre-uploaded (LFS) right away, then its bytes are freed, so memory holds one chunk at a time (plus any
+the Hub stores as small regular files, which the commit itself carries). Nothing is visible in the repo
+before the commit, so a failure leaves it exactly as it was; losing a race re-reads and retries.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from stratum_core.discover import iter_image_dirs
@@ -57,11 +60,6 @@ class ChunkJob:
         return chunk_path(self.layer, self.chunk)
 
 
-@dataclass
-class Batch:
-    packed: list[PackedChunk] = field(default_factory=list)
-
-
 def publish(dataset_dir, config: PublishConfig, token: str | None = None,
             endpoint: str | None = None) -> PublishResult:
     dataset = DatasetView.load(Path(dataset_dir))
@@ -78,13 +76,10 @@ def publish(dataset_dir, config: PublishConfig, token: str | None = None,
     jobs = plan_jobs(dataset, selection, config, state)
     log.info("publish %s: images %d-%d of %d, layers %s, %d chunk files", config.hub_repo, selection.start,
              selection.stop - 1, len(dataset.ids), ",".join(config.layers), len(jobs))
-    with tempfile.TemporaryDirectory(prefix="stratum-publish-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="stratum-publish-") as spill_dir:  # used only without memfd
         for start in range(0, len(jobs), config.chunks_per_commit):
             batch = jobs[start:start + config.chunks_per_commit]
-            packed = [_pack(dataset, job, Path(tmp)) for job in batch]
-            state = _commit_batch(hub, config, packed, state, attribution, result)
-            for chunk in packed:
-                chunk.local_path.unlink(missing_ok=True)
+            state = _publish_batch(hub, config, dataset, batch, state, attribution, result, Path(spill_dir))
     result.total_images = (state.manifest or {}).get("total_images", 0)
     return result
 
@@ -152,12 +147,11 @@ def _tar_jobs(dataset: DatasetView, layer: str, cell: ChunkRange, max_bytes: int
     return jobs
 
 
-def _pack(dataset: DatasetView, job: ChunkJob, tmp: Path) -> PackedChunk:
-    out = tmp / job.path.replace("/", "__")
+def _pack(dataset: DatasetView, job: ChunkJob, spill_dir: Path) -> PackedChunk:
     if job.layer == DATA_DIR:
-        packed = pack_data(dataset.root, job.image_ids, job.fill_layers, out, job.path)
+        packed = pack_data(dataset.root, job.image_ids, job.fill_layers, job.path, spill_dir)
     else:
-        packed = pack_tar(dataset.root, job.layer, job.image_ids, out, job.path)
+        packed = pack_tar(dataset.root, job.layer, job.image_ids, job.path, spill_dir)
     packed.index["range"] = job.chunk.label
     return packed
 
@@ -165,8 +159,46 @@ def _pack(dataset: DatasetView, job: ChunkJob, tmp: Path) -> PackedChunk:
 def _unchanged(packed: PackedChunk, state: RepoState) -> bool:
     from stratum_core.publish.hub_compare import same_remote_content
 
-    return same_remote_content(state.files.get(packed.path_in_repo), packed.local_path) and \
+    return same_remote_content(state.files.get(packed.path_in_repo), Path(packed.payload.path)) and \
         same_remote_content(state.files.get(index_path(packed.path_in_repo)), packed.index_bytes())
+
+
+@dataclass
+class Staged:
+    """A packed chunk and, when its content differs from the repo's, its pre-uploaded commit operation."""
+
+    packed: PackedChunk
+    operation: object | None  # huggingface_hub CommitOperationAdd; None: already on the Hub
+
+
+def _publish_batch(hub: HubClient, config: PublishConfig, dataset: DatasetView, batch: list[ChunkJob],
+                   state: RepoState, attribution: str | None, result: PublishResult, spill_dir: Path) -> RepoState:
+    """Pack and pre-upload the batch's chunks one at a time, then commit them together."""
+    with ExitStack() as open_payloads:  # closes whatever is still held, also on failure
+        staged = []
+        for job in batch:
+            packed = open_payloads.enter_context(_pack(dataset, job, spill_dir))
+            staged.append(_stage(hub, packed, state))
+        return _commit_batch(hub, config, staged, state, attribution, result)
+
+
+def _stage(hub: HubClient, packed: PackedChunk, state: RepoState) -> Staged:
+    """Pre-upload a changed chunk and free its bytes when the Hub took it as an LFS object.
+
+    The commit then refers to it by sha256 only; a file the Hub keeps as a regular (small) file is
+    sent inside the commit, so its payload stays open until then.
+    """
+    from huggingface_hub import CommitOperationAdd
+
+    if _unchanged(packed, state):
+        packed.close()
+        return Staged(packed, None)
+    operation = CommitOperationAdd(packed.path_in_repo, packed.payload.path)
+    log.info("publish: uploading %s, %.1f MB", packed.path_in_repo, packed.size / 1e6)
+    hub.preupload([operation])
+    if getattr(operation, "_is_uploaded", False):
+        packed.close()
+    return Staged(packed, operation)
 
 
 def _stale_paths(packed: list[PackedChunk], state: RepoState) -> list[str]:
@@ -185,19 +217,16 @@ def _stale_paths(packed: list[PackedChunk], state: RepoState) -> list[str]:
     return sorted(stale)
 
 
-def _commit_batch(hub: HubClient, config: PublishConfig, packed: list[PackedChunk], state: RepoState,
+def _commit_batch(hub: HubClient, config: PublishConfig, staged: list[Staged], state: RepoState,
                   attribution: str | None, result: PublishResult) -> RepoState:
-    from huggingface_hub import CommitOperationAdd
-
-    changed = [p for p in packed if not _unchanged(p, state)]
+    packed = [s.packed for s in staged]
+    changed = [s.packed for s in staged if s.operation is not None]
     if not changed and not _stale_paths(packed, state):
         result.skipped_chunks += [p.path_in_repo for p in packed]
         log.info("publish: %d chunk(s) already on the Hub with the same content, nothing to commit", len(packed))
         return state
-    payload = [CommitOperationAdd(p.path_in_repo, str(p.local_path)) for p in changed]
+    payload = [s.operation for s in staged if s.operation is not None]
     indexes = [(index_path(p.path_in_repo), p.index_bytes()) for p in changed]
-    log.info("publish: uploading %d file(s), %.1f MB", len(payload), sum(p.size for p in changed) / 1e6)
-    hub.preupload(payload)
     for attempt in range(config.commit_retries + 1):
         stale = _stale_paths(changed, state)
         operations = _operations(config, changed, indexes, payload, stale, state, attribution)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -103,3 +104,16 @@ def test_token_never_appears_in_output_or_logs(tmp_path, hub, capsys, caplog):
 def test_config_refuses_bad_retry_policy():
     with pytest.raises(Exception):
         PublishConfig(hub_repo=REPO, retry=RetryPolicy(attempts=0))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd payloads are Linux-only")
+def test_a_failed_upload_frees_every_packed_chunk_and_changes_nothing(tmp_path, hub):
+    from tests.core.publish.test_pack import open_payloads
+
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    before = hub.files(REPO)
+    hub.add_fault("POST", r"/preupload/", "403", times=1)
+    with pytest.raises(PublishError, match="HTTP 403"):
+        publish(tmp_path / "ds", config(layers=("caption", "dinov3")), token=TOKEN, endpoint=hub.url)
+    assert open_payloads() == [] and hub.files(REPO) == before

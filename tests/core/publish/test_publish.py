@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -166,3 +166,23 @@ def test_repo_id_not_owner_slash_name_is_refused():
     for bad in ("faces", "a/b/c", "https://huggingface.co/a/b", "../x", "a/..", ""):
         with pytest.raises(ConfigError):
             config(hub_repo=bad)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd payloads are Linux-only")
+def test_chunks_are_freed_once_pre_uploaded_before_the_commit(tmp_path, hub, monkeypatch):
+    from stratum_core.publish import hub as hub_module
+    from tests.core.publish.test_pack import open_payloads
+
+    make_dataset(tmp_path / "ds")
+    held_at_commit = []
+    real_commit = hub_module.HubClient.commit
+
+    def commit(self, operations, message, parent):
+        held_at_commit.append(open_payloads())
+        return real_commit(self, operations, message, parent)
+
+    monkeypatch.setattr(hub_module.HubClient, "commit", commit)
+    result = publish(tmp_path / "ds", config(layers=("caption", "dinov3"), images_per_tar=2), token=TOKEN,
+                     endpoint=hub.url)
+    assert len(result.uploaded_files) == 4 and held_at_commit == [[]]  # 1 parquet + 3 tars, all LFS
+    assert open_payloads() == []
