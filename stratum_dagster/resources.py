@@ -26,10 +26,10 @@ log = logging.getLogger("stratum.dagster")
 
 @dataclass
 class ShardRun:
-    """The result of one pass over one shard."""
+    """The result of one engine run (several passes, each image decoded once) over one shard."""
 
     key: str
-    pass_name: str
+    pass_names: tuple[str, ...]  # as run: metadata first, dependency order
     images: list[SourceImage]
     summary: RunSummary
     device: str
@@ -91,27 +91,30 @@ class StratumResource(dg.ConfigurableResource):
 
         return shard_sources(self.input_dir, self.output_dir, key)
 
-    def run_pass(self, pass_name: str, key: str, caption: CaptionServerResource | None = None) -> ShardRun:
-        """Run one pass (plus metadata) over shard `key` on a device claimed for this run only."""
+    def run_passes(self, pass_names: Sequence[str], key: str,
+                   caption: CaptionServerResource | None = None) -> ShardRun:
+        """Run the passes (plus metadata) over shard `key` in ONE engine run: each image is decoded once,
+        models load once, and a server-bound pass gets its own lane. A GPU is claimed for this run only,
+        and only when a model pass is among them."""
         from stratum_core.devices import claim_device
         from stratum_core.engine import RunConfig, run
         from stratum_core.passes import MODEL_PASSES, parse_passes
 
         images = self.shard_images(key)
-        names = parse_passes([pass_name])
+        names = parse_passes(list(pass_names))
         extra = {n: list(self.pass_args.get(n, [])) for n in names}
         if caption is not None and "caption" in extra:
             extra["caption"] = caption.to_args() + extra["caption"]
         environ = caption.environ() if caption is not None else dict(os.environ)
         configs = {n: pass_config(n, extra[n], environ) for n in names}
-        claim = claim_device(self.device if pass_name in MODEL_PASSES else "cpu")
+        claim = claim_device(self.device if any(n in MODEL_PASSES for n in names) else "cpu")
         try:
             config = RunConfig(output_dir=self.output_dir, passes=names, options=self._options(claim.device),
                                pass_configs=configs, workers=self.workers, batch_size=self.batch_size or 8)
             summary = run(config, images)
         finally:
             claim.release()
-        return ShardRun(key, pass_name, images, summary, claim.device)
+        return ShardRun(key, names, images, summary, claim.device)
 
     def _options(self, device: str):
         from stratum_core.models import model_dir_from_env, offline_from_env

@@ -54,6 +54,29 @@ def materialize(names: list[str], key: str, instance: dg.DagsterInstance, stratu
         raise_on_error=raise_on_error)
 
 
+def run_job(job_name: str, names: list[str], key: str, instance: dg.DagsterInstance, stratum: StratumResource,
+            caption: CaptionServerResource | None = None) -> dg.ExecuteInJobResult:
+    """Run one of the pass area's jobs (e.g. enrich_job) for shard `key`, selecting the assets `names`.
+
+    The job is rebuilt with the real job's selection and executor but no retry policy, so an
+    infrastructure error fails at once instead of after the retry delays (run config cannot turn an
+    op retry policy off)."""
+    [real] = [j for j in pass_area.defs.jobs if j.name == job_name]
+    job = dg.define_asset_job(job_name, selection=real.selection, executor_def=real.executor_def)
+    defs = dg.Definitions(
+        assets=pass_area.defs.assets, asset_checks=pass_area.defs.asset_checks, jobs=[job],
+        resources={"stratum": stratum, "caption_server": caption or CaptionServerResource()})
+    return defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, partition_key=key, asset_selection=[dg.AssetKey(n) for n in names],
+        raise_on_error=False)
+
+
+def step_of_event(result: dg.ExecuteInJobResult, name: str) -> str:
+    """The step (op) that materialised asset `name` in this run."""
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(name)]
+    return event.step_key
+
+
 def asset_metadata(result: dg.ExecuteInJobResult, name: str) -> dict:
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(name)]
     return {k: v.value for k, v in event.materialization.metadata.items()}

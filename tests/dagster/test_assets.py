@@ -11,8 +11,8 @@ import pytest
 
 from stratum_dagster.defs.passes import assets as pass_area
 from stratum_dagster.resources import CaptionServerResource
-from tests.dagster.helpers import (asset_metadata, check_results, materialize, register, stratum_resource,
-                                   write_tree)
+from tests.dagster.helpers import (asset_metadata, check_results, materialize, register, run_job, step_of_event,
+                                   stratum_resource, write_tree)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,20 @@ def test_gpu_assets_share_the_gpu_pool_and_carry_kubernetes_gpu_requests():
         limits = k8s_config["container_config"]["resources"]["limits"]
         assert limits == {"nvidia.com/gpu": "1"}
     assert graph.get(dg.AssetKey("caption")).pools == {"caption"}
+    assert graph.get(dg.AssetKey("metadata")).pools == {"gpu"}  # it shares the image step with the GPU passes
     assert not graph.get(dg.AssetKey("pixel")).pools
+
+
+def test_enrich_job_runs_three_steps_and_retries_infrastructure_errors():
+    from stratum_dagster.definitions import defs
+
+    enrich = defs.resolve_job_def("enrich_job")
+    assert sorted(n for n in enrich.graph.node_dict if not n.endswith("_verify_check")) == [
+        "caption", "image_passes", "t5"]
+    assert enrich.op_retry_policy.max_retries == 2
+    assets = defs.resolve_assets_def("seg")
+    assert {k.to_user_string() for k in assets.keys} == {"metadata", "dinov3", "pose", "seg", "depth", "normal"}
+    assert assets.can_subset
 
 
 def test_materialising_metadata_and_pixel_writes_the_shards_files(tree, instance):
@@ -166,3 +179,45 @@ def test_t5_after_caption_writes_embeddings_of_the_fake_servers_caption(tree, in
     assert hidden.shape == (512, 1024) and hidden.dtype == np.float16
     assert 1 < mask.sum() < 512 and mask[0] == 1 and mask[-1] == 0
     assert asset_metadata(result, "t5")["done"] == 2
+
+
+def test_one_enrich_job_run_over_seg_depth_normal_decodes_each_image_once(tree, instance, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import stratum_core.engine
+    from tests.fakes.sapiens_models import build_sapiens_models
+
+    src, out, key = tree
+    build_sapiens_models(tmp_path / "models")
+    decoded: list[str] = []
+    real_decode = stratum_core.engine.decode
+    monkeypatch.setattr(stratum_core.engine, "decode", lambda path: decoded.append(path.name) or real_decode(path))
+    result = run_job("enrich_job", ["seg", "depth", "normal"], key, instance,
+                     stratum_resource(src, out, model_dir=str(tmp_path / "models")))
+    assert result.success
+    assert sorted(decoded) == ["a.png", "b.png"]
+    assert {step_of_event(result, n) for n in ("seg", "depth", "normal")} == {"image_passes"}
+    [record] = (out / ".stratum" / "runs").glob("*.json")
+    assert set(json.loads(record.read_text())["passes"]) == {"metadata", "seg", "depth", "normal"}
+    for name in ("seg", "depth", "normal"):
+        metadata = asset_metadata(result, name)
+        assert (metadata["done"], metadata["run_passes"]) == (2, "metadata,seg,depth,normal")
+    assert np.load(out / "people" / "b" / "normal.npy").shape == (1216, 832, 3)
+
+
+def test_per_pass_job_runs_only_its_pass(tree, instance):
+    src, out, key = tree
+    result = run_job("pixel_job", ["pixel"], key, instance, stratum_resource(src, out))
+    assert result.success
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["pixel"]
+    assert (out / "people" / "a" / "pixel.npy").is_file() and not (out / "people" / "a" / "seg.npy").exists()
+
+
+def test_a_dead_caption_server_fails_caption_and_t5_but_not_the_image_step(tree, instance):
+    src, out, key = tree
+    dead = CaptionServerResource(url="http://127.0.0.1:9/api/generate", timeout_s=2)
+    result = run_job("enrich_job", ["metadata", "caption", "t5"], key, instance, stratum_resource(src, out), dead)
+    assert not result.success
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["metadata"]
+    assert [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"][0] == "image_passes"
+    assert result.get_step_success_events()[0].step_key == "image_passes"
+    assert (out / "people" / "a" / "metadata.json").is_file()

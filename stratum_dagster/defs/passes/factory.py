@@ -1,14 +1,16 @@
-"""One factory over the pass registry: each pass becomes a shard-partitioned asset, a verify check and a job."""
+"""One factory over the pass registry: each pass becomes a shard-partitioned asset, a verify check and a job;
+assets that can share an engine run are one multi-asset op, so a run decodes each image once."""
 
 
 import logging
 import warnings
+from typing import Iterator
 
 import dagster as dg
 
 from stratum_core.artifacts import BY_NAME
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, PassUnavailable, pass_class
-from stratum_dagster.defs.passes.reporting import run_metadata, verify_shard
+from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata, verify_shard
 from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.resources import CaptionServerResource, StratumResource
 
@@ -16,6 +18,7 @@ log = logging.getLogger("stratum.dagster")
 
 GPU_POOL = "gpu"
 CAPTION_POOL = "caption"
+IMAGE_STEP = "image_passes"  # the op of metadata and the model passes that read pixels
 
 # Carried by every GPU step and run: the Kubernetes run launcher / k8s_job_executor request one GPU,
 # and Celery routes the step to a GPU host's queue.
@@ -47,26 +50,72 @@ def _describe(name: str) -> str:
     return (doc.splitlines()[0] if doc else f"The {name} pass") + " — for every image of one shard."
 
 
-def _placement(name: str) -> dict:
-    """Pool, tags and op tags: GPU passes share the `gpu` pool, caption has its own."""
+def _io_bound(name: str) -> bool:
+    try:
+        return pass_class(name).io_bound
+    except PassUnavailable:
+        return False
+
+
+def step_of(name: str) -> str:
+    """The step (op) whose one engine run materialises this pass's asset.
+
+    metadata and every model pass that reads pixels share IMAGE_STEP: one engine run, each image
+    decoded once, models loaded once. A server-bound pass (caption) is its own step in its own pool,
+    so the server never holds a GPU slot; a pass that reads a server-bound pass's artifacts (t5) is
+    its own step too, so only it waits for (or fails with) the server and the image step does not.
+    A CPU-only extra outside the default job (pixel) is its own step and takes no GPU slot.
+    """
+    if _io_bound(name) or any(_io_bound(u) for u in upstream_passes(name)):
+        return name
+    if name == "metadata" or name in MODEL_PASSES:
+        return IMAGE_STEP
+    return name
+
+
+def steps() -> dict[str, list[str]]:
+    """Step name → its passes, in registry (dependency) order."""
+    grouped: dict[str, list[str]] = {}
+    for name in REGISTRY:
+        grouped.setdefault(step_of(name), []).append(name)
+    return grouped
+
+
+def _pass_tags(name: str) -> dict[str, str]:
     if name in MODEL_PASSES:
-        return {"pool": GPU_POOL, "tags": {"stratum/device": "gpu"}, "op_tags": GPU_OP_TAGS}
-    if name == "caption":
-        return {"pool": CAPTION_POOL, "tags": {"stratum/device": "server"}, "op_tags": CAPTION_OP_TAGS}
-    return {"tags": {"stratum/device": "cpu"}}
+        return {"stratum/device": "gpu"}
+    return {"stratum/device": "server" if _io_bound(name) else "cpu"}
 
 
-def build_pass_asset(name: str) -> dg.AssetsDefinition:
-    """The shard-partitioned asset of one pass: run it over the shard, report counts and provenance."""
+def _step_placement(step: str, names: list[str]) -> dict:
+    """Pool and op tags of a step, set once per op: any model pass puts it in the `gpu` pool (with the
+    GPU request tags); a server-bound pass in `caption`; otherwise no pool. IMAGE_STEP runs first in a
+    run (priority) so GPU results land, and the GPU is handed back, before the long caption step."""
+    if any(n in MODEL_PASSES for n in names):
+        tags = {**GPU_OP_TAGS, "dagster/priority": "1"} if step == IMAGE_STEP else GPU_OP_TAGS
+        return {"pool": GPU_POOL, "op_tags": tags}
+    if any(_io_bound(n) for n in names):
+        return {"pool": CAPTION_POOL, "op_tags": CAPTION_OP_TAGS}
+    return {}
 
-    @dg.asset(name=name, partitions_def=shard_partitions, deps=upstream_passes(name), group_name="passes",
-              description=_describe(name), **_placement(name))
-    def _pass_asset(context: dg.AssetExecutionContext, stratum: StratumResource,
-                    caption_server: CaptionServerResource) -> dg.MaterializeResult:
-        shard_run = stratum.run_pass(name, context.partition_key, caption_server)
-        return dg.MaterializeResult(metadata=run_metadata(shard_run, stratum))
 
-    return _pass_asset
+def build_step_assets(step: str, names: list[str]) -> dg.AssetsDefinition:
+    """One op for the passes `names`, one asset each: a run materialising any subset of them (enrich_job,
+    a per-pass job, a backfill) runs ONE engine run over the selected passes of the shard."""
+    specs = [dg.AssetSpec(name, deps=upstream_passes(name), description=_describe(name), group_name="passes",
+                          tags=_pass_tags(name)) for name in names]
+
+    @dg.multi_asset(name=step, specs=specs, partitions_def=shard_partitions, can_subset=True,
+                    **_step_placement(step, names))
+    def _step(context: dg.AssetExecutionContext, stratum: StratumResource,
+              caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult]:
+        selected = [n for n in names if dg.AssetKey(n) in context.selected_asset_keys]
+        shard_run = stratum.run_passes(selected, context.partition_key, caption_server)
+        preview = preview_markdown(shard_run, selected, stratum)
+        for name in selected:
+            yield dg.MaterializeResult(asset_key=name, metadata=run_metadata(shard_run, name, stratum, preview))
+
+    return _step
 
 
 def build_verify_check(name: str) -> dg.AssetChecksDefinition:
@@ -100,9 +149,9 @@ PASS_JOBS: dict[str, dg.JobDefinition] = {n: build_pass_job(n) for n in REGISTRY
 
 
 def build_pass_defs() -> dg.Definitions:
-    """Assets, checks and jobs for every registered pass, plus `enrich_job` (metadata + default passes)."""
+    """One asset, check and job per registered pass (assets grouped into steps), plus `enrich_job`."""
     return dg.Definitions(
-        assets=[build_pass_asset(n) for n in REGISTRY],
+        assets=[build_step_assets(step, names) for step, names in steps().items()],
         asset_checks=[build_verify_check(n) for n in REGISTRY],
         jobs=[enrich_job, *PASS_JOBS.values()],
     )

@@ -3,7 +3,7 @@
 
 import base64
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import dagster as dg
 
@@ -17,11 +17,12 @@ PREVIEW_WIDTH = 480
 MAX_LISTED_IDS = 50
 
 
-def run_metadata(shard_run: ShardRun, stratum: StratumResource) -> dict[str, Any]:
-    """Counts, failures, rate and provenance of one pass over one shard, as asset metadata."""
-    stats = shard_run.summary.passes[shard_run.pass_name]
-    provenance = shard_run.summary.provenance.get(shard_run.pass_name, {})
-    counts = stats.to_dict()
+def run_metadata(shard_run: ShardRun, pass_name: str, stratum: StratumResource,
+                 preview: str | None = None) -> dict[str, Any]:
+    """Counts, failures, rate and provenance of one pass of a shard run, as that pass's asset metadata."""
+    summary = shard_run.summary
+    provenance = summary.provenance.get(pass_name, {})
+    counts = summary.passes[pass_name].to_dict()
     metadata: dict[str, Any] = {
         "images": len(shard_run.images),
         "done": counts["done"],
@@ -29,9 +30,12 @@ def run_metadata(shard_run: ShardRun, stratum: StratumResource) -> dict[str, Any
         "skipped": counts["skipped"],
         "failed": counts["failed"],
         # an image that does not decode fails under "metadata" and never reaches the pass
-        "decode_failed": sum(shard_run.summary.passes["metadata"].failed.values()),
-        "rate_images_per_s": round(shard_run.summary.rate, 3),
-        "elapsed_s": round(shard_run.summary.elapsed, 3),
+        "decode_failed": sum(summary.passes["metadata"].failed.values()),
+        # the rate and time of the whole engine run, which ran these passes together
+        "run_passes": ",".join(shard_run.pass_names),
+        "rate_images_per_s": round(summary.rate, 3),
+        "elapsed_s": round(summary.elapsed, 3),
+        "pass_seconds": round(summary.passes[pass_name].seconds, 3),
         "device": provenance.get("device", shard_run.device),
         "model": provenance.get("model", "-"),
         "precision": provenance.get("precision", "-"),
@@ -42,25 +46,24 @@ def run_metadata(shard_run: ShardRun, stratum: StratumResource) -> dict[str, Any
     if counts["failed"] or counts["skipped"]:
         metadata["reasons"] = dg.MetadataValue.json({"failed": counts["failed_reasons"],
                                                      "skipped": counts["skipped_reasons"]})
-    failures = [f for f in shard_run.summary.failures
-                if f.pass_name in (shard_run.pass_name, "metadata")][:MAX_LISTED_IDS]
+    failures = [f for f in summary.failures if f.pass_name in (pass_name, "metadata")][:MAX_LISTED_IDS]
     if failures:
         metadata["failures"] = dg.MetadataValue.md("\n".join(
             f"- `{f.image}` {f.reason}: {f.message[:200]}" for f in failures))
-    preview = preview_markdown(shard_run, stratum)
     if preview:
         metadata["preview"] = dg.MetadataValue.md(preview)
     return metadata
 
 
-def preview_markdown(shard_run: ShardRun, stratum: StratumResource) -> str | None:
-    """Markdown with the contact sheet of the shard's first finished image embedded as a PNG."""
+def preview_markdown(shard_run: ShardRun, pass_names: Sequence[str], stratum: StratumResource) -> str | None:
+    """Markdown with the contact sheet of the shard's first image that has every artifact of `pass_names`
+    (rendered once per run, shown on each of its assets), embedded as a PNG."""
     try:
         from stratum_core.preview import sheet_png
     except ImportError:
         return None
     store = Store(stratum.output_dir)
-    wanted = {a.filename for a in artifacts_of(shard_run.pass_name)}
+    wanted = {a.filename for name in pass_names for a in artifacts_of(name)}
     for image in shard_run.images[:20]:  # a shard's first images are enough to find a finished one
         if wanted <= store.listing(image.image_id):
             try:
