@@ -159,7 +159,7 @@ def cmd_process(args: argparse.Namespace) -> int:
             model_dir=args.model_dir or model_dir_from_env(), model_paths=parse_model_paths(args.model),
             offline=offline_from_env())
         config = RunConfig(output_dir=args.output, passes=names, options=options, pass_configs=configs,
-                           workers=args.workers, batch_size=args.batch_size or 8,
+                           workers=args.workers, batch_size=args.batch_size,
                            progress_every=args.progress_every, verbose=args.verbose)
         if args.shard_key:
             from stratum_core.shards import shard_sources

@@ -32,6 +32,8 @@ from stratum_core.summary import Failure, PassStats, RunSummary
 log = logging.getLogger("stratum.engine")
 
 _STOP = object()
+DEFAULT_CPU_GROUP = 8
+DEFAULT_GPU_GROUP = 32
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,19 @@ class RunConfig:
     options: PassOptions = field(default_factory=PassOptions)
     pass_configs: Mapping[str, Any] = field(default_factory=dict)
     workers: int = 2  # decode threads
-    batch_size: int = 8  # images per same-bucket batch handed to the lanes
+    batch_size: int | None = None  # images per same-bucket batch handed to the lanes (None: by device)
     progress_every: float = 30.0  # seconds between plain progress lines
     verbose: bool = False
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.batch_size < 1:
+        if self.workers < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ConfigError("--workers and --batch-size must be at least 1")
+
+    @property
+    def group_size(self) -> int:
+        """Images per batch: a pass splits it further to its own `max_batch` (chosen from free GPU
+        memory), so on a GPU the groups must be large enough not to cap that choice."""
+        return self.batch_size or (DEFAULT_GPU_GROUP if self.options.is_cuda else DEFAULT_CPU_GROUP)
 
 
 @dataclass
@@ -68,6 +76,9 @@ class _Batch:
         self._pending = lanes
         self._lock = threading.Lock()
         self._progress = progress
+
+    def halt_progress(self) -> None:
+        self._progress.halt()
 
     def lane_done(self) -> None:
         with self._lock:
@@ -140,7 +151,7 @@ class Engine:
         progress = progress or Progress(len(images), every=self.config.progress_every)
         started = time.monotonic()
         lane_queues = [queue.Queue(maxsize=4) for _ in self.lanes]
-        write_queue: queue.Queue = queue.Queue(maxsize=64 * self.config.batch_size)
+        write_queue: queue.Queue = queue.Queue(maxsize=64 * self.config.group_size)
         writer = threading.Thread(target=self._write_loop, args=(write_queue, summary), name="stratum-writer")
         lane_threads = [threading.Thread(target=self._lane_loop, args=(lane, q, write_queue, summary),
                                          name=f"stratum-lane-{i}-{j}", daemon=True)
@@ -151,6 +162,9 @@ class Engine:
             t.start()
         try:
             self._feed(images, lane_queues, summary, progress)
+        except BaseException:
+            progress.halt()
+            raise
         finally:
             for lane, q in zip(self.lanes, lane_queues):
                 for _ in range(self.lane_parallelism(lane)):
@@ -172,13 +186,13 @@ class Engine:
         """Batches a lane works on at once: one, or for a concurrent pass (caption) enough batches that
         its request slots stay full while finished batches are written and the next ones prepared."""
         wanted = max(p.concurrency for p in lane)
-        return 1 if wanted <= 1 else 1 + math.ceil(2 * wanted / self.config.batch_size)
+        return 1 if wanted <= 1 else 1 + math.ceil(2 * wanted / self.config.group_size)
 
     def _feed(self, images: Sequence[SourceImage], lane_queues: list[queue.Queue], summary: RunSummary,
               progress: Progress) -> None:
         """Main thread: plan, decode (in workers), group by bucket, hand batches to the lanes."""
         buckets: dict[Bucket, list[tuple[Item, tuple[Pass, ...]]]] = defaultdict(list)
-        prefetch = max(2 * self.config.workers, 2 * self.config.batch_size)
+        prefetch = max(2 * self.config.workers, 2 * self.config.group_size)
         with ThreadPoolExecutor(self.config.workers, thread_name_prefix="stratum-decode") as pool:
             for planned, future in _bounded_map(pool, self._prepare, self._planned(images, summary, progress),
                                                 prefetch):
@@ -193,7 +207,7 @@ class Engine:
                     continue
                 group = buckets[item.bucket]
                 group.append((item, planned.todo))
-                if len(group) >= self.config.batch_size:
+                if len(group) >= self.config.group_size:
                     self._dispatch(buckets.pop(item.bucket), lane_queues, progress)
             for group in buckets.values():
                 if self._abort is None:
@@ -249,6 +263,10 @@ class Engine:
 
     def _dispatch(self, group: list[tuple[Item, tuple[Pass, ...]]], lane_queues: list[queue.Queue],
                   progress: Progress) -> None:
+        # Load what this batch needs here, before any lane sees it: missing weights or a bad model
+        # file stop the run before a single artifact of the batch is written.
+        for p in dict.fromkeys(p for _, todo in group for p in todo):
+            self._ensure_loaded(p)
         batch = _Batch([item for item, _ in group], {item.image_id: todo for item, todo in group},
                        len(self.lanes), progress)
         for q in lane_queues:
@@ -273,6 +291,7 @@ class Engine:
             except BaseException as exc:  # infrastructure failure: stop the whole run
                 log.error("%s", exc)
                 self._abort = self._abort or exc
+                batch.halt_progress()
             finally:
                 batch.lane_done()
 

@@ -33,9 +33,19 @@ class Progress:
         self.start = time.monotonic()
         self._last_report = self.start
         self._lock = threading.Lock()
+        self._halted = False
+
+    def halt(self) -> None:
+        """The run is stopping on an error: report nothing more (no misleading 100%)."""
+        with self._lock:
+            self._halted = True
+            if self.tty:
+                self.stream.write("\n")
 
     def advance(self, n: int = 1, *, worked: bool = True) -> None:
         with self._lock:
+            if self._halted:
+                return
             self.count += n
             self.work += n if worked else 0
             now = time.monotonic()

@@ -173,6 +173,32 @@ def test_an_infrastructure_error_stops_the_run(input_dir, tmp_path):
         engine_run(input_dir, tmp_path / "out", [DeadServerPass(PassOptions())])
 
 
+class MissingWeightsPass(PixelPass):
+    def load(self):
+        raise InfrastructureError("model x not found")
+
+
+def test_missing_weights_stop_the_run_before_any_artifact_is_written(input_dir, tmp_path):
+    with pytest.raises(InfrastructureError, match="model x not found"):
+        engine_run(input_dir, tmp_path / "out", [MissingWeightsPass(PassOptions())])
+    written = [p.name for p in (tmp_path / "out").rglob("*") if p.is_file() and ".stratum" not in p.parts]
+    assert written == []
+
+
+def test_progress_stops_reporting_when_the_run_fails(input_dir, tmp_path):
+    progress = Progress(3, every=0.0)
+    with pytest.raises(InfrastructureError):
+        Engine(RunConfig(tmp_path / "out", ("metadata", "pixel")), [MissingWeightsPass(PassOptions())]).run(
+            discover(input_dir).images, progress=progress)
+    assert progress.count == 0
+
+
+def test_groups_are_larger_on_a_gpu_unless_a_batch_size_is_given(tmp_path):
+    assert RunConfig(tmp_path, ("metadata",)).group_size == 8
+    assert RunConfig(tmp_path, ("metadata",), PassOptions(device="cuda:0")).group_size == 32
+    assert RunConfig(tmp_path, ("metadata",), PassOptions(device="cuda:0"), batch_size=4).group_size == 4
+
+
 class FakeT5Pass(Pass):
     name = "t5"
     needs = ("caption",)
