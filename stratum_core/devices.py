@@ -47,11 +47,26 @@ def _try_lock(index: int, lock_dir: Path | None) -> IO | None:
 
 
 def cuda_device_count() -> int:
+    """Visible CUDA devices: from torch when installed, else from the NVIDIA driver.
+
+    The driver fallback lets `auto` find a GPU on a pose-only install (onnxruntime-gpu, no torch).
+    """
     try:
         import torch
     except ImportError:
-        return 0
+        return _driver_gpu_count()
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _driver_gpu_count(driver_dir: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        present = len(os.listdir(driver_dir))
+    except OSError:
+        return 0
+    if visible is None:
+        return present
+    return min(present, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
 
 
 def claim_device(spec: str, *, gpu_count: int | None = None, lock_dir: Path | None = None) -> DeviceClaim:

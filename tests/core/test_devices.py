@@ -1,0 +1,41 @@
+"""Device choice: auto claims a GPU no other stratum run holds, else the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from stratum_core import devices
+from stratum_core.devices import claim_device
+from stratum_core.errors import ConfigError
+
+
+def test_auto_without_gpus_is_the_cpu(tmp_path):
+    assert claim_device("auto", gpu_count=0, lock_dir=tmp_path).device == "cpu"
+
+
+def test_auto_gives_concurrent_runs_different_gpus(tmp_path):
+    first = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    second = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    assert (first.device, second.device) == ("cuda:0", "cuda:1")
+    first.release()
+    third = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    assert third.device == "cuda:0"
+    second.release()
+    third.release()
+
+
+def test_an_explicit_gpu_that_is_not_there_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="cuda:3"):
+        claim_device("cuda:3", gpu_count=1, lock_dir=tmp_path)
+
+
+def test_driver_count_respects_cuda_visible_devices(tmp_path, monkeypatch):
+    for i in range(4):
+        (tmp_path / f"0000:0{i}:00.0").mkdir()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert devices._driver_gpu_count(tmp_path) == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    assert devices._driver_gpu_count(tmp_path) == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert devices._driver_gpu_count(tmp_path) == 0
+    assert devices._driver_gpu_count(tmp_path / "missing") == 0
