@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 from stratum_core.errors import StratumError
-from stratum_core.models import resolve_model
 from stratum_core.passes.base import Pass
 
 
@@ -22,8 +22,8 @@ def check_pass(p: Pass) -> Readiness:
     try:
         p.check_requirements()
         if p.model is not None:
-            resolve_model(p.model, explicit=p.options.model_paths.get(p.name), model_dir=p.options.model_dir,
-                          offline=True)
+            offline = dataclasses.replace(p.options, offline=True)  # look, never download here
+            type(p)(offline, p.config).resolve_weights()
         if p.io_bound:
             p.load()  # a server-bound pass checks its server (and model) here, cheaply
             p.close()

@@ -19,7 +19,7 @@ from stratum_core.buckets import Bucket
 from stratum_core.discover import SourceImage
 from stratum_core.errors import ConfigError, InfrastructureError, ItemError
 from stratum_core.intake import Decoded
-from stratum_core.models import ModelSpec
+from stratum_core.models import ModelLocation, ModelSpec, resolve_model
 from stratum_core.outcomes import Outcome
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -106,6 +106,7 @@ class Pass:
     def __init__(self, options: PassOptions, config: Any = None):
         self.options = options
         self.config = config if config is not None else self.config_class()
+        self.chosen_batch: int | None = None  # set by load() where it picks a size (from free GPU memory)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -122,8 +123,13 @@ class Pass:
 
     @property
     def max_batch(self) -> int:
-        """Largest batch handed to `forward`; passes may compute it in `load()`."""
-        return self.options.batch_size or 16
+        """Largest batch handed to `forward`: what `load()` chose, else --batch-size, else 16."""
+        return self.chosen_batch or self.options.batch_size or 16
+
+    def resolve_weights(self) -> ModelLocation:
+        """This pass's model: --model path → $STRATUM_MODEL_DIR/<hub id>/ → HF cache / download."""
+        return resolve_model(self.model, explicit=self.options.model_paths.get(self.name),
+                             model_dir=self.options.model_dir, offline=self.options.offline)
 
     @property
     def concurrency(self) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 
 from stratum_core.buckets import BUCKETS
 from stratum_core.errors import InfrastructureError
-from stratum_core.models import ModelLocation, ModelSpec, resolve_model
+from stratum_core.models import ModelLocation, ModelSpec
 from stratum_core.outcomes import Outcome
 from stratum_core.passes.base import Item, Pass
 
@@ -70,21 +70,13 @@ class DINOv3Pass(Pass):
         self._model = None
         self._dtype = None
         self._registers = 0
-        self._batch_size: int | None = None
         self._location: ModelLocation | None = None
-
-    @property
-    def max_batch(self) -> int:
-        from stratum_core.passes.torch_utils import CPU_BATCH_SIZE
-
-        return self._batch_size or self.options.batch_size or CPU_BATCH_SIZE
 
     def load(self) -> None:
         from stratum_core.passes.torch_utils import auto_batch_size, bytes_per_element, torch_dtype
 
         self.check_requirements()
-        self._location = resolve_model(self.model, explicit=self.options.model_paths.get(self.name),
-                                       model_dir=self.options.model_dir, offline=self.options.offline)
+        self._location = self.resolve_weights()
         precision = self.options.resolved_precision
         self._dtype = torch_dtype(precision)
         self._model = load_dinov3(self._location, self._dtype, self.options.device)
@@ -93,9 +85,9 @@ class DINOv3Pass(Pass):
         largest = 1 + self._registers + max(rows * cols for rows, cols in (b.patch_grid for b in BUCKETS))
         per_item = activation_bytes(largest, config.hidden_size, config.intermediate_size,
                                     bytes_per_element(precision))
-        self._batch_size = auto_batch_size(self.options.device, per_item, requested=self.options.batch_size)
+        self.chosen_batch = auto_batch_size(self.options.device, per_item, requested=self.options.batch_size)
         log.info("dinov3 from %s (%s), %s on %s, batch %d", self._location.root, self._location.source,
-                 precision, self.options.device, self._batch_size)
+                 precision, self.options.device, self.chosen_batch)
 
     def preprocess(self, item: Item) -> Any:
         """The uint8 crop as a tensor: normalising on the device moves 4× fewer bytes."""
@@ -140,7 +132,7 @@ class DINOv3Pass(Pass):
         record = super().provenance()
         if self._location is not None:
             record.update(weights=str(self._location.root), weights_source=self._location.source,
-                          batch_size=self._batch_size)
+                          batch_size=self.chosen_batch)
         return record
 
     def close(self) -> None:

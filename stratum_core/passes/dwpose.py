@@ -18,7 +18,7 @@ import numpy as np
 
 from stratum_core import pose_geometry as geo
 from stratum_core.errors import InfrastructureError
-from stratum_core.models import ModelSpec, resolve_model
+from stratum_core.models import ModelSpec
 from stratum_core.outcomes import Outcome
 from stratum_core.passes.base import Item, Pass
 
@@ -212,8 +212,7 @@ class DWPosePass(Pass):
     def load(self) -> None:
         import onnxruntime as ort
 
-        location = resolve_model(self.model, explicit=self.options.model_paths.get(self.name),
-                                 model_dir=self.options.model_dir, offline=self.options.offline)
+        location = self.resolve_weights()
         if self.options.is_cuda and hasattr(ort, "preload_dlls"):
             try:  # finds the CUDA/cuDNN libraries pip wheels (e.g. torch's) installed
                 ort.preload_dlls()

@@ -25,7 +25,7 @@ import numpy as np
 
 from stratum_core.artifacts import SEG_CLASSES
 from stratum_core.errors import InfrastructureError, ItemError
-from stratum_core.models import ModelSpec, resolve_model
+from stratum_core.models import ModelSpec
 from stratum_core.outcomes import Outcome
 from stratum_core.passes import torch_utils
 from stratum_core.passes.base import Item, Pass
@@ -164,27 +164,21 @@ class SapiensPass(Pass):
         super().__init__(options, config)
         self._model: Any = None
         self._dtype: Any = None
-        self._batch: int | None = None
         self._checkpoint: str = ""
         self._autocast = False  # True: fp32 weights under torch.autocast (see `lower_precision`)
 
-    @property
-    def max_batch(self) -> int:
-        return self._batch or self.options.batch_size or torch_utils.CPU_BATCH_SIZE
-
     def load(self) -> None:
         self._dtype = torch_utils.torch_dtype(self.options.resolved_precision)
-        location = resolve_model(self.model, explicit=self.options.model_paths.get(self.name),
-                                 model_dir=self.options.model_dir, offline=self.options.offline)
+        location = self.resolve_weights()
         path = location.file(location.spec.files[0])
         self._checkpoint = path.name
         self._model = load_torchscript(path, self.options.device)
         if self.options.resolved_precision != "fp32":
             self._model, self._autocast = lower_precision(self._model, path, self.options.device, self._dtype)
-        self._batch = torch_utils.auto_batch_size(self.options.device, BYTES_PER_ITEM,
+        self.chosen_batch = torch_utils.auto_batch_size(self.options.device, BYTES_PER_ITEM,
                                                   requested=self.options.batch_size, cap=MAX_AUTO_BATCH)
         log.info("%s: %s on %s (%s, batch %d)", self.name, path, self.options.device,
-                 self.options.resolved_precision, self._batch)
+                 self.options.resolved_precision, self.chosen_batch)
 
     def preprocess(self, item: Item) -> Prepared:
         return Prepared(self.shared_input(item), (item.bucket.height, item.bucket.width), self.foreground(item))

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from stratum_core.errors import InfrastructureError, ItemError
-from stratum_core.models import ModelLocation, ModelSpec, resolve_model
+from stratum_core.models import ModelLocation, ModelSpec
 from stratum_core.outcomes import Outcome
 from stratum_core.passes.base import Item, Pass
 
@@ -62,14 +62,7 @@ class T5Pass(Pass):
         self._model = None
         self._tokenizer = None
         self._precision: str | None = None
-        self._batch_size: int | None = None
         self._location: ModelLocation | None = None
-
-    @property
-    def max_batch(self) -> int:
-        from stratum_core.passes.torch_utils import CPU_BATCH_SIZE
-
-        return self._batch_size or self.options.batch_size or CPU_BATCH_SIZE
 
     def load(self) -> None:
         import torch
@@ -77,8 +70,7 @@ class T5Pass(Pass):
         from stratum_core.passes.torch_utils import auto_batch_size, bytes_per_element, torch_dtype
 
         self.check_requirements()
-        self._location = resolve_model(self.model, explicit=self.options.model_paths.get(self.name),
-                                       model_dir=self.options.model_dir, offline=self.options.offline)
+        self._location = self.resolve_weights()
         bf16_ok = self.options.is_cuda and torch.cuda.is_bf16_supported()
         self._precision = compute_precision(self.options.resolved_precision, self.options.is_cuda, bf16_ok)
         if self._precision != self.options.resolved_precision:
@@ -87,10 +79,10 @@ class T5Pass(Pass):
         config = self._model.config
         per_item = activation_bytes(config.d_model, config.d_ff, config.num_heads,
                                     bytes_per_element(self._precision))
-        self._batch_size = auto_batch_size(self.options.device, per_item, requested=self.options.batch_size,
+        self.chosen_batch = auto_batch_size(self.options.device, per_item, requested=self.options.batch_size,
                                            cap=256)
         log.info("t5 from %s (%s), %s on %s, batch %d", self._location.root, self._location.source,
-                 self._precision, self.options.device, self._batch_size)
+                 self._precision, self.options.device, self.chosen_batch)
 
     def preprocess(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         caption = item.inputs.get("caption")
@@ -126,7 +118,7 @@ class T5Pass(Pass):
         record = super().provenance()
         if self._location is not None:
             record.update(precision=self._precision, weights=str(self._location.root),
-                          weights_source=self._location.source, batch_size=self._batch_size)
+                          weights_source=self._location.source, batch_size=self.chosen_batch)
         return record
 
     def close(self) -> None:
