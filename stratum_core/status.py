@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,17 +11,31 @@ from stratum_core.discover import iter_image_dirs
 from stratum_core.store import FAILURE_PREFIX, Store
 
 
+MAX_LISTED = 1000  # failed images listed per pass (--json); the counts are always complete
+EXAMPLES = 3  # failed images shown per pass in the text report
+
+
 @dataclass
 class DatasetStatus:
     total_images: int = 0  # directories with metadata.json
     counts: Counter = field(default_factory=Counter)  # artifact name → images that have it
     failures: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # pass → reasons
+    # pass → (image id, reason, message) of failed images, at most MAX_LISTED per pass
+    failed_images: dict[str, list[tuple[str, str, str]]] = field(default_factory=lambda: defaultdict(list))
     image_dirs: int = 0
+
+    def add_failure(self, image_id: str, pass_name: str, record: dict) -> None:
+        reason = record.get("reason", "unknown")
+        self.failures[pass_name][reason] += 1
+        if len(self.failed_images[pass_name]) < MAX_LISTED:
+            self.failed_images[pass_name].append((image_id, reason, record.get("message", "")))
 
     def to_dict(self) -> dict:
         return {"total_images": self.total_images,
                 "artifacts": {a.name: self.counts[a.name] for a in ARTIFACTS},
-                "failures": {p: dict(c) for p, c in self.failures.items()}}
+                "failures": {p: dict(c) for p, c in self.failures.items()},
+                "failed_images": {p: [{"image_id": i, "reason": r, "message": m} for i, r, m in listed]
+                                  for p, listed in self.failed_images.items()}}
 
     def format(self) -> str:
         total = self.total_images
@@ -36,6 +49,9 @@ class DatasetStatus:
             for pass_name, reasons in sorted(self.failures.items()):
                 detail = ", ".join(f"{r} {n}" for r, n in reasons.most_common())
                 lines.append(f"  {pass_name}: {sum(reasons.values())} ({detail})")
+                lines.extend(f"    {i}: {r}: {m}" for i, r, m in self.failed_images[pass_name][:EXAMPLES])
+                if sum(reasons.values()) > EXAMPLES:
+                    lines.append("    … (all of them: stratum status --json)")
         return "\n".join(lines)
 
 
@@ -54,19 +70,6 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
                 status.counts[artifact] += 1
             elif name.startswith(FAILURE_PREFIX) and name.endswith(".json"):
                 pass_name = name[len(FAILURE_PREFIX):-len(".json")]
-                record = store.read_failure(image_id, pass_name) or {}
-                status.failures[pass_name][record.get("reason", "unknown")] += 1
+                status.add_failure(image_id, pass_name, store.read_failure(image_id, pass_name) or {})
     return status
 
-
-def failure_records(output_dir: Path) -> list[dict]:
-    """Every failure record, with its image id (for reports and the Dagster status sensor)."""
-    records = []
-    for image_id, names in iter_image_dirs(Path(output_dir)):
-        for name in sorted(n for n in names if n.startswith(FAILURE_PREFIX)):
-            path = Path(output_dir, image_id, name)
-            try:
-                records.append({"image_id": image_id, **json.loads(path.read_text())})
-            except (OSError, ValueError):
-                continue
-    return records

@@ -9,7 +9,7 @@ import pytest
 
 from stratum_core.artifacts import ARTIFACTS, BY_NAME
 from stratum_core.cli import main
-from stratum_core.status import dataset_status, failure_records
+from stratum_core.status import dataset_status
 from stratum_core.store import Store
 
 
@@ -55,7 +55,8 @@ def test_status_format_lines(dataset):
     assert lines[2] == "caption: 1 / 4 (25.0%)"
     assert "pixel: 3 / 4 (75.0%)" in lines
     assert lines[1 + len(ARTIFACTS)].startswith("Failures")
-    assert lines[-2:] == ["  metadata: 1 (decode_error 1)", "  pixel: 1 (write_error 1)"]
+    assert lines[-4:] == ["  metadata: 1 (decode_error 1)", "    bad: decode_error: truncated",
+                          "  pixel: 1 (write_error 1)", "    c/e: write_error: disk full"]
 
 
 def test_status_of_an_empty_dataset(tmp_path):
@@ -81,6 +82,22 @@ def test_status_cli_on_a_missing_dir_is_an_error(tmp_path, caplog):
     assert "no dataset" in caplog.text
 
 
-def test_failure_records_list_image_and_reason(dataset):
-    records = sorted((r["image_id"], r["pass"], r["reason"]) for r in failure_records(dataset))
-    assert records == [("bad", "metadata", "decode_error"), ("c/e", "pixel", "write_error")]
+def test_status_names_the_failed_images(dataset):
+    failed = dataset_status(dataset).failed_images
+    assert dict(failed) == {"metadata": [("bad", "decode_error", "truncated")],
+                            "pixel": [("c/e", "write_error", "disk full")]}
+
+
+def test_status_json_lists_the_failed_images(dataset, capsys):
+    main(["status", str(dataset), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["failed_images"]["pixel"] == [{"image_id": "c/e", "reason": "write_error", "message": "disk full"}]
+
+
+def test_status_text_shows_a_few_examples_per_pass(tmp_path):
+    store = Store(tmp_path)
+    for i in range(5):
+        store.record_failure(f"img{i}", "caption", "timeout", "no answer")
+    lines = dataset_status(tmp_path).format().splitlines()
+    assert lines[-5:] == ["  caption: 5 (timeout 5)", "    img0: timeout: no answer", "    img1: timeout: no answer",
+                          "    img2: timeout: no answer", "    … (all of them: stratum status --json)"]
