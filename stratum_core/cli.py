@@ -17,7 +17,9 @@ from stratum_core.errors import StratumError
 log = logging.getLogger("stratum")
 
 # Modules that add their own subcommands through `register(subparsers)`.
-COMMAND_MODULES = ("stratum_core.models_cli", "stratum_core.publish.cli", "stratum_core.preview")
+COMMAND_MODULES = (
+    "stratum_core.models_cli", "stratum_core.shards_cli", "stratum_core.publish.cli", "stratum_core.preview",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

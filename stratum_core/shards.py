@@ -214,6 +214,22 @@ def register_new(input_dir: Path, output_dir: Path, *, start_after: str | None =
     return result
 
 
+def register_all(input_dir: Path, output_dir: Path, shard_size: int = DEFAULT_SHARD_SIZE) -> Registration:
+    """Register every unregistered image of the input in one call (the CLI and the quickstart)."""
+    total = Registration()
+    cursor = None
+    while True:
+        step = register_new(input_dir, output_dir, start_after=cursor, time_budget=float("inf"),
+                            shard_size=shard_size)
+        total.new_shards.extend(step.new_shards)
+        total.errors.extend(step.errors)
+        total.groups_scanned += step.groups_scanned
+        if step.wrapped:
+            total.wrapped = True
+            return total
+        cursor = step.cursor
+
+
 @dataclass
 class ShardCompletion:
     """Per pass: images of the shard holding all its artifacts (`done`) and failure records (`failed`)."""

@@ -18,20 +18,6 @@ log = logging.getLogger("stratum.quickstart")
 
 
 
-def register_all(input_dir: Path, output_dir: Path) -> list[str]:
-    """Register every unregistered image as shards; return every shard key."""
-    from stratum_core.shards import register_new, shard_keys
-
-    cursor = None
-    while True:
-        registration = register_new(input_dir, output_dir, start_after=cursor, time_budget=60.0)
-        for error in registration.errors:
-            log.warning("refused %s: %s", error.source, error.message)
-        if registration.wrapped:
-            return shard_keys(output_dir)
-        cursor = registration.cursor
-
-
 def runnable_passes(stratum, caption_server) -> tuple[list[str], dict[str, str]]:
     """The default passes that can run here, and advice for each one that cannot."""
     from stratum_core.passes import DEFAULT_PASSES, build_passes, pass_class
@@ -85,12 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import dagster as dg
 
+    from stratum_core.shards import register_all, shard_keys
     from stratum_core.status import dataset_status
     from stratum_dagster.definitions import defs
     from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
     from stratum_dagster.resources import CaptionServerResource, StratumResource
 
-    keys = register_all(input_dir, output_dir)
+    registration = register_all(input_dir, output_dir)
+    for error in registration.errors:
+        log.warning("refused %s: %s", error.source, error.message)
+    keys = shard_keys(output_dir)
     if not keys:
         log.error("no images found in %s", input_dir)
         return 2

@@ -1,0 +1,46 @@
+"""`stratum shards register | list` and `stratum process --shard-key` agree on shard membership."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stratum_core.cli import main
+from tests.fakes import images
+
+
+@pytest.fixture
+def input_dir(tmp_path) -> Path:
+    root = tmp_path / "in"
+    for i in range(3):
+        images.write_gradient(root / "ffhq" / f"{i:05d}.png", 40, 30, seed=i)
+    images.write_gradient(root / "loose.jpg", 30, 40)
+    return root
+
+
+def test_register_prints_the_new_shards(input_dir, tmp_path, capsys):
+    assert main(["shards", "register", str(input_dir), "-o", str(tmp_path / "out"), "--shard-size", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["_root-0000\t1 images", "ffhq-0000\t2 images", "ffhq-0001\t1 images", "3 new shards, 3 in all"]
+
+
+def test_registering_again_adds_only_new_images(input_dir, tmp_path, capsys):
+    main(["shards", "register", str(input_dir), "-o", str(tmp_path / "out"), "--shard-size", "2"])
+    images.write_gradient(input_dir / "ffhq" / "00009.png", 40, 30)
+    capsys.readouterr()
+    main(["shards", "register", str(input_dir), "-o", str(tmp_path / "out"), "--shard-size", "2"])
+    assert capsys.readouterr().out.splitlines() == ["ffhq-0002\t1 images", "1 new shards, 4 in all"]
+
+
+def test_process_with_a_shard_key_runs_exactly_that_shard(input_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    main(["shards", "register", str(input_dir), "-o", str(out), "--shard-size", "2"])
+    assert main(["process", str(input_dir), "-o", str(out), "--passes", "pixel", "--shard-key", "ffhq-0000"]) == 0
+    done = sorted(str(p.parent.relative_to(out)) for p in out.rglob("pixel.npy"))
+    assert done == ["ffhq/00000", "ffhq/00001"]
+    capsys.readouterr()
+    main(["shards", "list", str(out)])
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[1] == "ffhq-0000\t2 images\tcomplete: metadata,pixel"
+    assert listing[2] == "ffhq-0001\t1 images\tcomplete: -"
