@@ -71,8 +71,8 @@ class StratumResource(dg.ConfigurableResource):
     model_paths: dict[str, str] = Field(default_factory=dict, description="pass name → explicit weights path")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N; auto claims a free GPU")
     precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16")
-    batch_size: Optional[int] = Field(default=None, description="images per model batch (default: chosen)")
-    workers: int = Field(default=4, description="decode threads")
+    batch_size: Optional[int] = Field(default=None, description="images per batch (default: by device, as the CLI)")
+    workers: Optional[int] = Field(default=None, description="decode threads (default: as the CLI, cores up to 8)")
     shard_size: int = Field(default=1000, description="images per new shard")
     offline: Optional[bool] = Field(default=None, description="never download weights (default $HF_HUB_OFFLINE)")
     pass_args: dict[str, list[str]] = Field(
@@ -110,7 +110,8 @@ class StratumResource(dg.ConfigurableResource):
         claim = claim_device(self.device if any(n in MODEL_PASSES for n in names) else "cpu")
         try:
             config = RunConfig(output_dir=self.output_dir, passes=names, options=self._options(claim.device),
-                               pass_configs=configs, workers=self.workers, batch_size=self.batch_size or 8)
+                               pass_configs=configs, workers=self.workers or max(1, min(8, os.cpu_count() or 1)),
+                               batch_size=self.batch_size)
             summary = run(config, images)
         finally:
             claim.release()
