@@ -6,7 +6,12 @@ metadata`. Both run as fresh subprocesses on fresh output folders, so process st
 loading and event logging are all counted. On a GPU machine with models, `--job enrich_job
 --passes all` compares the full default job.
 
+`--assets seg,depth,normal --smoke-sapiens` runs those assets of `--job` (default enrich_job then)
+through `execute_in_process(asset_selection=…)` in a fresh process, as `quickstart` does, against
+`stratum process --passes seg,depth,normal`, with the smoke Sapiens models of tests/fakes (CPU).
+
     python bench/dagster_overhead.py [--images 1000] [--job metadata_job --passes metadata]
+    python bench/dagster_overhead.py --images 100 --assets seg,depth,normal --smoke-sapiens
 """
 
 from __future__ import annotations
@@ -25,6 +30,20 @@ import numpy as np
 from PIL import Image
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+# A fresh process that runs, for one shard, each `job:asset,asset` given, the way quickstart does.
+RUN_SELECTION = """
+import sys, dagster as dg
+from stratum_dagster.definitions import defs
+key = sys.argv[1]
+for spec in sys.argv[2:]:
+    job, names = spec.split(":")
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=dg.DagsterInstance.get(), partition_key=key, asset_selection=[dg.AssetKey(n) for n in names.split(",")])
+    if not result.success:
+        sys.exit(1)
+"""
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int]) -> None:
@@ -44,6 +63,13 @@ def timed(command: list[str], env: dict) -> float:
     return elapsed
 
 
+def fresh_outputs(outputs: dict[str, Path], registry: Path) -> None:
+    """Empty output folders that hold only the shard's record (copied from the registry)."""
+    for out in outputs.values():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(registry / ".stratum", out / ".stratum")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="images in the shard (default 1000)")
@@ -51,7 +77,19 @@ def main() -> None:
     parser.add_argument("--job", default="metadata_job", help="Dagster job to run (default metadata_job)")
     parser.add_argument("--passes", default="metadata", help="the same passes for stratum process")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--assets", help="run only these assets of --job (default job then: enrich_job)")
+    parser.add_argument("--smoke-sapiens", action="store_true", help="use tests/fakes smoke Sapiens models")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate CLI and Dagster this many times on fresh outputs, keep each best "
+                             "(the shared machine is noisy)")
+    parser.add_argument("--per-pass-runs", action="store_true",
+                        help="with --assets, also time one <pass>_job run per asset (one engine run, one decode, "
+                             "per pass: what enrich_job did before passes shared a step)")
     args = parser.parse_args()
+    if args.assets:
+        args.passes = args.assets
+        if args.job == "metadata_job":
+            args.job = "enrich_job"
 
     from stratum_core import shards
     import dagster as dg
@@ -62,23 +100,45 @@ def main() -> None:
         write_images(src / "bench", args.images, tuple(int(v) for v in args.size.split("x")))
         home.mkdir()
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        outputs = {"cli": root / "out_cli", "dagster": root / "out_dagster"}
-        for out in outputs.values():
-            [shard], _ = shards.register_group(src, out, "bench", shard_size=max(args.images, 1))
+        outputs = {"cli": root / "out_cli", "dagster": root / "out_dagster", "per_pass": root / "out_per_pass"}
+        [shard], _ = shards.register_group(src, root / "registry", "bench", shard_size=max(args.images, 1))
         with dg.DagsterInstance.from_config(str(home)) as instance:
             instance.add_dynamic_partitions("shards", [shard.key])
         env = {**os.environ, "DAGSTER_HOME": str(home), "STRATUM_INPUT_DIR": str(src),
                "STRATUM_OUTPUT_DIR": str(outputs["dagster"])}
-        cli_s = timed([str(BIN / "stratum"), "process", str(src), "-o", str(outputs["cli"]), "--passes", args.passes,
-                       "--shard-key", shard.key, "--device", args.device], env)
-        dagster_s = timed([str(BIN / "dagster"), "job", "execute", "-m", "stratum_dagster.definitions", "-j", args.job,
-                           "--tags", json.dumps({"dagster/partition": shard.key})], env)
+        if args.smoke_sapiens:
+            sys.path.insert(0, str(REPO))
+            from tests.fakes.sapiens_models import build_sapiens_models
+
+            build_sapiens_models(root / "models")
+            env.update(STRATUM_MODEL_DIR=str(root / "models"), HF_HUB_OFFLINE="1")
+        cli_cmd = [str(BIN / "stratum"), "process", str(src), "-o", str(outputs["cli"]), "--passes", args.passes,
+                   "--shard-key", shard.key, "--device", args.device]
+        if args.assets:
+            dagster_cmd = [sys.executable, "-c", RUN_SELECTION, shard.key, f"{args.job}:{args.assets}"]
+            label = f"{args.job} assets {args.assets}"
+        else:
+            dagster_cmd = [str(BIN / "dagster"), "job", "execute", "-m", "stratum_dagster.definitions", "-j", args.job,
+                           "--tags", json.dumps({"dagster/partition": shard.key})]
+            label = f"dagster job execute -j {args.job}"
+        cli_s = dagster_s = per_pass_s = float("inf")
+        for _ in range(args.rounds):
+            fresh_outputs(outputs, root / "registry")
+            cli_s = min(cli_s, timed(cli_cmd, env))
+            dagster_s = min(dagster_s, timed(dagster_cmd, env))
+            if args.assets and args.per_pass_runs:
+                per_pass_s = min(per_pass_s, timed(
+                    [sys.executable, "-c", RUN_SELECTION, shard.key, *(f"{n}_job:{n}" for n in args.assets.split(","))],
+                    {**env, "STRATUM_OUTPUT_DIR": str(outputs["per_pass"])}))
         written = sum(1 for _ in outputs["dagster"].rglob("metadata.json"))
         print(f"shard {shard.key}: {args.images} images, {written} written by Dagster")
         print(f"stratum process --passes {args.passes}: {cli_s:.2f} s")
-        print(f"dagster job execute -j {args.job}:  {dagster_s:.2f} s")
+        print(f"{label}:  {dagster_s:.2f} s")
         print(f"Dagster adds {dagster_s - cli_s:+.2f} s per run ({100 * (dagster_s - cli_s) / cli_s:+.1f}%); "
               f"ratio {dagster_s / cli_s:.2f}x")
+        if args.assets and args.per_pass_runs:
+            print(f"one <pass>_job per asset ({args.assets}): {per_pass_s:.2f} s; "
+                  f"one shared step is {per_pass_s / dagster_s:.2f}x faster")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
