@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,10 @@ class RunSummary:
         return "\n".join(lines)
 
     def save(self, state_dir: Path) -> Path:
-        """Write the run record under <output>/.stratum/runs/."""
-        path = Path(state_dir) / "runs" / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(self.started))}-{os.getpid()}.json"
+        """Write the run record under <output>/.stratum/runs/ (names sort by start time)."""
+        # Several runs can start in one second of one process (Dagster steps): a random tail keeps them apart.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.started))
+        path = Path(state_dir) / "runs" / f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         write_atomic(path, json.dumps(self.to_dict(), indent=1).encode())
         return path
 

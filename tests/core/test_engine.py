@@ -234,3 +234,11 @@ def test_a_non_image_pass_reuses_metadata_without_decoding(input_dir, tmp_path, 
     monkeypatch.setattr("stratum_core.engine.decode", lambda path: pytest.fail("decoded"))
     summary = engine_run(input_dir, tmp_path / "out", [FakeT5Pass(PassOptions())])
     assert summary.passes["t5"].done == 3
+
+
+def test_two_runs_in_one_second_keep_both_run_records(input_dir, tmp_path):
+    for _ in range(2):
+        summary = engine_run(input_dir, tmp_path / "out", [])
+        summary.started = 1_700_000_000.0  # the same second
+        summary.save(tmp_path / "out" / ".stratum")
+    assert len(list((tmp_path / "out" / ".stratum" / "runs").iterdir())) == 2
