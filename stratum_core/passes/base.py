@@ -107,6 +107,7 @@ class Pass:
         self.options = options
         self.config = config if config is not None else self.config_class()
         self.chosen_batch: int | None = None  # set by load() where it picks a size (from free GPU memory)
+        self.weights: ModelLocation | None = None  # set by resolve_weights()
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -128,8 +129,9 @@ class Pass:
 
     def resolve_weights(self) -> ModelLocation:
         """This pass's model: --model path → $STRATUM_MODEL_DIR/<hub id>/ → HF cache / download."""
-        return resolve_model(self.model, explicit=self.options.model_paths.get(self.name),
-                             model_dir=self.options.model_dir, offline=self.options.offline)
+        self.weights = resolve_model(self.model, explicit=self.options.model_paths.get(self.name),
+                                     model_dir=self.options.model_dir, offline=self.options.offline)
+        return self.weights
 
     @property
     def concurrency(self) -> int:
@@ -161,6 +163,10 @@ class Pass:
                                   "precision": self.options.resolved_precision}
         if self.model is not None:
             record["model"] = self.model.hub_id
+        if self.weights is not None:
+            record.update(weights=str(self.weights.root), weights_source=self.weights.source)
+        if self.chosen_batch is not None:
+            record["batch_size"] = self.chosen_batch
         return record
 
     def close(self) -> None:

@@ -70,23 +70,22 @@ class DINOv3Pass(Pass):
         self._model = None
         self._dtype = None
         self._registers = 0
-        self._location: ModelLocation | None = None
 
     def load(self) -> None:
         from stratum_core.passes.torch_utils import auto_batch_size, bytes_per_element, torch_dtype
 
         self.check_requirements()
-        self._location = self.resolve_weights()
+        location = self.resolve_weights()
         precision = self.options.resolved_precision
         self._dtype = torch_dtype(precision)
-        self._model = load_dinov3(self._location, self._dtype, self.options.device)
+        self._model = load_dinov3(location, self._dtype, self.options.device)
         config = self._model.config
         self._registers = int(config.num_register_tokens)
         largest = 1 + self._registers + max(rows * cols for rows, cols in (b.patch_grid for b in BUCKETS))
         per_item = activation_bytes(largest, config.hidden_size, config.intermediate_size,
                                     bytes_per_element(precision))
         self.chosen_batch = auto_batch_size(self.options.device, per_item, requested=self.options.batch_size)
-        log.info("dinov3 from %s (%s), %s on %s, batch %d", self._location.root, self._location.source,
+        log.info("dinov3 from %s (%s), %s on %s, batch %d", location.root, location.source,
                  precision, self.options.device, self.chosen_batch)
 
     def preprocess(self, item: Item) -> Any:
@@ -127,13 +126,6 @@ class DINOv3Pass(Pass):
             else:
                 results.append(Outcome.ok(dinov3_cls=cls, dinov3_patches=patches))
         return results
-
-    def provenance(self) -> dict[str, Any]:
-        record = super().provenance()
-        if self._location is not None:
-            record.update(weights=str(self._location.root), weights_source=self._location.source,
-                          batch_size=self.chosen_batch)
-        return record
 
     def close(self) -> None:
         self._model = None

@@ -62,7 +62,6 @@ class T5Pass(Pass):
         self._model = None
         self._tokenizer = None
         self._precision: str | None = None
-        self._location: ModelLocation | None = None
 
     def load(self) -> None:
         import torch
@@ -70,18 +69,18 @@ class T5Pass(Pass):
         from stratum_core.passes.torch_utils import auto_batch_size, bytes_per_element, torch_dtype
 
         self.check_requirements()
-        self._location = self.resolve_weights()
+        location = self.resolve_weights()
         bf16_ok = self.options.is_cuda and torch.cuda.is_bf16_supported()
         self._precision = compute_precision(self.options.resolved_precision, self.options.is_cuda, bf16_ok)
         if self._precision != self.options.resolved_precision:
             log.warning("t5: fp16 overflows in T5; computing in %s and storing float16", self._precision)
-        self._tokenizer, self._model = load_t5(self._location, torch_dtype(self._precision), self.options.device)
+        self._tokenizer, self._model = load_t5(location, torch_dtype(self._precision), self.options.device)
         config = self._model.config
         per_item = activation_bytes(config.d_model, config.d_ff, config.num_heads,
                                     bytes_per_element(self._precision))
         self.chosen_batch = auto_batch_size(self.options.device, per_item, requested=self.options.batch_size,
                                            cap=256)
-        log.info("t5 from %s (%s), %s on %s, batch %d", self._location.root, self._location.source,
+        log.info("t5 from %s (%s), %s on %s, batch %d", location.root, location.source,
                  self._precision, self.options.device, self.chosen_batch)
 
     def preprocess(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
@@ -116,9 +115,8 @@ class T5Pass(Pass):
 
     def provenance(self) -> dict[str, Any]:
         record = super().provenance()
-        if self._location is not None:
-            record.update(precision=self._precision, weights=str(self._location.root),
-                          weights_source=self._location.source, batch_size=self.chosen_batch)
+        if self._precision is not None:
+            record["precision"] = self._precision  # never fp16, whatever was asked
         return record
 
     def close(self) -> None:
