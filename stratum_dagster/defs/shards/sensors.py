@@ -70,7 +70,9 @@ def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumRes
             now = completion.done[pass_name]
             was = before[index] if before else None
             if completion.complete(pass_name) and was != now:
-                if key not in materialized.setdefault(pass_name, _materialized(context, pass_name)):
+                if pass_name not in materialized:  # one instance query per pass and tick, only when needed
+                    materialized[pass_name] = _materialized(context, pass_name)
+                if key not in materialized[pass_name]:
                     events.append(dg.AssetMaterialization(
                         asset_key=pass_name, partition=key,
                         metadata={"source": "filesystem", "images": completion.total, "done": now}))
@@ -82,7 +84,8 @@ def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumRes
         if time.monotonic() - started > TICK_BUDGET_S:
             state["after"] = key
             break
-    state["done"] = {k: v for k, v in state["done"].items() if k in set(keys)}
+    registered = set(keys)
+    state["done"] = {k: v for k, v in state["done"].items() if k in registered}
     to_add = sorted(({e.partition for e in events} | {r.partition_key for r in requests}) - known)
     return dg.SensorResult(
         run_requests=requests, asset_events=events, cursor=json.dumps(state, separators=(",", ":")),
