@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import shutil
@@ -138,6 +139,7 @@ def make_tick(instance, stratum, defs):
     def tick(sensor, cursor: str | None):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"stratum": stratum},
                                           definitions=defs)
+        context.log.setLevel(logging.WARNING)  # a tick logs every new key: 1,000 of them at the full size
         started = time.perf_counter()
         result = sensor(context)
         evaluated = time.perf_counter() - started
@@ -192,8 +194,6 @@ def run(args: argparse.Namespace, root: Path) -> list[Tick]:
 
 
 def measure(args: argparse.Namespace, src: Path, out: Path, home: Path) -> list[Tick]:
-    import logging
-
     import dagster as dg
 
     from stratum_core import shards
@@ -201,7 +201,6 @@ def measure(args: argparse.Namespace, src: Path, out: Path, home: Path) -> list[
     from stratum_dagster.definitions import defs
     from stratum_dagster.resources import StratumResource
 
-    logging.getLogger("dagster").setLevel(logging.WARNING)  # a tick logs every new key: 1,000 at the full size
     built = build_input(src, args.n)
     remove_added(src)
     print(f"input tree: {args.n:,} images under {src} ({'built in %.0f s' % built if built else 'reused'})")
