@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from stratum_core.artifacts import BY_NAME
+from stratum_core.artifacts import BY_NAME, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.discover import DiscoveryError, SourceImage
 from stratum_core.errors import ConfigError, InfrastructureError, ItemError
@@ -26,7 +26,7 @@ from stratum_core.outcomes import FAILED, OK, Outcome
 from stratum_core.passes import build_passes
 from stratum_core.passes.base import Item, Pass, PassOptions
 from stratum_core.progress import Progress
-from stratum_core.store import Store
+from stratum_core.store import FAILURE_PREFIX, Store
 from stratum_core.summary import Failure, PassStats, RunSummary
 
 log = logging.getLogger("stratum.engine")
@@ -130,6 +130,8 @@ class Engine:
         # A lane with several threads must not run one pass on two batches at once unless
         # the pass is built for it (concurrency > 1): GPU passes stay one batch at a time.
         self._pass_locks = {p.name: threading.Lock() for p in self.passes}
+        # Artifacts a later pass reads; only these stay on the item (not every 8 MB patch array).
+        self._needed = frozenset(n for p in self.passes for n in p.needs)
 
     # ------------------------------------------------------------------ planning
     def plan(self, source: SourceImage) -> _Planned:
@@ -151,8 +153,10 @@ class Engine:
         progress = progress or Progress(len(images), every=self.config.progress_every)
         started = time.monotonic()
         lane_queues = [queue.Queue(maxsize=4) for _ in self.lanes]
-        write_queue: queue.Queue = queue.Queue(maxsize=64 * self.config.group_size)
-        writer = threading.Thread(target=self._write_loop, args=(write_queue, summary), name="stratum-writer")
+        # Entries hold arrays (a 1 MP normal map is 6 MB): a few batches of slack is enough.
+        write_queue: queue.Queue = queue.Queue(maxsize=4 * self.config.group_size)
+        writer = threading.Thread(target=self._write_loop, args=(write_queue, summary), name="stratum-writer",
+                                  daemon=True)
         lane_threads = [threading.Thread(target=self._lane_loop, args=(lane, q, write_queue, summary),
                                          name=f"stratum-lane-{i}-{j}", daemon=True)
                         for i, (lane, q) in enumerate(zip(self.lanes, lane_queues))
@@ -162,22 +166,25 @@ class Engine:
             t.start()
         try:
             self._feed(images, lane_queues, summary, progress)
-        except BaseException:
+        except BaseException as exc:  # Ctrl-C or a load failure: lanes drop what is still queued
+            self._abort = self._abort or exc
             progress.halt()
             raise
         finally:
-            for lane, q in zip(self.lanes, lane_queues):
-                for _ in range(self.lane_parallelism(lane)):
-                    q.put(_STOP)
-            for t in lane_threads:
-                t.join()
-            write_queue.put(_STOP)
-            writer.join()
-            for p in self.passes:
-                if p.name in self._loaded:
-                    summary.provenance[p.name] = p.provenance()
-                p.close()
-            summary.elapsed = time.monotonic() - started
+            try:
+                for lane, q in zip(self.lanes, lane_queues):
+                    for _ in range(self.lane_parallelism(lane)):
+                        q.put(_STOP)
+                for t in lane_threads:
+                    t.join()
+            finally:  # even a second Ctrl-C must not strand the writer on an empty queue
+                write_queue.put(_STOP)
+                writer.join()
+                for p in self.passes:
+                    if p.name in self._loaded:
+                        summary.provenance[p.name] = p.provenance()
+                    p.close()
+                summary.elapsed = time.monotonic() - started
         if self._abort is not None:
             raise self._abort
         return summary
@@ -201,8 +208,7 @@ class Engine:
                 try:
                     item = future.result()
                 except ItemError as exc:
-                    self._record(summary, Failure(planned.source.image_id, "metadata", exc.reason, exc.message))
-                    self._record_on_disk(planned.source.image_id, "metadata", exc.reason, exc.message)
+                    self._record_decode_failure(planned, exc, summary)
                     progress.advance()
                     continue
                 group = buckets[item.bucket]
@@ -212,6 +218,14 @@ class Engine:
             for group in buckets.values():
                 if self._abort is None:
                     self._dispatch(group, lane_queues, progress)
+
+    def _record_decode_failure(self, planned: _Planned, exc: ItemError, summary: RunSummary) -> None:
+        """An image that no longer decodes: the failure belongs to metadata when it has none yet,
+        else to each pass that could not run (a later success of that pass clears its record)."""
+        names = [p.name for p in planned.todo]
+        for name in ["metadata"] if "metadata" in names else names:
+            self._record(summary, Failure(planned.source.image_id, name, exc.reason, exc.message))
+            self._record_on_disk(planned.source.image_id, name, exc.reason, exc.message)
 
     def _planned(self, images: Sequence[SourceImage], summary: RunSummary,
                  progress: Progress) -> Iterator[_Planned]:
@@ -255,11 +269,14 @@ class Engine:
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 pass  # unreadable metadata.json (deleted or damaged since planning): decode instead
         try:
-            return Item(planned.source, decode(planned.source.path))
+            item = Item(planned.source, decode(planned.source.path))
         except ItemError:
             raise
         except Exception as exc:  # a decoder bug or MemoryError fails this image only
             raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from exc
+        if f"{FAILURE_PREFIX}metadata.json" in planned.on_disk:  # the source decodes again
+            self.store.clear_failure(planned.source.image_id, "metadata")
+        return item
 
     def _dispatch(self, group: list[tuple[Item, tuple[Pass, ...]]], lane_queues: list[queue.Queue],
                   progress: Progress) -> None:
@@ -299,15 +316,16 @@ class Engine:
         items = [it for it in batch.items if p in batch.todo[it.image_id]]
         ready: list[Item] = []
         for item in items:
-            missing = self._fill_inputs(p, item)
+            missing, unreadable = self._fill_inputs(p, item)
             if missing:
                 outcome = Outcome.skipped("missing_input", f"needs {', '.join(missing)}")
-                write_queue.put((item.image_id, p, outcome))
+                write_queue.put((item.image_id, item.bucket, p, outcome))
+            elif unreadable:
+                write_queue.put((item.image_id, item.bucket, p, Outcome.failed("bad_input", unreadable)))
             else:
                 ready.append(item)
         if not ready:
             return
-        self._ensure_loaded(p)
         start = time.monotonic()
         try:
             if p.concurrency > 1:
@@ -318,7 +336,7 @@ class Engine:
         except InfrastructureError:
             raise
         except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError":
+            if is_out_of_memory(exc):
                 raise InfrastructureError(f"{p.name}: out of GPU memory ({exc}); lower --batch-size") from exc
             log.exception("%s failed on a batch of %d", p.name, len(ready))
             outcomes = [Outcome.failed("inference_error", f"{type(exc).__name__}: {exc}")] * len(ready)
@@ -326,20 +344,27 @@ class Engine:
             summary.passes[p.name].seconds += time.monotonic() - start
         for item, outcome in zip(ready, outcomes):
             if outcome.status == OK:
-                item.inputs.update(outcome.values)
-            write_queue.put((item.image_id, p, outcome))
+                item.inputs.update((k, v) for k, v in outcome.values.items() if k in self._needed)
+            write_queue.put((item.image_id, item.bucket, p, outcome))
 
-    def _fill_inputs(self, p: Pass, item: Item) -> list[str]:
-        """Put each artifact `p` needs into item.inputs (from this run or disk); return what is missing."""
-        missing = []
+    def _fill_inputs(self, p: Pass, item: Item) -> tuple[list[str], str]:
+        """Put each artifact `p` needs into item.inputs (from this run or disk).
+
+        Returns the missing file names, and why an input that exists cannot be read (a 0-byte or
+        damaged file fails this image only; `verify --fix` removes it so the next run redoes it).
+        """
+        missing, unreadable = [], ""
         for name in p.needs:
             if name in item.inputs:
                 continue
+            artifact = BY_NAME[name]
             try:
-                item.inputs[name] = self.store.read(item.image_id, BY_NAME[name])
-            except (OSError, ValueError):
-                missing.append(BY_NAME[name].filename)
-        return missing
+                item.inputs[name] = self.store.read(item.image_id, artifact)
+            except FileNotFoundError:
+                missing.append(artifact.filename)
+            except Exception as exc:  # EOFError, a bad npy header, undecodable UTF-8, …
+                unreadable = f"{artifact.filename} is unreadable ({type(exc).__name__}: {exc})"
+        return missing, unreadable
 
     def _ensure_loaded(self, p: Pass) -> None:
         with self._load_lock:
@@ -354,16 +379,22 @@ class Engine:
             entry = write_queue.get()
             if entry is _STOP:
                 return
-            image_id, p, outcome = entry
+            image_id, bucket, p, outcome = entry
             try:
-                self._write_outcome(image_id, p, outcome, summary)
+                self._write_outcome(image_id, bucket, p, outcome, summary)
             except Exception as exc:  # disk full, permissions, a bad value: lose this artifact, keep going
                 # (an escaping exception would end this thread and leave the lanes blocked on a full queue)
                 message = f"{type(exc).__name__}: {exc}"
                 self._record(summary, Failure(image_id, p.name, "write_error", message))
                 self._record_on_disk(image_id, p.name, "write_error", message)
 
-    def _write_outcome(self, image_id: str, p: Pass, outcome: Outcome, summary: RunSummary) -> None:
+    def _write_outcome(self, image_id: str, bucket: Bucket, p: Pass, outcome: Outcome,
+                       summary: RunSummary) -> None:
+        if outcome.status == OK:
+            problems = [f"{a.filename}: {problem}" for a in p.artifacts
+                        if (problem := validate_value(a, outcome.values.get(a.name), bucket))]
+            if problems:  # the artifact table drives writing too: nothing invalid gets a final name
+                outcome = Outcome.failed("inference_error", "invalid output: " + "; ".join(problems))
         if outcome.status == OK:
             for artifact in p.artifacts:
                 self.store.write(image_id, artifact, outcome.values[artifact.name])
@@ -393,6 +424,11 @@ class Engine:
             summary.add_failure(failure)
         log.log(logging.WARNING if self.config.verbose else logging.DEBUG, "%s [%s] %s: %s",
                 failure.image, failure.pass_name, failure.reason, failure.message)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or onnxruntime's allocation failure (a RuntimeException)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "Failed to allocate memory" in str(exc)
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, limit: int) -> Iterator[tuple[Any, Future]]:

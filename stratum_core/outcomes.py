@@ -15,6 +15,7 @@ REASONS: dict[str, str] = {
     "not_found": "the listed file does not exist",
     "not_an_image": "the listed file does not have an image extension",
     "missing_input": "an artifact this pass needs is missing",
+    "bad_input": "an artifact this pass needs is empty or unreadable",
     "empty_result": "the model returned an empty result",
     "server_error": "the model server failed after retries",
     "timeout": "the model server did not answer in time",

@@ -252,9 +252,9 @@ class _NeedsSeg(SapiensPass):
         seg = item.inputs.get("seg")
         expected = (item.bucket.height, item.bucket.width)
         if seg is None:
-            raise ItemError("missing_input", "needs seg.npy")
+            raise ItemError("bad_input", "needs seg.npy")
         if tuple(seg.shape) != expected:
-            raise ItemError("missing_input", f"seg.npy has shape {tuple(seg.shape)}, expected {expected}")
+            raise ItemError("bad_input", f"seg.npy has shape {tuple(seg.shape)}, expected {expected}")
         return torch.from_numpy(np.asarray(seg) > 0)
 
 

@@ -86,7 +86,7 @@ class T5Pass(Pass):
     def preprocess(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         caption = item.inputs.get("caption")
         if not isinstance(caption, str) or not caption.strip():
-            raise ItemError("missing_input", "caption.txt is empty")
+            raise ItemError("bad_input", "caption.txt is empty")
         return tokenize(self._tokenizer, caption.strip())
 
     def forward(self, batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

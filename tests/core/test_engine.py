@@ -242,3 +242,61 @@ def test_two_runs_in_one_second_keep_both_run_records(input_dir, tmp_path):
         summary.started = 1_700_000_000.0  # the same second
         summary.save(tmp_path / "out" / ".stratum")
     assert len(list((tmp_path / "out" / ".stratum" / "runs").iterdir())) == 2
+
+
+class SegNeedingPass(PixelPass):
+    name = "depth"
+    needs = ("seg",)
+
+    def postprocess(self, outputs, items):
+        return [Outcome.ok(depth=np.zeros((i.bucket.height, i.bucket.width), np.float16)) for i in items]
+
+
+def test_an_unreadable_input_artifact_fails_that_image_only(input_dir, tmp_path):
+    out = tmp_path / "out"
+    for image_id, bucket in (("land", (832, 1216)), ("square", (1024, 1024))):
+        (out / image_id).mkdir(parents=True)
+        np.save(out / image_id / "seg.npy", np.zeros(bucket, np.uint8))
+    (out / "square" / "seg.npy").write_bytes(b"")  # a 0-byte file, e.g. from a full disk elsewhere
+    summary = engine_run(input_dir, out, [SegNeedingPass(PassOptions())])
+    assert summary.passes["depth"].done == 1
+    assert [(f.image, f.reason) for f in summary.failures] == [("square", "bad_input")]
+    assert dict(summary.passes["depth"].skipped) == {"missing_input": 1}  # sub/port has no seg at all
+
+
+class WrongDtypePixelPass(PixelPass):
+    def postprocess(self, outputs, items):
+        return [Outcome.ok(pixel=a.astype(np.float32)) for a in outputs]
+
+
+def test_an_output_that_breaks_the_artifact_table_is_not_written(input_dir, tmp_path):
+    summary = engine_run(input_dir, tmp_path / "out", [WrongDtypePixelPass(PassOptions())])
+    assert summary.passes["pixel"].done == 0
+    assert {f.reason for f in summary.failures} == {"inference_error"}
+    assert "dtype float32 != float16" in summary.failures[0].message
+    assert not list((tmp_path / "out").rglob("pixel.npy"))
+
+
+def test_a_source_that_stops_decoding_fails_the_passes_that_needed_it(input_dir, tmp_path):
+    out = tmp_path / "out"
+    engine_run(input_dir, out, [])  # metadata for every image
+    original = (input_dir / "square.png").read_bytes()
+    (input_dir / "square.png").write_bytes(b"garbage")
+    summary = engine_run(input_dir, out, [PixelPass(PassOptions())])
+    assert [(f.image, f.pass_name) for f in summary.failures] == [("square", "pixel")]
+    assert not (out / "square" / ".failed-metadata.json").exists()
+    (input_dir / "square.png").write_bytes(original)
+    summary = engine_run(input_dir, out, [PixelPass(PassOptions())])
+    assert summary.failures == [] and not (out / "square" / ".failed-pixel.json").exists()
+
+
+def test_an_interrupt_stops_the_run_and_leaves_no_thread_behind(input_dir, tmp_path, monkeypatch):
+    import threading
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "_dispatch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        engine_run(input_dir, tmp_path / "out", [PixelPass(PassOptions())])
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("stratum-")]
