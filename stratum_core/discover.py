@@ -58,8 +58,8 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def scan(input_dir: Path) -> tuple[list[SourceImage], list[DiscoveryError]]:
-    """Recursively list image files under `input_dir`, following only symlinks that stay inside."""
+def scan(input_dir: Path, recursive: bool = True) -> tuple[list[SourceImage], list[DiscoveryError]]:
+    """List image files under `input_dir` (recursively by default), following only symlinks that stay inside."""
     root = os.path.realpath(input_dir)
     images: list[SourceImage] = []
     errors: list[DiscoveryError] = []
@@ -85,6 +85,8 @@ def scan(input_dir: Path) -> tuple[list[SourceImage], list[DiscoveryError]]:
                             rel_path, "outside_input", f"symlink points outside the input directory: {target}"))
                     continue
             if entry.is_dir():
+                if not recursive:
+                    continue
                 real = os.path.realpath(entry.path)
                 if real not in visited:  # symlink loops and duplicate links are walked once
                     visited.add(real)

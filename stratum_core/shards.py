@@ -124,11 +124,10 @@ def scan_group(input_dir: Path, group: str) -> tuple[list[SourceImage], list[Dis
 def group_rel_paths(input_dir: Path, group: str) -> tuple[list[str], list[DiscoveryError]]:
     """`scan_group` as POSIX paths only: all that registration needs, one image object fewer per image."""
     input_dir = Path(input_dir)
-    if group == ROOT_GROUP:
-        with os.scandir(input_dir) as it:
-            found = [SourceImage(e.name, Path(e.path)) for e in it if e.is_file() and is_image_name(e.name)]
+    if group == ROOT_GROUP:  # the same rules as discovery: no hidden files, no links that leave the input
+        found, errors = scan(input_dir, recursive=False)
         kept, collisions = split_collisions(found)
-        return [s.rel_path for s in kept], collisions
+        return [s.rel_path for s in kept], errors + collisions
     # Collisions and order are the same with or without the shared `group/` prefix, so the
     # group's own scan is checked as is and only the kept paths get the prefix.
     inner, errors = scan(input_dir / group)

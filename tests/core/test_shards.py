@@ -135,3 +135,13 @@ def test_cli_process_shard_key_runs_exactly_that_shard(dataset, capsys):
                      "--shard-key", "ffhq-0001", "--workers", "1"]) == 0
     done = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("pixel.npy"))
     assert done == ["ffhq/002", "ffhq/003"]
+
+
+def test_root_images_follow_the_discovery_rules(tmp_path):
+    make_images(tmp_path / "outside", ["secret.png"])
+    root = tmp_path / "in"
+    make_images(root, ["a.jpg", "._a.jpg"])
+    (root / "link.png").symlink_to(tmp_path / "outside" / "secret.png")
+    paths, errors = shards.group_rel_paths(root, "")
+    assert paths == ["a.jpg"]
+    assert [(e.source, e.reason) for e in errors] == [("link.png", "outside_input")]
