@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import IO
 from stratum_core.errors import ConfigError
 
 log = logging.getLogger("stratum.devices")
+
+_CUDA = re.compile(r"cuda(?::(\d+))?")
 
 
 @dataclass
@@ -29,11 +32,17 @@ class DeviceClaim:
 
 
 def _lock_path(index: int, lock_dir: Path | None) -> Path:
+    """Per machine, shared by every user: the one file stratum writes outside the output (documented)."""
     return Path(lock_dir or tempfile.gettempdir()) / f"stratum-gpu-{index}.lock"
 
 
 def _try_lock(index: int, lock_dir: Path | None) -> IO | None:
-    f = open(_lock_path(index, lock_dir), "a+")
+    """An flock on the GPU's lock file, or None when another run holds it (or we may not open it)."""
+    try:
+        fd = os.open(_lock_path(index, lock_dir), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # another user's file in a sticky /tmp: treat the GPU as taken
+        return None
+    f = os.fdopen(fd, "r+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -84,8 +93,9 @@ def claim_device(spec: str, *, gpu_count: int | None = None, lock_dir: Path | No
             log.warning("every GPU is held by another stratum run; sharing cuda:0")
             return DeviceClaim("cuda:0")
         return DeviceClaim("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        index = int(spec.split(":")[1]) if ":" in spec else 0
+    match = _CUDA.fullmatch(spec)
+    if match:
+        index = int(match.group(1) or 0)
         if index >= count:
             raise ConfigError(f"--device {spec}: {count} CUDA device(s) visible")
         return DeviceClaim(f"cuda:{index}")

@@ -39,3 +39,23 @@ def test_driver_count_respects_cuda_visible_devices(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert devices._driver_gpu_count(tmp_path) == 0
     assert devices._driver_gpu_count(tmp_path / "missing") == 0
+
+
+@pytest.mark.parametrize("spec", ["cuda:abc", "cuda:-1", "gpu", "cuda:"])
+def test_a_malformed_device_is_a_config_error(spec, tmp_path):
+    with pytest.raises(ConfigError, match="--device"):
+        claim_device(spec, gpu_count=1, lock_dir=tmp_path)
+
+
+def test_a_lock_file_we_may_not_open_means_that_gpu_is_taken(tmp_path, monkeypatch):
+    real_open = devices.os.open
+
+    def refuse_gpu0(path, *args):
+        if str(path).endswith("stratum-gpu-0.lock"):
+            raise PermissionError("another user's file")
+        return real_open(path, *args)
+
+    monkeypatch.setattr(devices.os, "open", refuse_gpu0)
+    claim = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    assert claim.device == "cuda:1"
+    claim.release()
