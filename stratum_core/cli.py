@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from stratum_core import __version__
-from stratum_core.errors import StratumError
+from stratum_core.errors import ConfigError, StratumError
 
 log = logging.getLogger("stratum")
 
@@ -74,8 +74,8 @@ def _add_process(sub: argparse._SubParsersAction) -> None:
                    help="decode threads (default: number of cores, at most 8)")
     select = p.add_mutually_exclusive_group()
     select.add_argument("--shard", help="N/M: only images at positions N, N+M, … of the sorted list")
-    select.add_argument("--shard-key", help="run exactly one registered shard (see the Dagster section)")
-    p.add_argument("--image-list", type=Path, help="file with one image path per line")
+    select.add_argument("--shard-key", help="run exactly one registered shard (see `stratum shards`)")
+    p.add_argument("--image-list", type=Path, help="file with one image path per line (not with --shard-key)")
     p.add_argument("--model-dir", type=Path, default=None,
                    help="folder of models laid out as <hub id>/ (default $STRATUM_MODEL_DIR)")
     p.add_argument("--model", action="append", default=[], metavar="PASS=PATH",
@@ -144,12 +144,14 @@ def parse_model_paths(values: Sequence[str]) -> dict[str, Path]:
 
 def cmd_process(args: argparse.Namespace) -> int:
     from stratum_core.devices import claim_device
-    from stratum_core.discover import discover, parse_shard
+    from stratum_core.discover import IMAGE_EXTENSIONS, discover, parse_shard
     from stratum_core.engine import RunConfig, run
     from stratum_core.models import model_dir_from_env, offline_from_env
     from stratum_core.passes import MODEL_PASSES, parse_passes, pass_class
     from stratum_core.passes.base import PassOptions
 
+    if args.shard_key and args.image_list:
+        raise ConfigError("--image-list and --shard-key both choose the images: give one")
     names = parse_passes(args.passes)
     configs = {n: pass_class(n).config_from_args(args, os.environ) for n in names}
     if args.shard:
@@ -170,6 +172,9 @@ def cmd_process(args: argparse.Namespace) -> int:
         else:
             found = discover(args.input_dir, args.image_list, args.shard)
             images, errors = found.images, found.errors
+        if not images and not errors:
+            raise ConfigError(f"no images found under {args.input_dir} "
+                              f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
         log.info("stratum: %d images, passes %s, device %s", len(images), ",".join(names), claim.device)
         summary = run(config, images, errors)
     finally:

@@ -87,7 +87,9 @@ class RunSummary:
         """The human summary printed at the end of `stratum process`."""
         lines = [f"{self.total_images} images, {self.work_images} needed work, "
                  f"{self.elapsed:.1f}s ({self.rate:.2f} img/s)"]
-        if self.work_images == 0 and not self.discovery_errors:
+        if self.total_images == 0 and not self.discovery_errors:
+            lines.append("no images found (extensions: .jpg .jpeg .png .webp .bmp .tif .tiff)")
+        elif self.work_images == 0 and not self.discovery_errors:
             lines.append("nothing to do: every requested artifact already exists")
         for name, s in self.passes.items():
             parts = [f"done {s.done}", f"existing {s.existing}"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stratum_core.cli import build_parser
+from stratum_core.cli import build_parser, main
 from stratum_core.progress import Progress
 from tests.fakes import images
 
@@ -84,3 +84,18 @@ def test_progress_line_counts_only_worked_images_in_the_rate():
     progress = Progress(10, stream=io.StringIO(), tty=False, every=3600)
     progress.advance(5, worked=False)
     assert progress.line().startswith("5/10 images ( 50.0%) 0.00 img/s ETA --:--")
+
+
+def test_an_empty_input_is_an_error(tmp_path, caplog):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no images here")
+    assert main(["process", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--passes", "pixel"]) == 2
+    assert "no images found" in caplog.text
+
+
+def test_image_list_and_shard_key_together_are_refused(tmp_path, caplog):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "list.txt").write_text("a.png\n")
+    code = main(["process", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--shard-key", "x-0000",
+                 "--image-list", str(tmp_path / "list.txt")])
+    assert code == 2 and "give one" in caplog.text
