@@ -80,6 +80,10 @@ class CaptionConfig:
         return self.model or DEFAULT_OLLAMA_MODEL
 
 
+# Reasons that mean "no answer from the server" rather than "a bad answer for this image".
+TRANSPORT_REASONS = frozenset({"server_error", "timeout"})
+
+
 class CaptionPass(Pass):
     name = "caption"
     version = "1"
@@ -178,7 +182,12 @@ class CaptionPass(Pass):
         if self._pool is None:
             raise RuntimeError("CaptionPass.forward before load()")
         futures = [self._pool.submit(self._caption_with_retries, jpeg) for jpeg in batch]
-        return [f.result() for f in futures]
+        results = [f.result() for f in futures]
+        if results and all(isinstance(r, RequestFailure) and r.reason in TRANSPORT_REASONS for r in results):
+            # A whole batch lost after its retries: if the server itself is gone, that is an
+            # infrastructure error (stop, let the orchestrator retry), not one failure per image.
+            self._client.check()
+        return results
 
     def postprocess(self, outputs: list[str | RequestFailure], items: Sequence[Item]) -> list[Outcome]:
         return [Outcome.ok(caption=o) if isinstance(o, str) else Outcome.failed(o.reason, o.message)

@@ -314,3 +314,35 @@ def test_cli_run_with_the_server_down_exits_2_and_writes_nothing(images: Path, t
     assert code == 2
     assert "does not answer" in caplog.text and "ollama serve" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_a_server_that_dies_mid_run_stops_the_run_instead_of_failing_every_image(one_image: Path) -> None:
+    fake = FakeOllama(captions="A cube.")
+    with fake as url:
+        caption = CaptionPass(PassOptions(), CaptionConfig(url=url, retries=1, backoff_base=0.001, timeout=2))
+        caption.load()
+    item = _item(one_image / "square.png")
+    try:
+        with pytest.raises(InfrastructureError, match="does not answer"):
+            caption.run_batch([item])
+    finally:
+        caption.close()
+
+
+def test_a_batch_of_5xx_from_a_live_server_is_recorded_per_image(one_image: Path) -> None:
+    with FakeOllama(always=500) as url:
+        caption = CaptionPass(PassOptions(), CaptionConfig(url=url, retries=1, backoff_base=0.001))
+        caption.load()
+        try:
+            [outcome] = caption.run_batch([_item(one_image / "square.png")])
+        finally:
+            caption.close()
+    assert (outcome.status, outcome.reason) == ("failed", "server_error")
+
+
+def _item(path: Path):
+    from stratum_core.discover import SourceImage
+    from stratum_core.intake import decode
+    from stratum_core.passes.base import Item
+
+    return Item(SourceImage(path.name, path), decode(path))
