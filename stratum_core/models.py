@@ -75,15 +75,23 @@ def resolve_model(spec: ModelSpec, *, explicit: Path | None = None, model_dir: P
         f"(or place {', '.join(spec.required_files)} under $STRATUM_MODEL_DIR/{spec.hub_id}/).")
 
 
+def _gated(spec: ModelSpec, exc: Exception) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"model {spec.hub_id} is gated on the Hub: accept its licence at https://huggingface.co/{spec.hub_id} "
+        f"with your account and set HF_TOKEN (then `stratum models download`). The Hub said: {exc}")
+
+
 def _from_hf(spec: ModelSpec, cache_dir: Path | None, *, local_only: bool) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
         return None
     try:
         folder = snapshot_download(spec.hub_id, allow_patterns=list(spec.files) or None,
                                    cache_dir=cache_dir, local_files_only=local_only)
+    except GatedRepoError as exc:
+        raise _gated(spec, exc) from exc
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
         return None
     folder = Path(folder)
@@ -93,10 +101,16 @@ def _from_hf(spec: ModelSpec, cache_dir: Path | None, *, local_only: bool) -> Pa
 def download_model(spec: ModelSpec, to: Path | None = None, cache_dir: Path | None = None) -> Path:
     """Fetch `spec` into `to/<hub id>/` (the $STRATUM_MODEL_DIR layout) or the HF cache."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
     local_dir = Path(to) / spec.hub_id if to is not None else None
-    folder = snapshot_download(spec.hub_id, allow_patterns=list(spec.files) or None,
-                               local_dir=local_dir, cache_dir=cache_dir)
+    try:
+        folder = snapshot_download(spec.hub_id, allow_patterns=list(spec.files) or None,
+                                   local_dir=local_dir, cache_dir=cache_dir)
+    except GatedRepoError as exc:
+        raise _gated(spec, exc) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot download {spec.hub_id}: {exc}") from exc
     return Path(folder)
 
 

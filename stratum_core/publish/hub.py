@@ -7,6 +7,7 @@ and never formatted into a message or a log line.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
@@ -48,10 +49,19 @@ class RepoState:
     manifest: dict | None = None
 
 
-def _transient_exceptions() -> tuple[type[BaseException], ...]:
-    import httpx2  # huggingface_hub 2.x's HTTP client
+# Network errors of whichever HTTP client the installed huggingface_hub uses (2.x: httpx2, 1.x: httpx).
+_TRANSIENT_NAMES = ("TimeoutException", "NetworkError", "RemoteProtocolError")
 
-    return (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError, ConnectionError)
+
+def _transient_exceptions() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found.extend(getattr(module, name) for name in _TRANSIENT_NAMES if hasattr(module, name))
+    return tuple(found)
 
 
 class HubClient:

@@ -30,8 +30,7 @@ def test_models_download_lays_files_out_as_dir_hub_id_file(tmp_path, model_hub):
     env = {**os.environ, "HF_ENDPOINT": model_hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
            "HF_HOME": str(tmp_path / "hf_home")}
     env.pop("STRATUM_MODEL_DIR", None)
-    done = subprocess.run([sys.executable, "-c", "from stratum_core.cli import console_main; console_main()", "models", "download", "--passes", "pose",
-                           "--to", str(tmp_path / "models")], env=env, capture_output=True, text=True, timeout=120)
+    done = download(env, "pose", tmp_path / "models")
     assert done.returncode == 0, done.stderr
     folder = tmp_path / "models" / "yzd-v" / "DWPose"
     files = model_hub.files("yzd-v/DWPose", kind="models")
@@ -39,3 +38,17 @@ def test_models_download_lays_files_out_as_dir_hub_id_file(tmp_path, model_hub):
     assert (folder / "dw-ll_ucoco_384.onnx").read_bytes() == files["dw-ll_ucoco_384.onnx"]
     assert not (folder / "README.md").exists()  # only the files the pass needs
     assert "yzd-v/DWPose" in done.stdout
+
+
+def download(env: dict, passes: str, to) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stratum_core", "models", "download", "--passes", passes,
+                           "--to", str(to)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_model_the_hub_does_not_have_is_a_clear_error_not_a_traceback(tmp_path, model_hub):
+    env = {**os.environ, "HF_ENDPOINT": model_hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+           "HF_HOME": str(tmp_path / "hf_home")}
+    done = download(env, "seg", tmp_path / "models")
+    assert done.returncode == 2
+    assert "cannot download facebook/sapiens-seg-1b-torchscript" in done.stderr
+    assert "Traceback" not in done.stderr
