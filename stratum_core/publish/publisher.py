@@ -221,7 +221,7 @@ def _commit_batch(hub: HubClient, config: PublishConfig, staged: list[Staged], s
                   attribution: str | None, result: PublishResult) -> RepoState:
     packed = [s.packed for s in staged]
     changed = [s.packed for s in staged if s.operation is not None]
-    if not changed and not _stale_paths(packed, state):
+    if not changed:  # overlapping chunks from another layout are reconcile's job, not a reason to commit
         result.skipped_chunks += [p.path_in_repo for p in packed]
         log.info("publish: %d chunk(s) already on the Hub with the same content, nothing to commit", len(packed))
         return state
