@@ -5,6 +5,7 @@ Writing (store), `status`, `verify` and `publish` all read this table.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -90,6 +91,12 @@ BY_FILENAME: dict[str, Artifact] = {a.filename: a for a in ARTIFACTS}
 
 def artifacts_of(pass_name: str) -> tuple[Artifact, ...]:
     return tuple(a for a in ARTIFACTS if a.pass_name == pass_name)
+
+
+@functools.cache
+def pass_files(pass_name: str) -> frozenset[str]:
+    """The file names a pass writes: an image is done for that pass when all are present."""
+    return frozenset(a.filename for a in artifacts_of(pass_name))
 
 
 def pass_names() -> tuple[str, ...]:

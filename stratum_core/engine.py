@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from stratum_core.artifacts import BY_NAME, validate_value
+from stratum_core.artifacts import BY_NAME, pass_files, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.discover import DiscoveryError, SourceImage
 from stratum_core.errors import ConfigError, InfrastructureError, ItemError
@@ -122,7 +122,7 @@ class Engine:
             config.passes, config.options, config.pass_configs)
         self.lanes = plan_lanes(self.passes)
         # Planning runs once per image, so each pass's file names are computed once here.
-        self._pass_files = [(p, frozenset(a.filename for a in p.artifacts)) for p in self.passes]
+        self._pass_files = [(p, pass_files(p.name)) for p in self.passes]
         self._loaded: set[str] = set()
         self._load_lock = threading.Lock()
         self._abort: BaseException | None = None

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
-
 from stratum_core.errors import StratumError
 from stratum_core.passes.base import Pass
 
@@ -38,6 +36,3 @@ def _advice(p: Pass, message: str) -> str:
                 f"(or put them under $STRATUM_MODEL_DIR/{p.model.hub_id}/)")
     return message
 
-
-def check_passes(passes: Sequence[Pass]) -> list[Readiness]:
-    return [check_pass(p) for p in passes]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from stratum_core.artifacts import ARTIFACTS, pass_names
+from stratum_core.artifacts import pass_files, pass_names
 from stratum_core.discover import DiscoveryError, SourceImage, image_id_for, is_image_name, scan, split_collisions
 from stratum_core.errors import ConfigError
 from stratum_core.store import FAILURE_PREFIX, STATE_DIR, Store, write_atomic
@@ -257,7 +257,7 @@ class ShardCompletion:
 def shard_completion(output_dir: Path, shard: Shard) -> ShardCompletion:
     """Count finished images per pass from the filesystem (one directory listing per image)."""
     store = Store(output_dir)
-    files_of = {p: {a.filename for a in ARTIFACTS if a.pass_name == p} for p in pass_names()}
+    files_of = {p: pass_files(p) for p in pass_names()}
     done = dict.fromkeys(files_of, 0)
     failed = dict.fromkeys(files_of, 0)
     for image_id in shard.image_ids:

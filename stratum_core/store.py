@@ -89,10 +89,7 @@ class Store:
 
 
 def encode(artifact: Artifact, value: Any) -> bytes:
-    if artifact.kind == "npy":
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
-        return buffer.getvalue()
+    """Text and JSON artifacts as bytes (npy arrays are streamed by Store.write)."""
     if artifact.kind == "text":
         return value.encode("utf-8")
     return json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8")

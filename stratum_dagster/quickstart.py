@@ -20,7 +20,7 @@ log = logging.getLogger("stratum.quickstart")
 
 def runnable_passes(stratum, caption_server) -> tuple[list[str], dict[str, str]]:
     """The default passes that can run here, and advice for each one that cannot."""
-    from stratum_core.passes import DEFAULT_PASSES, build_passes, pass_class
+    from stratum_core.passes import DEFAULT_PASSES, build_passes, upstream_passes
     from stratum_core.preflight import check_pass
     from stratum_dagster.resources import pass_config
 
@@ -28,7 +28,7 @@ def runnable_passes(stratum, caption_server) -> tuple[list[str], dict[str, str]]
     advice: dict[str, str] = {}
     ready: list[str] = []
     for name in DEFAULT_PASSES:
-        upstream = [u for u in _upstream(pass_class(name)) if u not in ready]
+        upstream = [u for u in upstream_passes(name) if u not in ready]
         if upstream:
             advice[name] = f"needs the {', '.join(upstream)} pass first"
             continue
@@ -40,12 +40,6 @@ def runnable_passes(stratum, caption_server) -> tuple[list[str], dict[str, str]]
         else:
             advice[name] = readiness.advice
     return ready, advice
-
-
-def _upstream(cls) -> list[str]:
-    from stratum_core.artifacts import BY_NAME
-
-    return list(dict.fromkeys(BY_NAME[n].pass_name for n in cls.needs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,6 +42,13 @@ def pass_class(name: str) -> type[Pass]:
     return getattr(module, class_name)
 
 
+def upstream_passes(name: str) -> list[str]:
+    """Passes whose artifacts `name` reads (t5 → caption, depth/normal → seg)."""
+    from stratum_core.artifacts import BY_NAME
+
+    return list(dict.fromkeys(BY_NAME[n].pass_name for n in pass_class(name).needs))
+
+
 def parse_passes(spec: str | Iterable[str]) -> tuple[str, ...]:
     """`"all"`, `"caption,t5"` or a list → validated names in dependency order (metadata always first)."""
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]

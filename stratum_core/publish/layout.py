@@ -64,14 +64,10 @@ def parse_range_label(label: str) -> ChunkRange | None:
     return ChunkRange(first, last) if first <= last else None
 
 
-def layer_dir(layer: str) -> str:
-    return DATA_DIR if layer == DATA_DIR else layer
-
-
 def chunk_path(layer: str, chunk: ChunkRange) -> str:
     """`data/00000-00999.parquet` for the data table, `<layer>/00000-00999.tar` for array layers."""
     ext = "parquet" if layer == DATA_DIR else "tar"
-    return f"{layer_dir(layer)}/{chunk.label}.{ext}"
+    return f"{layer}/{chunk.label}.{ext}"
 
 
 def index_path(payload_path: str) -> str:

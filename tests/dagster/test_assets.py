@@ -9,7 +9,6 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from stratum_dagster.defs.passes import assets as pass_area
 from stratum_dagster.resources import CaptionServerResource
 from tests.dagster.helpers import (asset_metadata, check_results, materialize, register, run_job, step_of_event,
                                    stratum_resource, write_tree)

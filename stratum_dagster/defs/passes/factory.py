@@ -2,19 +2,15 @@
 assets that can share an engine run are one multi-asset op, so a run decodes each image once."""
 
 
-import logging
 import warnings
 from typing import Iterator
 
 import dagster as dg
 
-from stratum_core.artifacts import BY_NAME
-from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, PassUnavailable, pass_class
+from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata, verify_shard
 from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.resources import CaptionServerResource, StratumResource
-
-log = logging.getLogger("stratum.dagster")
 
 GPU_POOL = "gpu"
 CAPTION_POOL = "caption"
@@ -32,29 +28,13 @@ GPU_RUN_TAGS = {"dagster-k8s/config": GPU_K8S_CONFIG}
 INFRASTRUCTURE_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 
 
-def upstream_passes(name: str) -> list[str]:
-    """Passes whose artifacts `name` reads (t5 → caption, depth/normal → seg)."""
-    try:
-        needs = pass_class(name).needs
-    except PassUnavailable:
-        log.warning("the %s pass is not available in this build; its asset has no upstream", name)
-        return []
-    return list(dict.fromkeys(BY_NAME[n].pass_name for n in needs))
-
-
 def _describe(name: str) -> str:
-    try:
-        doc = (pass_class(name).__doc__ or "").strip()
-    except PassUnavailable:
-        doc = ""
+    doc = (pass_class(name).__doc__ or "").strip()
     return (doc.splitlines()[0] if doc else f"The {name} pass") + " — for every image of one shard."
 
 
 def _io_bound(name: str) -> bool:
-    try:
-        return pass_class(name).io_bound
-    except PassUnavailable:
-        return False
+    return pass_class(name).io_bound
 
 
 def step_of(name: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import dagster as dg
 
-from stratum_core.artifacts import artifacts_of
+from stratum_core.artifacts import artifacts_of, pass_files
 from stratum_core.store import Store
 from stratum_dagster.resources import ShardRun, StratumResource
 
@@ -82,7 +82,7 @@ def verify_shard(stratum: StratumResource, pass_name: str, key: str) -> dg.Asset
     from stratum_core.verify import check_image
 
     store = Store(stratum.output_dir)
-    filenames = {a.filename for a in artifacts_of(pass_name)}
+    filenames = pass_files(pass_name)
     bad: dict[str, list[str]] = {}
     missing, checked = [], 0
     for image_id in load_shard(stratum.output_dir, key).image_ids:

@@ -87,6 +87,7 @@ def test_padded_rows_are_present_and_everything_is_finite(outcomes):
     for outcome in outcomes:
         hidden, mask = outcome.values["t5_hidden"], outcome.values["t5_mask"]
         assert hidden.shape == (MAX_LENGTH, 1024) and hidden.dtype == np.float16
+        assert mask.shape == (MAX_LENGTH,)
         assert np.isfinite(hidden).all()
     short_mask = outcomes[0].values["t5_mask"]
     assert 0 < short_mask.sum() < 40 and not short_mask[40:].any()  # padding after the caption
