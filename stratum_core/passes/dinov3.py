@@ -133,15 +133,12 @@ class DINOv3Pass(Pass):
 
 def load_dinov3(location: ModelLocation, dtype: Any, device: str) -> Any:
     """Load a DINOv3 ViT from a transformers folder; a folder that is not one is an InfrastructureError."""
-    from transformers import AutoConfig, DINOv3ViTModel
+    from transformers import DINOv3ViTModel
+
+    from stratum_core.passes.torch_utils import transformers_config
 
     root = location.root
-    try:
-        config = AutoConfig.from_pretrained(root)
-    except (OSError, ValueError, KeyError) as exc:
-        raise InfrastructureError(f"dinov3: {root} is not a transformers model folder: {exc}") from exc
-    if config.model_type != "dinov3_vit":
-        raise InfrastructureError(f"dinov3: {root} holds a {config.model_type!r} model, not a DINOv3 ViT")
+    config = transformers_config("dinov3", root, "dinov3_vit", "a DINOv3 ViT")
     if config.hidden_size != WIDTH or config.patch_size != PATCH_SIZE:
         raise InfrastructureError(f"dinov3: {root} has hidden size {config.hidden_size} and patch size "
                                   f"{config.patch_size}; stratum's artifacts need {WIDTH} and {PATCH_SIZE}")

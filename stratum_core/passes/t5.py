@@ -127,15 +127,12 @@ class T5Pass(Pass):
 def load_t5(location: ModelLocation, dtype: Any, device: str) -> tuple[Any, Any]:
     """Tokenizer and encoder from a transformers folder (a full seq2seq checkpoint is fine: only the
     encoder is loaded); a folder that is not a T5 model is an InfrastructureError."""
-    from transformers import AutoConfig, AutoTokenizer, T5EncoderModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from stratum_core.passes.torch_utils import transformers_config
 
     root = location.root
-    try:
-        config = AutoConfig.from_pretrained(root)
-    except (OSError, ValueError, KeyError) as exc:
-        raise InfrastructureError(f"t5: {root} is not a transformers model folder: {exc}") from exc
-    if config.model_type != "t5":
-        raise InfrastructureError(f"t5: {root} holds a {config.model_type!r} model, not T5")
+    config = transformers_config("t5", root, "t5", "T5")
     if config.d_model != WIDTH:
         raise InfrastructureError(f"t5: {root} has d_model {config.d_model}; stratum's t5_hidden needs {WIDTH}")
     try:

@@ -7,9 +7,10 @@ does for every registered pass) never imports torch.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from stratum_core.errors import ConfigError
+from stratum_core.errors import ConfigError, InfrastructureError
 
 log = logging.getLogger("stratum.torch")
 
@@ -75,3 +76,16 @@ def synchronize(device: str) -> None:
         import torch
 
         torch.cuda.synchronize(torch.device(device))
+
+
+def transformers_config(pass_name: str, root: Path, model_type: str, described_as: str) -> Any:
+    """The config of a transformers folder, checked to be `model_type` (InfrastructureError otherwise)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(root)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InfrastructureError(f"{pass_name}: {root} is not a transformers model folder: {exc}") from exc
+    if config.model_type != model_type:
+        raise InfrastructureError(f"{pass_name}: {root} holds a {config.model_type!r} model, not {described_as}")
+    return config
