@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"folder for the PNGs and index.html (default <dataset_dir>/{STATE_DIR}/{PREVIEW_SUBDIR})")
-    p.set_defaults(handler=cmd_preview)
+    # argparse stops filling IMAGE_ID at the first option; the CLI appends ids that come later.
+    p.set_defaults(handler=cmd_preview, trailing_positionals="image_ids")
 
 
 @dataclass

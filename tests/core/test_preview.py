@@ -349,3 +349,23 @@ def test_index_loads_in_headless_chromium_and_shows_every_sheet(tmp_path):
     saved = Path(__file__).resolve().parents[2] / ".pytest_cache" / "preview_index.png"
     saved.parent.mkdir(exist_ok=True)
     shutil.copyfile(screenshot, saved)
+
+
+
+def _one_image_dataset(root: Path) -> Path:
+    Store(root).write("a", BY_NAME["metadata"], {"image_id": "a", "source_path": "a.png", "width": 8, "height": 8,
+                                                 "aspect_bucket": "1024x1024"})
+    return root
+
+
+def test_image_ids_may_follow_the_options(tmp_path):
+    dataset = _one_image_dataset(tmp_path / "ds")
+    assert main(["preview", str(dataset), "--out", str(tmp_path / "p"), "a"]) == 0
+    assert "a.png" in (tmp_path / "p" / "index.html").read_text()
+
+
+def test_an_unknown_option_after_the_ids_is_still_an_error(tmp_path):
+    dataset = _one_image_dataset(tmp_path / "ds")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preview", str(dataset), "a", "--bogus"])
+    assert exit_info.value.code == 2
