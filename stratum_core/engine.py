@@ -305,12 +305,21 @@ class Engine:
                 if self._abort is None:
                     for p in lane:
                         self._run_pass(p, batch, write_queue, summary)
+                    self._drop_scratch(lane, batch)
             except BaseException as exc:  # infrastructure failure: stop the whole run
                 log.error("%s", exc)
                 self._abort = self._abort or exc
                 batch.halt_progress()
             finally:
                 batch.lane_done()
+
+    @staticmethod
+    def _drop_scratch(lane: Sequence[Pass], batch: _Batch) -> None:
+        """Free what this lane's passes shared (e.g. a GPU tensor) before slower lanes finish the batch."""
+        keys = {k for p in lane for k in p.scratch_keys}
+        for item in batch.items:
+            for key in keys:
+                item.scratch.pop(key, None)
 
     def _run_pass(self, p: Pass, batch: _Batch, write_queue: queue.Queue, summary: RunSummary) -> None:
         items = [it for it in batch.items if p in batch.todo[it.image_id]]

@@ -61,8 +61,9 @@ class Item:
     """One decoded image travelling through the passes of a run.
 
     `inputs` holds artifacts produced earlier in this run or read from disk (the
-    engine fills in each pass's `needs`); `scratch` lets related passes share work,
-    e.g. the three Sapiens passes share one preprocessed tensor.
+    engine fills in each pass's `needs`); `scratch` lets related passes of one lane share
+    work, e.g. the three Sapiens passes share one preprocessed tensor (a pass lists the keys
+    it makes in `scratch_keys`, and the engine drops them when its lane is done with the batch).
     """
 
     source: SourceImage
@@ -100,6 +101,7 @@ class Pass:
     io_bound: ClassVar[bool] = False  # waits on a server: gets its own lane in the engine
     uses_image: ClassVar[bool] = True  # False: the engine skips decoding when only this pass runs
     uses_torch: ClassVar[bool] = False  # True: forward runs under torch.inference_mode
+    scratch_keys: ClassVar[tuple[str, ...]] = ()  # item.scratch entries it makes; dropped after its lane's batch
     model: ClassVar[ModelSpec | None] = None
     config_class: ClassVar[type] = NoConfig
 

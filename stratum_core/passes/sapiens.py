@@ -158,6 +158,7 @@ class SapiensPass(Pass):
 
     requires = ("torch",)
     uses_torch = True
+    scratch_keys = (SCRATCH_KEY,)
     extra = "sapiens"
 
     def __init__(self, options, config=None):

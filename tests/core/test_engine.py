@@ -300,3 +300,25 @@ def test_an_interrupt_stops_the_run_and_leaves_no_thread_behind(input_dir, tmp_p
     with pytest.raises(KeyboardInterrupt):
         engine_run(input_dir, tmp_path / "out", [PixelPass(PassOptions())])
     assert not [t.name for t in threading.enumerate() if t.name.startswith("stratum-")]
+
+
+class ScratchMakingPass(PixelPass):
+    scratch_keys = ("shared",)
+
+    def preprocess(self, item):
+        item.scratch["shared"] = object()
+        item.scratch["kept"] = 1
+        return super().preprocess(item)
+
+
+def test_a_lane_drops_the_scratch_its_passes_declared_once_done_with_a_batch(input_dir, tmp_path, monkeypatch):
+    seen = []
+    real = Engine._drop_scratch
+
+    def spy(lane, batch):
+        real(lane, batch)
+        seen.extend(dict(item.scratch) for item in batch.items)
+
+    monkeypatch.setattr(Engine, "_drop_scratch", staticmethod(spy))
+    engine_run(input_dir, tmp_path / "out", [ScratchMakingPass(PassOptions())])
+    assert seen and all(scratch == {"kept": 1} for scratch in seen)
