@@ -29,10 +29,28 @@ class RequestFailure(Exception):
 
 
 class CaptionClient:
-    """A captioning server: `check()` before the run, then `caption()` per image (thread-safe)."""
+    """A captioning server: `check()` before the run, then `caption()` per image (thread-safe).
 
-    model: str
-    url: str
+    Subclasses say how a user's URL maps to the API base (`base_url`) and which endpoint
+    captions (`endpoint`); the key only ever travels in `_headers`, never in repr or logs.
+    """
+
+    endpoint: str = ""
+
+    def __init__(self, url: str, model: str, max_tokens: int, timeout: float, api_key: str | None = None):
+        self.base = self.base_url(url)
+        self.url = self.base + self.endpoint
+        self.model = model
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self._headers = auth_headers(api_key)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({safe_url(self.url)!r}, model={self.model!r})"
+
+    @staticmethod
+    def base_url(url: str) -> str:
+        return url.rstrip("/")
 
     def check(self) -> None:
         """Raise InfrastructureError with a clear message if the server is down or lacks the model."""

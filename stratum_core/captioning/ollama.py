@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from stratum_core.captioning.client import CaptionClient, RequestFailure, auth_headers, request_json, safe_url
+from stratum_core.captioning.client import CaptionClient, RequestFailure, request_json, safe_url
 from stratum_core.errors import InfrastructureError
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434/api/generate"
@@ -27,16 +27,8 @@ def _canonical(name: str) -> str:
 
 
 class OllamaClient(CaptionClient):
-    def __init__(self, url: str, model: str, max_tokens: int, timeout: float, api_key: str | None = None):
-        self.base = ollama_base(url)
-        self.url = self.base + "/api/generate"
-        self.model = model
-        self.max_tokens = max_tokens
-        self.timeout = timeout
-        self._headers = auth_headers(api_key)
-
-    def __repr__(self) -> str:
-        return f"OllamaClient({safe_url(self.url)!r}, model={self.model!r})"
+    endpoint = "/api/generate"
+    base_url = staticmethod(ollama_base)
 
     def check(self) -> None:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from stratum_core.captioning.client import CaptionClient, RequestFailure, auth_headers, request_json, safe_url
+from stratum_core.captioning.client import CaptionClient, RequestFailure, request_json, safe_url
 from stratum_core.errors import InfrastructureError
 
 DEFAULT_OPENAI_URL = "http://localhost:8000/v1"
@@ -21,16 +21,8 @@ def openai_base(url: str) -> str:
 
 
 class OpenAIClient(CaptionClient):
-    def __init__(self, url: str, model: str, max_tokens: int, timeout: float, api_key: str | None = None):
-        self.base = openai_base(url)
-        self.url = self.base + "/chat/completions"
-        self.model = model
-        self.max_tokens = max_tokens
-        self.timeout = timeout
-        self._headers = auth_headers(api_key)
-
-    def __repr__(self) -> str:
-        return f"OpenAIClient({safe_url(self.url)!r}, model={self.model!r})"
+    endpoint = "/chat/completions"
+    base_url = staticmethod(openai_base)
 
     def check(self) -> None:
         try:
