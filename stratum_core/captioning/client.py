@@ -13,8 +13,9 @@ import urllib.parse
 import urllib.request
 from typing import Any, Mapping
 
-# HTTP statuses worth asking again: rate limiting and server-side faults.
-RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+# HTTP statuses worth asking again: rate limiting and server-side faults. Every other 4xx
+# (408 included) is the client's fault and is not retried (SPEC §6).
+RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
 
 
 class RequestFailure(Exception):

@@ -125,7 +125,7 @@ def test_connection_refused_is_a_retryable_server_error() -> None:
 
 @pytest.mark.parametrize("fault, reason, retryable", [
     (500, "server_error", True), (503, "server_error", True), (429, "server_error", True),
-    (400, "client_error", False), (403, "client_error", False),
+    (400, "client_error", False), (403, "client_error", False), (408, "client_error", False),
     ("bad_json", "bad_response", True), ("drop", "server_error", True),
 ])
 def test_http_faults_map_to_closed_reasons(fault, reason: str, retryable: bool) -> None:
