@@ -14,7 +14,7 @@ import urllib.request
 from typing import Any, Mapping
 
 # HTTP statuses worth asking again: rate limiting and server-side faults. Every other 4xx
-# (408 included) is the client's fault and is not retried (SPEC §6).
+# (408 included) is not retried (issue 6: "4xx other than 429 are not retried").
 RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
 
 
