@@ -125,6 +125,10 @@ def read_image_list(input_dir: Path, list_file: Path) -> tuple[list[SourceImage]
             errors.append(DiscoveryError(line, "not_found", "listed file does not exist"))
             continue
         rel = PurePosixPath(*Path(os.path.relpath(lexical, base)).parts)
+        if any(part.startswith(".") for part in rel.parts):
+            # Its output would live in a hidden folder, which status, verify and publish never walk.
+            errors.append(DiscoveryError(line, "hidden", "hidden paths (a name starting with '.') are not processed"))
+            continue
         images.append(SourceImage(str(rel), Path(lexical)))
     return images, errors
 

@@ -14,6 +14,7 @@ REASONS: dict[str, str] = {
     "outside_input": "the path resolves outside the input directory",
     "not_found": "the listed file does not exist",
     "not_an_image": "the listed file does not have an image extension",
+    "hidden": "the listed path has a hidden component (a name starting with '.')",
     "missing_input": "an artifact this pass needs is missing",
     "bad_input": "an artifact this pass needs is empty or unreadable",
     "empty_result": "the model returned an empty result",

@@ -153,6 +153,15 @@ def test_image_list_dotdot_that_stays_inside_is_normalised(tmp_path, listed_tree
     assert rel_paths(found) == ["a.png"]
 
 
+@pytest.mark.parametrize("line", [".thumbs/a.png", ".b.png", ".stratum/x.png"])
+def test_image_list_refuses_a_hidden_path(tmp_path, listed_tree, line):
+    # Its output would sit in a hidden folder that status and verify never walk.
+    touch(listed_tree, line)
+    found = discover(listed_tree, write_list(tmp_path, line, "a.png"))
+    assert rel_paths(found) == ["a.png"]
+    assert errors_by_source(found) == {line: "hidden"}
+
+
 def test_missing_image_list_file_is_a_config_error(tmp_path, listed_tree):
     with pytest.raises(ConfigError, match="cannot read image list"):
         discover(listed_tree, tmp_path / "no-list.txt")
