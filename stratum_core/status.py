@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,10 @@ class DatasetStatus:
     # pass → (image id, reason, message) of failed images, at most MAX_LISTED per pass
     failed_images: dict[str, list[tuple[str, str, str]]] = field(default_factory=lambda: defaultdict(list))
     image_dirs: int = 0
+    # Sources the latest run refused (collisions, outside the input, bad list lines): they have no
+    # image directory, so only the run record knows them.
+    refused_sources: list[dict] = field(default_factory=list)
+    refused_in: str = ""  # the run record they come from
 
     def add_failure(self, image_id: str, pass_name: str, record: dict) -> None:
         reason = record.get("reason", "unknown")
@@ -35,7 +41,8 @@ class DatasetStatus:
                 "artifacts": {a.name: self.counts[a.name] for a in ARTIFACTS},
                 "failures": {p: dict(c) for p, c in self.failures.items()},
                 "failed_images": {p: [{"image_id": i, "reason": r, "message": m} for i, r, m in listed]
-                                  for p, listed in self.failed_images.items()}}
+                                  for p, listed in self.failed_images.items()},
+                "refused_sources": self.refused_sources, "refused_in": self.refused_in}
 
     def format(self) -> str:
         total = self.total_images
@@ -52,6 +59,12 @@ class DatasetStatus:
                 lines.extend(f"    {i}: {r}: {m}" for i, r, m in self.failed_images[pass_name][:EXAMPLES])
                 if sum(reasons.values()) > EXAMPLES:
                     lines.append("    … (all of them: stratum status --json)")
+        if self.refused_sources:
+            lines.append(f"Sources refused by the last run ({self.refused_in}): {len(self.refused_sources)}")
+            lines.extend(f"  {e.get('source')}: {e.get('reason')}: {e.get('message')}"
+                         for e in self.refused_sources[:EXAMPLES])
+            if len(self.refused_sources) > EXAMPLES:
+                lines.append("  … (all of them: stratum status --json)")
         return "\n".join(lines)
 
 
@@ -71,5 +84,22 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
             elif name.startswith(FAILURE_PREFIX) and name.endswith(".json"):
                 pass_name = name[len(FAILURE_PREFIX):-len(".json")]
                 status.add_failure(image_id, pass_name, store.read_failure(image_id, pass_name) or {})
+    status.refused_in, status.refused_sources = last_refused_sources(store.state_dir / "runs")
     return status
+
+
+def last_refused_sources(runs_dir: Path) -> tuple[str, list[dict]]:
+    """(record name, refused sources) of the newest readable run record; run records sort by start time."""
+    try:
+        names = sorted((n for n in os.listdir(runs_dir) if n.endswith(".json")), reverse=True)
+    except OSError:
+        return "", []
+    for name in names:
+        try:
+            record = json.loads((runs_dir / name).read_text(encoding="utf-8"))
+            return name, list(record.get("discovery_errors") or [])[:MAX_LISTED]
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged record: fall back to the one before it
+    return "", []
+
 

@@ -11,6 +11,7 @@ from stratum_core.artifacts import ARTIFACTS, BY_NAME
 from stratum_core.cli import main
 from stratum_core.status import dataset_status
 from stratum_core.store import Store
+from tests.fakes.images import write_solid
 
 
 def metadata(image_id: str) -> dict:
@@ -101,3 +102,28 @@ def test_status_text_shows_a_few_examples_per_pass(tmp_path):
     lines = dataset_status(tmp_path).format().splitlines()
     assert lines[-5:] == ["  caption: 5 (timeout 5)", "    img0: timeout: no answer", "    img1: timeout: no answer",
                           "    img2: timeout: no answer", "    … (all of them: stratum status --json)"]
+
+
+def test_status_shows_the_sources_the_last_run_refused(tmp_path, capsys):
+    # Refused sources have no image directory, so status reads them from the newest run record.
+    source = tmp_path / "in"
+    source.mkdir()
+    write_solid(source / "a.jpg", (64, 64), (9, 9, 9))
+    write_solid(source / "a.png", (64, 64), (9, 9, 9))
+    write_solid(source / "ok.png", (64, 64), (9, 9, 9))
+    out = tmp_path / "out"
+    assert main(["process", str(source), "-o", str(out), "--passes", "pixel", "--device", "cpu"]) == 1
+    capsys.readouterr()
+    status = dataset_status(out)
+    assert status.total_images == 1
+    assert sorted((e["source"], e["reason"]) for e in status.refused_sources) == [
+        ("a.jpg", "id_collision"), ("a.png", "id_collision")]
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Sources refused by the last run (" in text
+    assert "  a.jpg: id_collision: image id 'a' is shared by: a.jpg, a.png" in text.splitlines()
+
+
+def test_status_reports_no_refused_sources_without_run_records(dataset):
+    status = dataset_status(dataset)
+    assert status.refused_sources == [] and "refused" not in status.format()
