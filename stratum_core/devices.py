@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from stratum_core.errors import ConfigError
+from stratum_core.errors import ConfigError, InfrastructureError
 
 log = logging.getLogger("stratum.devices")
 
@@ -56,15 +56,43 @@ def _try_lock(index: int, lock_dir: Path | None) -> IO | None:
 
 
 def cuda_device_count() -> int:
-    """Visible CUDA devices: from torch when installed, else from the NVIDIA driver.
+    """Visible CUDA devices: torch's count, or the NVIDIA driver's when torch sees none.
 
-    The driver fallback lets `auto` find a GPU on a pose-only install (onnxruntime-gpu, no torch).
+    Torch sees none when it is missing or a CPU-only build; the driver's count still lets `auto`
+    claim a GPU for onnxruntime-gpu (pose), and torch passes then stop with `require_torch_cuda`'s
+    message rather than silently running on the CPU.
     """
+    return _torch_gpu_count() or _driver_gpu_count()
+
+
+def _torch_gpu_count() -> int:
     try:
         import torch
     except ImportError:
-        return _driver_gpu_count()
+        return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def require_torch_cuda(device: str) -> None:
+    """Raise one clear InfrastructureError when `device` is a GPU that torch cannot use.
+
+    For torch passes, before loading: a claim may name a GPU that only the driver reports
+    (see `cuda_device_count`), and torch's own error for that is an obscure AssertionError.
+    """
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if torch.version.cuda is None:
+        raise InfrastructureError(f"--device {device}: torch has no CUDA: install a CUDA build of torch, "
+                                  f"or use --device cpu")
+    if not torch.cuda.is_available():
+        raise InfrastructureError(f"--device {device}: torch {torch.__version__} is a CUDA build but cannot "
+                                  f"use CUDA (check the NVIDIA driver), or use --device cpu")
+    match = _CUDA.fullmatch(device)
+    index = int(match.group(1) or 0) if match else 0
+    if index >= torch.cuda.device_count():
+        raise InfrastructureError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _driver_gpu_count(driver_dir: Path = Path("/proc/driver/nvidia/gpus")) -> int:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+from types import SimpleNamespace
+
 import pytest
 
 from stratum_core import devices
-from stratum_core.devices import claim_device
-from stratum_core.errors import ConfigError
+from stratum_core.devices import claim_device, require_torch_cuda
+from stratum_core.errors import ConfigError, InfrastructureError
+
+
+def _fake_torch(monkeypatch, *, cuda_build: bool, gpus: int) -> None:
+    """Install a stand-in `torch` that reports a CPU-only or CUDA build with `gpus` usable devices."""
+    fake = SimpleNamespace(
+        __version__="2.0.0+cu121" if cuda_build else "2.0.0+cpu",
+        version=SimpleNamespace(cuda="12.1" if cuda_build else None),
+        cuda=SimpleNamespace(is_available=lambda: gpus > 0, device_count=lambda: gpus))
+    monkeypatch.setitem(sys.modules, "torch", fake)
 
 
 def test_auto_without_gpus_is_the_cpu(tmp_path):
@@ -22,6 +34,40 @@ def test_auto_gives_concurrent_runs_different_gpus(tmp_path):
     assert third.device == "cuda:0"
     second.release()
     third.release()
+
+
+def test_auto_claims_a_gpu_the_driver_reports_when_torch_is_a_cpu_build(tmp_path, monkeypatch):
+    _fake_torch(monkeypatch, cuda_build=False, gpus=0)
+    monkeypatch.setattr(devices, "_driver_gpu_count", lambda: 2)
+    claim = claim_device("auto", lock_dir=tmp_path)
+    assert claim.device == "cuda:0"
+    claim.release()
+
+
+def test_torch_gpus_are_counted_before_the_driver_is_asked(monkeypatch):
+    _fake_torch(monkeypatch, cuda_build=True, gpus=3)
+    monkeypatch.setattr(devices, "_driver_gpu_count", lambda: 8)
+    assert devices.cuda_device_count() == 3
+
+
+def test_a_torch_pass_on_a_gpu_with_cpu_only_torch_gets_one_clear_message(monkeypatch):
+    _fake_torch(monkeypatch, cuda_build=False, gpus=0)
+    with pytest.raises(InfrastructureError,
+                       match=r"torch has no CUDA: install a CUDA build of torch, or use --device cpu"):
+        require_torch_cuda("cuda:0")
+
+
+def test_a_cuda_build_that_cannot_reach_the_gpu_says_so(monkeypatch):
+    _fake_torch(monkeypatch, cuda_build=True, gpus=0)
+    with pytest.raises(InfrastructureError, match=r"CUDA build but cannot use CUDA"):
+        require_torch_cuda("cuda:0")
+
+
+def test_torch_passes_need_nothing_from_torch_on_the_cpu_or_a_gpu_it_sees(monkeypatch):
+    _fake_torch(monkeypatch, cuda_build=False, gpus=0)
+    require_torch_cuda("cpu")
+    _fake_torch(monkeypatch, cuda_build=True, gpus=2)
+    require_torch_cuda("cuda:1")
 
 
 def test_an_explicit_gpu_that_is_not_there_is_an_error(tmp_path):
