@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -99,8 +100,23 @@ def test_verify_catches_an_empty_caption(dataset):
 def test_verify_catches_metadata_missing_keys(dataset):
     (dataset / "img" / "metadata.json").write_text('{"image_id": "img"}')
     messages = [p.message for p in verify(dataset).problems]
-    assert "no valid aspect_bucket" in messages
+    assert "no valid aspect_bucket (None is not one of the 7 buckets)" in messages
     assert any(m.startswith("missing keys") for m in messages)
+
+
+def test_verify_catches_a_bucket_outside_the_seven(dataset):
+    # A made-up bucket would let any array shape pass, so it is a problem in itself.
+    metadata = json.loads((dataset / "img" / "metadata.json").read_text())
+    (dataset / "img" / "metadata.json").write_text(json.dumps({**metadata, "aspect_bucket": "100x100"}))
+    (problem,) = verify(dataset).problems
+    assert (problem.filename, problem.message) == (
+        "metadata.json", "no valid aspect_bucket ('100x100' is not one of the 7 buckets)")
+
+
+def test_verify_catches_a_caption_of_two_paragraphs(dataset):
+    (dataset / "img" / "caption.txt").write_text("A man stands.\n\nA dog sits.")
+    (problem,) = verify(dataset).problems
+    assert (problem.filename, problem.message) == ("caption.txt", "more than one paragraph")
 
 
 def test_verify_reports_stale_temp_files(dataset):
