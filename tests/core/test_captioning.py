@@ -32,6 +32,15 @@ from tests.fakes.openai_server import FakeOpenAI
     ("This is a photograph of a bridge at dusk.", "A bridge at dusk."),
     ("Description: A lamp on a desk.", "A lamp on a desk."),
     ("**The picture features** a cat on a sofa.", "A cat on a sofa."),
+    ("Here is the caption for the image: A woman reads.", "A woman reads."),
+    ("Here's a caption for this photo: two boats.", "Two boats."),
+    ("Here is a description of the image:\nA tram.", "A tram."),
+    ("The image showcases a marble staircase.", "A marble staircase."),
+    ("This photo portrays an old fisherman.", "An old fisherman."),
+    ("The picture illustrates a foggy harbour.", "A foggy harbour."),
+    ("This image highlights a red door.", "A red door."),
+    ("This image shows: - a man\n- a dog", "A man a dog"),
+    ("Here is a description: # A quiet street at night.", "A quiet street at night."),
 ])
 def test_clean_caption_removes_leading_preambles(raw: str, clean: str) -> None:
     assert clean_caption(raw) == clean
