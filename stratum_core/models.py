@@ -15,7 +15,7 @@ class ModelSpec:
 
     hub_id: str
     files: tuple[str, ...] = ()
-    aliases: tuple[str, ...] = ()  # older ids accepted in $STRATUM_MODEL_DIR (e.g. "t5-large")
+    aliases: tuple[str, ...] = ()  # older ids accepted in $STRATUM_MODEL_DIR and the HF cache ("t5-large")
     marker: str = "config.json"  # file that proves a folder model is present
 
     @property
@@ -61,18 +61,40 @@ def resolve_model(spec: ModelSpec, *, explicit: Path | None = None, model_dir: P
     for folder in looked:
         if _complete(folder, spec):
             return ModelLocation(spec, folder, "model_dir")
-    cached = _from_hf(spec, cache_dir, local_only=True)
-    if cached is not None:
-        return ModelLocation(spec, cached, "hf_cache")
+    # A cache filled under the old id (`snapshot_download("t5-large")`) holds it as models--t5-large.
+    for repo_id in (spec.hub_id, *spec.aliases):
+        try:
+            return ModelLocation(spec, _from_hf(spec, repo_id, cache_dir, local_only=True), "hf_cache")
+        except _NotOnHub:
+            continue
+    failure = ""
     if not offline:
-        downloaded = _from_hf(spec, cache_dir, local_only=False)
-        if downloaded is not None:
-            return ModelLocation(spec, downloaded, "download")
-    where = ", ".join(str(p) for p in looked) or "$STRATUM_MODEL_DIR (not set)"
+        try:
+            return ModelLocation(spec, _from_hf(spec, spec.hub_id, cache_dir, local_only=False), "download")
+        except _NotOnHub as exc:
+            failure = f" The download failed: {str(exc).rstrip('.')}."
+    cache = f"the HuggingFace cache {hf_cache_folder(cache_dir)}"
+    where = (f"looked in {', '.join(str(p) for p in looked)} and {cache}" if looked
+             else f"$STRATUM_MODEL_DIR is not set; looked in {cache}")
     raise ModelNotFoundError(
-        f"model {spec.hub_id} not found: looked in {where} and the HuggingFace cache"
-        f"{' (offline)' if offline else ''}. Fetch it with `stratum models download` "
+        f"model {spec.hub_id} not found: {where}"
+        f"{' (offline)' if offline else ''}.{failure} Fetch it with `stratum models download` "
         f"(or place {', '.join(spec.required_files)} under $STRATUM_MODEL_DIR/{spec.hub_id}/).")
+
+
+def hf_cache_folder(cache_dir: Path | None) -> str:
+    """The HF cache folder resolution reads: `cache_dir`, else huggingface_hub's HF_HUB_CACHE."""
+    if cache_dir is not None:
+        return str(cache_dir)
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return "(huggingface_hub is not installed)"
+    return str(constants.HF_HUB_CACHE)
+
+
+class _NotOnHub(Exception):
+    """The HF cache or the Hub did not give a complete copy of a model; the message says why."""
 
 
 def _gated(spec: ModelSpec, exc: Exception) -> ModelNotFoundError:
@@ -81,21 +103,26 @@ def _gated(spec: ModelSpec, exc: Exception) -> ModelNotFoundError:
         f"with your account and set HF_TOKEN (then `stratum models download`). The Hub said: {exc}")
 
 
-def _from_hf(spec: ModelSpec, cache_dir: Path | None, *, local_only: bool) -> Path | None:
+def _from_hf(spec: ModelSpec, repo_id: str, cache_dir: Path | None, *, local_only: bool) -> Path:
+    """`spec`'s files of Hub repo `repo_id` from the HF cache (`local_only`) or the Hub; _NotOnHub if not there."""
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise _NotOnHub("huggingface_hub is not installed") from exc
     try:
-        folder = snapshot_download(spec.hub_id, allow_patterns=list(spec.files) or None,
-                                   cache_dir=cache_dir, local_files_only=local_only)
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(spec.files) or None,
+                                        cache_dir=cache_dir, local_files_only=local_only))
     except GatedRepoError as exc:
         raise _gated(spec, exc) from exc
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
-        return None
-    folder = Path(folder)
-    return folder if _complete(folder, spec) else None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        # A Hub error comes wrapped in "cannot find it in the cache either": the Hub's error is the cause.
+        cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ else exc
+        raise _NotOnHub(f"{type(cause).__name__}: {' '.join(str(cause).split())}") from exc
+    if not _complete(folder, spec):
+        missing = [f for f in spec.required_files if not (folder / f).is_file()]
+        raise _NotOnHub(f"the {'cached' if local_only else 'downloaded'} {repo_id} has no {', '.join(missing)}")
+    return folder
 
 
 def download_model(spec: ModelSpec, to: Path | None = None, cache_dir: Path | None = None) -> Path:

@@ -77,6 +77,46 @@ def test_offline_error_lists_the_alias_folder_too(tmp_path):
     assert str(tmp_path / "models" / "t5-large") in str(caught.value)
 
 
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty HF hub cache (what HF_HUB_CACHE names) in a temp dir."""
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def cached_snapshot(cache: Path, repo_id: str, files: tuple[str, ...]) -> Path:
+    """The layout `snapshot_download` leaves: models--<id>/refs/main naming snapshots/<commit>/."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return fake_model(repo / "snapshots" / commit, files)
+
+
+@pytest.mark.parametrize("repo_id", [T5.hub_id, "t5-large"])
+def test_hf_cache_is_searched_under_the_hub_id_and_its_alias(hf_cache, repo_id):
+    snapshot = cached_snapshot(hf_cache, repo_id, T5.files)
+    found = resolve_model(T5, offline=True)
+    assert (found.root, found.source) == (snapshot, "hf_cache")
+
+
+def test_offline_error_names_the_hf_cache_folder(hf_cache, tmp_path):
+    with pytest.raises(ModelNotFoundError) as caught:
+        resolve_model(T5, model_dir=tmp_path / "models", offline=True)
+    assert f"{tmp_path / 'models' / T5.hub_id}, {tmp_path / 'models' / 't5-large'} and the HuggingFace cache {hf_cache} " \
+        in str(caught.value)
+
+
+def test_offline_error_without_a_model_dir_says_it_is_not_set(hf_cache):
+    with pytest.raises(ModelNotFoundError) as caught:
+        resolve_model(T5, offline=True)
+    assert f"$STRATUM_MODEL_DIR is not set; looked in the HuggingFace cache {hf_cache} (offline)" in str(caught.value)
+
+
 def test_models_list_shows_present_and_missing(tmp_path, capsys):
     fake_model(tmp_path / "models" / "t5-large", T5.files)
     assert cmd_list(argparse.Namespace(model_dir=tmp_path / "models")) == 0
@@ -109,3 +149,11 @@ def test_models_download_fetches_only_the_t5_files_into_the_model_dir_layout(tmp
     folder = tmp_path / "models" / T5.hub_id
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(T5.files)
     assert resolve_model(T5, model_dir=tmp_path / "models", offline=True).root == folder
+
+
+def test_a_failed_download_gives_its_cause(hf_cache, fake_hub):
+    with pytest.raises(ModelNotFoundError) as caught:
+        resolve_model(DINO, offline=False)  # the fake Hub has no such repo: 404
+    message = str(caught.value)
+    assert f"model {DINO.hub_id} not found" in message
+    assert "The download failed: HfHubHTTPError: Client error '404 Not Found'" in message
