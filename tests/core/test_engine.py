@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from stratum_core.passes.base import Pass, PassOptions
 from stratum_core.passes.metadata import MetadataPass
 from stratum_core.passes.pixel import PixelPass
 from stratum_core.progress import Progress
+from stratum_core.store import Store
 from tests.fakes import images
 
 
@@ -234,6 +236,46 @@ def test_a_non_image_pass_reuses_metadata_without_decoding(input_dir, tmp_path, 
     monkeypatch.setattr("stratum_core.engine.decode", lambda path: pytest.fail("decoded"))
     summary = engine_run(input_dir, tmp_path / "out", [FakeT5Pass(PassOptions())])
     assert summary.passes["t5"].done == 3
+
+
+def test_each_image_is_decoded_once_per_run_for_every_pass(input_dir, tmp_path, monkeypatch):
+    calls: list[str] = []
+
+    def counting_decode(path):
+        calls.append(Path(path).name)
+        return decode(path)
+
+    monkeypatch.setattr("stratum_core.engine.decode", counting_decode)
+    summary = engine_run(input_dir, tmp_path / "out", [PixelPass(PassOptions())])  # metadata + pixel
+    assert sorted(calls) == ["land.jpg", "port.png", "square.png"]
+    assert summary.passes["pixel"].done == 3 and summary.passes["metadata"].done == 3
+
+
+def test_decoding_runs_only_a_bounded_way_ahead_of_a_slow_writer(tmp_path, monkeypatch):
+    # Memory must not grow with the dataset: with a slow disk, decodes wait instead of piling up.
+    root = tmp_path / "in"
+    for i in range(80):
+        images.write_gradient(root / f"{i:02d}.png", 16, 16, seed=i)
+    decoded, written, ahead = [0], [0], []
+    real_write = Store.write
+
+    def counting_decode(path):
+        decoded[0] += 1
+        ahead.append(decoded[0] - written[0])
+        return decode(path)
+
+    def slow_write(self, image_id, artifact, value):
+        time.sleep(0.005)
+        if artifact.name == "pixel":
+            written[0] += 1
+        return real_write(self, image_id, artifact, value)
+
+    monkeypatch.setattr("stratum_core.engine.decode", counting_decode)
+    monkeypatch.setattr(Store, "write", slow_write)
+    summary = engine_run(root, tmp_path / "out", [PixelPass(PassOptions())], batch_size=2)
+    assert summary.passes["pixel"].done == 80
+    # prefetch (4) + a forming group (2) + 4 queued batches (8) + one in a lane (2) + the writer queue (8)
+    assert max(ahead) <= 24
 
 
 def test_two_runs_in_one_second_keep_both_run_records(input_dir, tmp_path):

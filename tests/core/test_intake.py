@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from stratum_core.buckets import Bucket
+from stratum_core.cli import main
 from stratum_core.discover import discover
 from stratum_core.engine import RunConfig, run
 from stratum_core.errors import ItemError
@@ -156,7 +157,8 @@ def test_bad_inputs_fail_with_reasons_in_the_summary(bad_run):
     failures = {f.image: f.reason for f in summary.failures}
     assert failures == EXPECTED_FAILURES
     assert {e.source: e.reason for e in summary.discovery_errors} == {"a.jpg": "id_collision",
-                                                                      "a.png": "id_collision"}
+                                                                      "a.png": "id_collision",
+                                                                      "escape.png": "outside_input"}
     assert summary.exit_code == 1
 
 
@@ -182,3 +184,23 @@ def test_nothing_is_written_outside_the_output(bad_run):
     _, work, input_dir, before = bad_run
     assert sorted(os.listdir(work)) == ["out"]
     assert {p: p.stat().st_mtime_ns for p in input_dir.rglob("*")} == before
+    assert not (work / "out" / "escape").exists()
+
+
+def test_image_list_lines_outside_the_input_are_refused_and_the_rest_done(bad, tmp_path, capsys):
+    input_dir = bad["zero_byte"].parent
+    outside = input_dir.parent / "outside.png"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"../outside.png\n{outside}\nescape.png\none.png\n", encoding="utf-8")
+    before = outside.stat().st_mtime_ns
+    out = tmp_path / "out"
+    code = main(["process", str(input_dir), "-o", str(out), "--passes", "pixel", "--image-list", str(listing),
+                 "--device", "cpu"])
+    report = capsys.readouterr().out
+    assert code == 1
+    assert "3 sources refused" in report
+    for line in ("../outside.png", str(outside), "escape.png"):
+        assert f"    {line}: outside_input:" in report
+    assert sorted(os.listdir(out)) == [".stratum", "one"]
+    assert sorted(os.listdir(tmp_path)) == ["list.txt", "out"]
+    assert outside.stat().st_mtime_ns == before

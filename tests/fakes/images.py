@@ -156,4 +156,11 @@ def bad_inputs(root: Path) -> dict[str, Path]:
         "unicode_space": write_gradient(root / "sub dir" / "café ünï 画像.jpg", 80, 60),
         "collision_jpg": write_gradient(root / "a.jpg", 40, 40),
         "collision_png": write_gradient(root / "a.png", 40, 40),
+        "link_outside": write_link(root / "escape.png", write_gradient(root.parent / "outside.png", 40, 40)),
     }
+
+
+def write_link(path: Path, target: Path) -> Path:
+    """A symlink at `path` to `target` (here: a real image outside the input folder)."""
+    path.symlink_to(target)
+    return path
