@@ -37,6 +37,21 @@ def tokenize(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray]:
     return encoded["input_ids"][0].astype(np.int64), encoded["attention_mask"][0].astype(np.int64)
 
 
+def unstorable_rows(hidden: Any) -> list[str | None]:
+    """Per row of (B, 512, D) encoder output, why it cannot be stored as float16, or None.
+
+    Checked before the cast: casting turns values beyond ±65504 into infinities, and a clamp
+    would turn real infinities into ±65504 that look like valid features.
+    """
+    import torch
+
+    finite = torch.isfinite(hidden).flatten(1).all(dim=1).tolist()
+    peak = hidden.detach().float().abs().flatten(1).amax(dim=1).tolist()
+    return [("non-finite T5 hidden states (inf or NaN in the encoder output)" if not ok
+             else f"T5 hidden states beyond float16's range (|x| up to {top:.4g})" if top > FLOAT16_MAX
+             else None) for ok, top in zip(finite, peak)]
+
+
 def activation_bytes(hidden: int, d_ff: int, heads: int, element_bytes: int) -> int:
     """Rough peak activation memory of one 512-token caption in one layer, doubled for slack."""
     per_token = 10 * hidden + 2 * d_ff + 3 * heads * MAX_LENGTH  # states, FFN, attention scores
@@ -89,8 +104,9 @@ class T5Pass(Pass):
             raise ItemError("bad_input", "caption.txt is empty")
         return tokenize(self._tokenizer, caption.strip())
 
-    def forward(self, batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 512, 1024) float16 hidden states (padding rows included) and (B, 512) uint8 masks."""
+    def forward(self, batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """(B, 512, 1024) float16 hidden states (padding rows included), (B, 512) uint8 masks, and per
+        caption why its hidden states cannot be stored (None when they can)."""
         import torch
 
         from stratum_core.passes.torch_utils import to_device
@@ -99,19 +115,14 @@ class T5Pass(Pass):
         mask = torch.from_numpy(np.stack([mask for _, mask in batch]))
         device = self.options.device
         hidden = self._model(input_ids=to_device(ids, device), attention_mask=to_device(mask, device)).last_hidden_state
-        # The final RMS norm keeps values far inside float16's range; clamping only guards the cast.
-        hidden = hidden.float().clamp_(-FLOAT16_MAX, FLOAT16_MAX).to(torch.float16)
-        return hidden.cpu().numpy(), mask.numpy().astype(np.uint8)
+        problems = unstorable_rows(hidden)  # on the raw values: the cast would hide or create infinities
+        return hidden.to(torch.float16).cpu().numpy(), mask.numpy().astype(np.uint8), problems
 
-    def postprocess(self, outputs: tuple[np.ndarray, np.ndarray], items: Sequence[Item]) -> list[Outcome]:
-        hidden, mask = outputs
-        results = []
-        for i in range(len(items)):
-            if not np.isfinite(hidden[i]).all():
-                results.append(Outcome.failed("inference_error", "non-finite T5 hidden states"))
-            else:
-                results.append(Outcome.ok(t5_hidden=hidden[i], t5_mask=mask[i]))
-        return results
+    def postprocess(self, outputs: tuple[np.ndarray, np.ndarray, list[str | None]],
+                    items: Sequence[Item]) -> list[Outcome]:
+        hidden, mask, problems = outputs
+        return [Outcome.ok(t5_hidden=hidden[i], t5_mask=mask[i]) if problems[i] is None
+                else Outcome.failed("inference_error", problems[i]) for i in range(len(items))]
 
     def provenance(self) -> dict[str, Any]:
         record = super().provenance()

@@ -147,6 +147,29 @@ def test_cli_finds_weights_under_the_t5_large_alias(tmp_path, t5_folder, monkeyp
     assert Store(out).read("a", BY_NAME["t5_hidden"]).shape == (MAX_LENGTH, 1024)
 
 
+def encoder_returning(value: float, row: int):
+    """A stand-in for the encoder's forward: zeros, with `value` at one place of caption `row`."""
+    from types import SimpleNamespace
+
+    def forward(input_ids, attention_mask):
+        hidden = torch.zeros(*input_ids.shape, 1024)
+        hidden[row, 3, 7] = value
+        return SimpleNamespace(last_hidden_state=hidden)
+
+    return forward
+
+
+@pytest.mark.parametrize("value, why", [(float("inf"), "non-finite"), (float("-inf"), "non-finite"),
+                                        (float("nan"), "non-finite"), (1e6, "beyond float16's range")])
+def test_hidden_states_float16_cannot_hold_fail_only_that_image(t5_folder, monkeypatch, value, why):
+    p = T5Pass(PassOptions(model_paths={"t5": t5_folder}))
+    p.load()
+    monkeypatch.setattr(p._model, "forward", encoder_returning(value, row=0))
+    bad, good = p.run_batch([caption_item("bad", CAPTIONS[0]), caption_item("good", CAPTIONS[1])])
+    assert (bad.status, bad.reason) == ("failed", "inference_error") and why in bad.message
+    assert good.status == "ok" and not good.values["t5_hidden"].any()
+
+
 def test_folder_with_another_model_is_an_error_naming_it(tmp_path):
     folder = tmp_path / "dino"
     folder.mkdir()
