@@ -88,7 +88,7 @@ class HubClient:
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
                 message = exc.server_message or (exc.response.reason_phrase if exc.response is not None else "")
-                if what == "commit" and status in (409, 412):
+                if what == "commit" and status == 412:  # Precondition Failed: main is no longer our parent
                     raise ParentMoved(f"{what}: the repo moved ({status})") from None
                 if status != 429 and not (status is not None and status >= 500):
                     raise PublishError(f"Hub refused {what} on {self.repo_id}: HTTP {status}: {message}") from None

@@ -41,6 +41,15 @@ def test_other_4xx_fails_at_once_with_the_server_message(tmp_path, hub):
     assert hub.count("POST", r"/commit/") == 1
 
 
+def test_409_on_a_commit_fails_at_once_and_is_not_taken_for_a_moved_parent(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    hub.add_fault("POST", r"/commit/", "409", times=10)
+    with pytest.raises(PublishError, match="HTTP 409: injected 409"):
+        publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    assert hub.count("POST", r"/commit/") == 1
+
+
 def test_dropped_connection_mid_commit_leaves_repo_unchanged_and_rerun_completes(tmp_path, hub):
     make_dataset(tmp_path / "ds")
     publish(tmp_path / "ds", config(layers=("caption",), limit=3), token=TOKEN, endpoint=hub.url)
