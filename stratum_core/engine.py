@@ -34,6 +34,7 @@ log = logging.getLogger("stratum.engine")
 _STOP = object()
 DEFAULT_CPU_GROUP = 8
 DEFAULT_GPU_GROUP = 32
+MAX_AUTO_GROUP = 64  # a pass's own batch choice may grow the groups up to this (64 crops ≈ 200 MB)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Engine:
         self._pass_locks = {p.name: threading.Lock() for p in self.passes}
         # Artifacts a later pass reads; only these stay on the item (not every 8 MB patch array).
         self._needed = frozenset(n for p in self.passes for n in p.needs)
+        self._group_size = config.group_size  # grows to a loaded pass's chosen batch (see _ensure_loaded)
 
     # ------------------------------------------------------------------ planning
     def plan(self, source: SourceImage) -> _Planned:
@@ -213,7 +215,7 @@ class Engine:
                     continue
                 group = buckets[item.bucket]
                 group.append((item, planned.todo))
-                if len(group) >= self.config.group_size:
+                if len(group) >= self._group_size:
                     self._dispatch(buckets.pop(item.bucket), lane_queues, progress)
             for group in buckets.values():
                 if self._abort is None:
@@ -381,6 +383,10 @@ class Engine:
                 log.info("loading %s", p.name)
                 p.load()
                 self._loaded.add(p.name)
+                if self.config.batch_size is None and p.chosen_batch:
+                    # A pass that picked its batch from free GPU memory gets groups that large, so
+                    # the engine's default group never caps its choice.
+                    self._group_size = max(self._group_size, min(p.chosen_batch, MAX_AUTO_GROUP))
 
     # ------------------------------------------------------------------ writer
     def _write_loop(self, write_queue: queue.Queue, summary: RunSummary) -> None:

@@ -278,6 +278,39 @@ def test_decoding_runs_only_a_bounded_way_ahead_of_a_slow_writer(tmp_path, monke
     assert max(ahead) <= 24
 
 
+class BigBatchPixelPass(RecordingPixelPass):
+    """A pass whose load() picks a batch of 20 (as GPU passes do from free memory)."""
+
+    def load(self):
+        super().load()
+        self.chosen_batch = 20
+
+
+def test_groups_grow_to_the_batch_a_pass_chose(tmp_path):
+    root = tmp_path / "in"
+    for i in range(50):
+        images.write_gradient(root / f"{i:02d}.png", 16, 16, seed=i)
+    found = discover(root)
+    recording = BigBatchPixelPass(PassOptions())
+    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=2)  # CPU default group: 8
+    Engine(config, [MetadataPass(PassOptions()), recording]).run(found.images, found.errors,
+                                                                 Progress(50, every=3600))
+    # The first group is dispatched (and the pass loaded) at the default size; later ones at 20.
+    assert [len(b) for b in recording.batches] == [8, 20, 20, 2]
+
+
+def test_an_explicit_batch_size_keeps_its_groups(tmp_path):
+    root = tmp_path / "in"
+    for i in range(12):
+        images.write_gradient(root / f"{i:02d}.png", 16, 16, seed=i)
+    found = discover(root)
+    recording = BigBatchPixelPass(PassOptions())
+    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=2, batch_size=4)
+    Engine(config, [MetadataPass(PassOptions()), recording]).run(found.images, found.errors,
+                                                                 Progress(12, every=3600))
+    assert [len(b) for b in recording.batches] == [4, 4, 4]
+
+
 def test_two_runs_in_one_second_keep_both_run_records(input_dir, tmp_path):
     for _ in range(2):
         summary = engine_run(input_dir, tmp_path / "out", [])
