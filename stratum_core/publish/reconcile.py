@@ -48,6 +48,10 @@ def _read_index(hub: HubClient, state: RepoState, path: str) -> dict | None:
         return None
 
 
+def _repo_text(hub: HubClient, state: RepoState, path: str) -> str | None:
+    return hub.download(path, state.sha).decode("utf-8") if path in state.files else None
+
+
 def reconcile(config: PublishConfig, dry_run: bool = False, token: str | None = None,
               endpoint: str | None = None) -> ReconcileResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
@@ -59,18 +63,21 @@ def reconcile(config: PublishConfig, dry_run: bool = False, token: str | None = 
         manifest = build_manifest(info)
         attribution = read_attribution(config, hub, state)
         card = build_card(config.hub_repo, manifest, config.license, attribution)
-        current_card = hub.download(CARD_PATH, state.sha).decode("utf-8") if CARD_PATH in state.files else None
+        current_card = _repo_text(hub, state, CARD_PATH)
         orphans = [p for p in state.files if p.endswith(INDEX_SUFFIX)
                    and not any(index_path(c) == p for c in info)]
         problems += [f"{p}: index without its chunk (deleted)" for p in orphans]
+        # --attribution-file rewrites ATTRIBUTION.md only when its text differs from the repo's copy.
+        new_attribution = bool(config.attribution_file) and \
+            attribution != _repo_text(hub, state, ATTRIBUTION_PATH)
         changed = not same_content(manifest, state.manifest) or card != current_card or bool(orphans) or \
-            bool(config.attribution_file)
+            new_attribution
         result = ReconcileResult(config.hub_repo, manifest, card, changed, problems=problems)
         if dry_run or not changed:
             return result
         operations = [CommitOperationAdd(MANIFEST_PATH, dumps(manifest)), CommitOperationAdd(CARD_PATH, card.encode())]
         operations += [CommitOperationDelete(p) for p in orphans]
-        if config.attribution_file and attribution is not None:
+        if new_attribution:
             operations.append(CommitOperationAdd(ATTRIBUTION_PATH, attribution.encode()))
         try:
             result.committed = hub.commit(operations, "stratum reconcile: rebuild manifest and card", state.sha)

@@ -65,3 +65,14 @@ def test_reconcile_license_and_attribution_update_the_card(tmp_path, hub):
     card = files["README.md"].decode()
     assert "license: cc-by-4.0" in card and "Photos by the FFHQ authors." in card
     assert files["ATTRIBUTION.md"] == b"Photos by the FFHQ authors."
+
+
+def test_reconcile_again_with_the_same_attribution_makes_no_commit(tmp_path, hub):
+    _publish_two_chunks(tmp_path, hub)
+    credit = tmp_path / "credit.txt"
+    credit.write_text("Photos by the FFHQ authors.")
+    with_credit = config(attribution_file=str(credit))
+    assert reconcile(with_credit, token=TOKEN, endpoint=hub.url).committed is not None
+    head = hub.repo(REPO).head.oid
+    result = reconcile(with_credit, token=TOKEN, endpoint=hub.url)
+    assert not result.changed and result.committed is None and hub.repo(REPO).head.oid == head
