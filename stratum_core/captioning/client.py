@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,6 +17,8 @@ from typing import Any, Mapping
 # HTTP statuses worth asking again: rate limiting and server-side faults. Every other 4xx
 # (408 included) is not retried (issue 6: "4xx other than 429 are not retried").
 RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
+
+_CHUNK = 64 * 1024  # bytes per body read; the deadline is checked between reads
 
 
 class RequestFailure(Exception):
@@ -64,7 +67,12 @@ class CaptionClient:
 
 def request_json(url: str, payload: Mapping[str, Any] | None, timeout: float,
                  headers: Mapping[str, str] | None = None) -> Any:
-    """GET (payload None) or POST JSON to `url` and return the decoded JSON body; raises RequestFailure."""
+    """GET (payload None) or POST JSON to `url` and return the decoded JSON body; raises RequestFailure.
+
+    `timeout` bounds the whole request, not just each socket operation (urllib's own timeout),
+    so a server that trickles its answer still times out.
+    """
+    deadline = time.monotonic() + timeout
     data = None if payload is None else json.dumps(payload).encode("utf-8")
     request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
     request.add_header("Accept", "application/json")
@@ -74,14 +82,14 @@ def request_json(url: str, payload: Mapping[str, Any] | None, timeout: float,
         request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
+            body = _read_body(response, deadline)
     except urllib.error.HTTPError as exc:
         raise _http_failure(exc) from None
     except (TimeoutError, socket.timeout) as exc:
-        raise RequestFailure("timeout", f"no answer from {safe_url(url)} within {timeout:g} s") from exc
+        raise _timeout(url, timeout) from exc
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-            raise RequestFailure("timeout", f"no answer from {safe_url(url)} within {timeout:g} s") from exc
+            raise _timeout(url, timeout) from exc
         raise RequestFailure("server_error", f"cannot reach {safe_url(url)}: {exc.reason}") from exc
     except (ConnectionError, http.client.HTTPException, OSError) as exc:
         raise RequestFailure("server_error", f"{safe_url(url)}: {type(exc).__name__}: {exc}") from exc
@@ -89,6 +97,35 @@ def request_json(url: str, payload: Mapping[str, Any] | None, timeout: float,
         return json.loads(body)
     except ValueError as exc:
         raise RequestFailure("bad_response", f"{safe_url(url)} answered invalid JSON: {body[:120]!r}") from exc
+
+
+def _read_body(response: http.client.HTTPResponse, deadline: float) -> bytes:
+    """The whole body, read piece by piece; TimeoutError once `deadline` (time.monotonic()) passes."""
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed while reading the answer")
+        _limit_next_read(response, remaining)
+        chunk = response.read1(_CHUNK)  # returns after one recv, however few bytes arrived
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _limit_next_read(response: http.client.HTTPResponse, seconds: float) -> None:
+    """Let the next socket read wait only until the deadline, not a whole per-operation timeout.
+
+    http.client exposes no public handle on its socket; without one, the deadline is still
+    checked between reads, so a request overruns it by one read's timeout at most.
+    """
+    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
+    if isinstance(sock, socket.socket):
+        sock.settimeout(seconds)
+
+
+def _timeout(url: str, timeout: float) -> RequestFailure:
+    return RequestFailure("timeout", f"no complete answer from {safe_url(url)} within {timeout:g} s")
 
 
 def _http_failure(exc: urllib.error.HTTPError) -> RequestFailure:

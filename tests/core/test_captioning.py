@@ -151,6 +151,20 @@ def test_a_hanging_server_is_a_timeout() -> None:
     assert info.value.reason == "timeout"
 
 
+def test_a_server_that_trickles_its_answer_times_out_after_the_whole_timeout() -> None:
+    # A byte every 0.2 s keeps every single read short; only a deadline on the whole request stops it.
+    with FakeOllama(always="trickle", trickle_interval=0.2) as url:
+        with pytest.raises(RequestFailure) as info:
+            request_json(url + "/api/generate", {"model": "gemma3:27b"}, timeout=1.0)
+    assert info.value.reason == "timeout" and info.value.retryable
+
+
+def test_a_trickled_answer_that_ends_within_the_timeout_is_read_whole() -> None:
+    with FakeOllama(always="trickle", trickle_interval=0.001, captions="A cup.") as url:
+        answer = request_json(url + "/api/generate", {"model": "gemma3:27b"}, timeout=30)
+    assert answer["response"] == "A cup."
+
+
 def test_429_carries_the_retry_after_seconds() -> None:
     with FakeOllama(always=429, retry_after="3") as url:
         with pytest.raises(RequestFailure) as info:

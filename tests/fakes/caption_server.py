@@ -15,11 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Sequence, Union
 
 # A fault is an HTTP status (500, 429, 404, ...), "hang" (no answer until the server stops),
-# "bad_json" (200 with a body that is not JSON), "empty" (a valid answer with empty text) or
-# "drop" (close the connection without answering).
+# "bad_json" (200 with a body that is not JSON), "empty" (a valid answer with empty text),
+# "drop" (close the connection without answering) or "trickle" (a valid answer sent one byte
+# every `trickle_interval` seconds, so no single read waits long but the whole answer does).
 Fault = Union[int, str]
 Captions = Union[str, Sequence[str], Callable[[dict], str]]
-FAULTS = ("hang", "bad_json", "empty", "drop")
+FAULTS = ("hang", "bad_json", "empty", "drop", "trickle")
 
 
 class FakeCaptionServer:
@@ -27,7 +28,8 @@ class FakeCaptionServer:
 
     def __init__(self, models: Iterable[str] = ("gemma3:27b",), captions: Captions = "A red cube on a table.",
                  latency: float = 0.0, faults: Sequence[Fault] = (), always: Fault | None = None,
-                 hang_seconds: float = 30.0, api_key: str | None = None, retry_after: str | None = None):
+                 hang_seconds: float = 30.0, api_key: str | None = None, retry_after: str | None = None,
+                 trickle_interval: float = 0.2):
         for fault in [*faults, *([always] if always is not None else [])]:
             if not (isinstance(fault, int) or fault in FAULTS):
                 raise ValueError(f"unknown fault {fault!r}")
@@ -37,6 +39,7 @@ class FakeCaptionServer:
         self.faults = list(faults)  # played in order by the first generate requests
         self.always = always  # played by every generate request after `faults`
         self.hang_seconds = hang_seconds
+        self.trickle_interval = trickle_interval
         self.api_key = api_key  # when set, requests without "Bearer <api_key>" get 401
         self.retry_after = retry_after  # Retry-After header sent with 429
         self.requests: list[dict] = []  # generate bodies, in arrival order
@@ -110,6 +113,8 @@ class FakeCaptionServer:
                 return fault, {"error": f"fake failure {fault}"}
             if fault in ("bad_json", "drop"):
                 return 0, fault
+            if fault == "trickle":
+                return 0, _Trickle(self.wrap_caption(self.next_caption(body)))
             return 200, self.wrap_caption("" if fault == "empty" else self.next_caption(body))
         finally:
             # Counted out before the answer is written, so a client that sends its next request
@@ -124,6 +129,13 @@ class FakeCaptionServer:
         if isinstance(self.captions, str):
             return self.captions
         return self.captions[next(self._caption_counter) % len(self.captions)]
+
+
+class _Trickle:
+    """A generate answer the handler sends byte by byte."""
+
+    def __init__(self, payload: Any):
+        self.payload = payload
 
 
 def _handler_for(fake: FakeCaptionServer) -> type[BaseHTTPRequestHandler]:
@@ -154,6 +166,8 @@ def _handler_for(fake: FakeCaptionServer) -> type[BaseHTTPRequestHandler]:
             status, payload = getattr(fake, name)(body)
             if status == 0 and payload == "bad_json":
                 return self._send_raw(200, b"{this is not json")
+            if status == 0 and isinstance(payload, _Trickle):
+                return self._send_trickle(json.dumps(payload.payload).encode("utf-8"))
             if status == 0:  # hang or drop: close without an answer
                 self.close_connection = True
                 return None
@@ -161,6 +175,22 @@ def _handler_for(fake: FakeCaptionServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, payload: Any) -> None:
             self._send_raw(status, json.dumps(payload).encode("utf-8"))
+
+        def _send_trickle(self, data: bytes) -> None:
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.flush()
+                for i in range(len(data)):
+                    if fake._stop.wait(fake.trickle_interval):
+                        break
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up: what the test wants
+                pass
+            self.close_connection = True
 
         def _send_raw(self, status: int, data: bytes) -> None:
             try:
