@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from stratum_core.artifacts import BY_NAME
+from stratum_core.artifacts import BY_NAME, SEG_CLASSES
 from stratum_core.publish.layout import DATA_DIR, TEXT_LAYERS
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -20,6 +20,12 @@ def size_category(n: int) -> str:
 
 def data_files_pattern(layer: str) -> str:
     return f"{DATA_DIR}/*.parquet" if layer in TEXT_LAYERS else f"{layer}/*.tar"
+
+
+def seg_classes_section() -> list[str]:
+    """The body-part name of each value in `seg.npy`, so the tars can be read without the model's docs."""
+    lines = ["### seg classes", "", "| id | name |", "|---|---|"]
+    return lines + [f"| {i} | {name} |" for i, name in enumerate(SEG_CLASSES)] + [""]
 
 
 def build_card(repo_id: str, manifest: Mapping, license: str, attribution: str | None = None) -> str:
@@ -52,6 +58,8 @@ def build_card(repo_id: str, manifest: Mapping, license: str, attribution: str |
     arrays = [BY_NAME[a] for entry in layers.values() for a in entry.get("artifacts", []) if a in BY_NAME]
     if arrays:
         body += ["## Arrays", ""] + [f"- `{a.name}` ({a.dtype}): {a.description}" for a in arrays] + [""]
+    if "seg" in layers:
+        body += seg_classes_section()
     body += ["## Loading", "", "```python", "from datasets import load_dataset", ""]
     body += [f'ds = load_dataset("{repo_id}", "{name}", split="train")' for name in names]
     body += ["```", "", "## License", "", f"`{license}`.", ""]
