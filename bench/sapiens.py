@@ -153,7 +153,8 @@ def preloaded(names: str, options: PassOptions) -> list:
     return passes
 
 
-def timed_run(input_dir: Path, output_dir: Path, passes: list, options: PassOptions, batch: int) -> float:
+def timed_run(input_dir: Path, output_dir: Path, passes: list, options: PassOptions, batch: int | None) -> float:
+    """Seconds of one engine run; `batch` None lets RunConfig choose the group size (8 on CPU, 32 on CUDA)."""
     config = RunConfig(output_dir=output_dir, passes=tuple(p.name for p in passes), options=options,
                        workers=2, batch_size=batch, progress_every=1e9)
     images = discover(input_dir, None, None).images
@@ -187,7 +188,7 @@ def ours_passes(model_dir: Path, device: str, batch: int | None) -> tuple[PassOp
 
 def ours(input_dir: Path, output_dir: Path, setup: tuple[PassOptions, list], batch: int | None) -> float:
     options, passes = setup
-    return timed_run(input_dir, output_dir, passes, options, batch or 8)  # 8: `stratum process` default
+    return timed_run(input_dir, output_dir, passes, options, batch)  # None: the engine's default, as `stratum process`
 
 
 def agreement(work: Path) -> float:
