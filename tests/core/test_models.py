@@ -107,8 +107,8 @@ def test_hf_cache_is_searched_under_the_hub_id_and_its_alias(hf_cache, repo_id):
 def test_offline_error_names_the_hf_cache_folder(hf_cache, tmp_path):
     with pytest.raises(ModelNotFoundError) as caught:
         resolve_model(T5, model_dir=tmp_path / "models", offline=True)
-    assert f"{tmp_path / 'models' / T5.hub_id}, {tmp_path / 'models' / 't5-large'} and the HuggingFace cache {hf_cache} " \
-        in str(caught.value)
+    models = tmp_path / "models"
+    assert f"{models / T5.hub_id}, {models / 't5-large'} and the HuggingFace cache {hf_cache} " in str(caught.value)
 
 
 def test_offline_error_without_a_model_dir_says_it_is_not_set(hf_cache):
