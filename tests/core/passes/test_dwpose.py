@@ -105,6 +105,24 @@ def test_fixed_batch_of_one_still_processes_a_whole_batch(tmp_path):
                                    atol=2e-3, rtol=1e-3)
 
 
+def test_a_fixed_batch_of_four_pads_a_batch_of_three_and_keeps_each_result_with_its_image(tmp_path):
+    box = FakeBox(100, 150, 500, 300)
+    folder = build_dwpose_folder(tmp_path / "m", boxes=(box,), batch=4, gate_on_corner=True)
+    p = loaded_pass(folder)
+    assert p.detector.model.fixed_batch == 4 and p.pose_model.model.fixed_batch == 4
+    # Mixed buckets give each person its own expected keypoints, so a shifted result would show;
+    # the black corner leaves the pose model two people, padded to four as well.
+    images = [(SQUARE, 255), (LANDSCAPE, 0), (LANDSCAPE, 255)]
+    outcomes = p.run_batch([make_item(bucket, f"i{k}", corner) for k, (bucket, corner) in enumerate(images)])
+    assert len(outcomes) == 3
+    for (bucket, corner), outcome in zip(images, outcomes):
+        pose = outcome.values["pose"].astype(np.float64)
+        if corner:
+            np.testing.assert_allclose(pose, expected_pose(box, bucket), atol=2e-3, rtol=1e-3)
+        else:
+            assert (pose == 0).all()
+
+
 def test_a_dynamic_batch_keeps_each_result_with_its_image(tmp_path):
     box = FakeBox(200, 100, 392, 500)
     folder = build_dwpose_folder(tmp_path / "m", boxes=(box,), gate_on_corner=True)
