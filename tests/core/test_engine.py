@@ -286,29 +286,26 @@ class BigBatchPixelPass(RecordingPixelPass):
         self.chosen_batch = 20
 
 
-def test_groups_grow_to_the_batch_a_pass_chose(tmp_path):
+def batch_sizes_of_a_big_batch_pass(tmp_path: Path, n_images: int, batch_size: int | None) -> list[int]:
+    """Run metadata + BigBatchPixelPass over `n_images` same-bucket images; the batch sizes it saw."""
     root = tmp_path / "in"
-    for i in range(50):
+    for i in range(n_images):
         images.write_gradient(root / f"{i:02d}.png", 16, 16, seed=i)
     found = discover(root)
     recording = BigBatchPixelPass(PassOptions())
-    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=2)  # CPU default group: 8
+    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=2, batch_size=batch_size)
     Engine(config, [MetadataPass(PassOptions()), recording]).run(found.images, found.errors,
-                                                                 Progress(50, every=3600))
-    # The first group is dispatched (and the pass loaded) at the default size; later ones at 20.
-    assert [len(b) for b in recording.batches] == [8, 20, 20, 2]
+                                                                 Progress(n_images, every=3600))
+    return [len(b) for b in recording.batches]
+
+
+def test_groups_grow_to_the_batch_a_pass_chose(tmp_path):
+    # CPU default group: 8. The first group is dispatched (and the pass loaded) at that size; later ones at 20.
+    assert batch_sizes_of_a_big_batch_pass(tmp_path, 50, batch_size=None) == [8, 20, 20, 2]
 
 
 def test_an_explicit_batch_size_keeps_its_groups(tmp_path):
-    root = tmp_path / "in"
-    for i in range(12):
-        images.write_gradient(root / f"{i:02d}.png", 16, 16, seed=i)
-    found = discover(root)
-    recording = BigBatchPixelPass(PassOptions())
-    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=2, batch_size=4)
-    Engine(config, [MetadataPass(PassOptions()), recording]).run(found.images, found.errors,
-                                                                 Progress(12, every=3600))
-    assert [len(b) for b in recording.batches] == [4, 4, 4]
+    assert batch_sizes_of_a_big_batch_pass(tmp_path, 12, batch_size=4) == [4, 4, 4]
 
 
 def test_two_runs_in_one_second_keep_both_run_records(input_dir, tmp_path):
