@@ -19,7 +19,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ MEAN = (123.5, 116.5, 103.5)  # per RGB channel, on 0-255 values
 STD = (58.5, 57.0, 57.5)
 SCRATCH_KEY = "sapiens_input"  # item.scratch key of the shared normalised input
 NUM_CLASSES = len(SEG_CLASSES)  # 28, index 0 = Background
+CHANNELS_MEANING = {"seg": "class logits", "depth": "depth", "normal": "x, y, z"}
 
 # Peak activation memory of one 1024×768 image in the widest head (768 channels at
 # 512×384, two buffers alive) plus the fp32 logits at bucket size; used for auto batch size.
@@ -124,23 +125,54 @@ def load_torchscript(path: Path, device: str) -> Any:
     return model.eval()
 
 
-def lower_precision(model: Any, path: Path, device: str, dtype: Any) -> tuple[Any, bool]:
-    """Cast the weights to `dtype` and try one input; returns (model, use_autocast).
+def probe(model: Any, device: str, dtype: Any, autocast: bool = False) -> Any:
+    """The output of one zero (1, 3, 1024, 768) input, run as `forward` runs batches.
+
+    The real input size, not a tiny one: the Sapiens ViTs have a fixed token grid, and
+    TorchScript's profiling executor specialises on the first shapes it sees.
+    """
+    import torch
+
+    zeros = torch.zeros(1, 3, *INPUT_SIZE, device=device, dtype=dtype)
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=autocast):
+        return first_output(model(zeros))
+
+
+def first_output(raw: Any) -> Any:
+    """The output tensor (some exports return `(output,)`)."""
+    return raw[0] if isinstance(raw, (tuple, list)) else raw
+
+
+def lower_precision(model: Any, path: Path, device: str, dtype: Any) -> tuple[Any, bool, Any]:
+    """Cast the weights to `dtype` and probe them; returns (model, use_autocast, probe output).
 
     A traced graph can hold float32 constants baked in at trace time, so a cast model may
     reject bf16 inputs. Then the fp32 weights are reloaded and run under autocast instead.
     """
-    import torch
-
-    probe = torch.zeros(1, 3, *INPUT_SIZE, device=device, dtype=dtype)
     try:
-        with torch.inference_mode():
-            model.to(dtype)(probe)
-        return model, False
+        model = model.to(dtype)
+        return model, False, probe(model, device, dtype)
     except RuntimeError as exc:
         log.warning("%s: weights cast to %s fail (%s); running fp32 weights under autocast", path.name,
-                    dtype, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        return load_torchscript(path, device), True
+                    dtype, first_line(exc))
+        model = load_torchscript(path, device)
+        return model, True, probe(model, device, dtype, autocast=True)
+
+
+def check_channels(pass_name: str, path: Path, output: Any, expected: int) -> None:
+    """InfrastructureError unless `output` is (N, expected, h, w): catches another pass's checkpoint."""
+    shape = tuple(output.shape)
+    if len(shape) != 4 or shape[1] != expected:
+        found = (f"{shape[1]} output channel{'' if shape[1] == 1 else 's'}" if len(shape) == 4
+                 else f"an output of shape {shape}")
+        raise InfrastructureError(
+            f"{pass_name}: {path} gives {found}, expected {expected} ({CHANNELS_MEANING[pass_name]}); "
+            f"is it the {pass_name} checkpoint?")
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------- passes
@@ -160,6 +192,7 @@ class SapiensPass(Pass):
     uses_torch = True
     scratch_keys = (SCRATCH_KEY,)
     extra = "sapiens"
+    channels: ClassVar[int]  # of the model output, checked at load
 
     def __init__(self, options, config=None):
         super().__init__(options, config)
@@ -174,8 +207,16 @@ class SapiensPass(Pass):
         path = location.file(location.spec.files[0])
         self._checkpoint = path.name
         self._model = load_torchscript(path, self.options.device)
-        if self.options.resolved_precision != "fp32":
-            self._model, self._autocast = lower_precision(self._model, path, self.options.device, self._dtype)
+        try:
+            if self.options.resolved_precision == "fp32":
+                output = probe(self._model, self.options.device, self._dtype)
+            else:
+                self._model, self._autocast, output = lower_precision(self._model, path, self.options.device,
+                                                                      self._dtype)
+        except RuntimeError as exc:
+            raise InfrastructureError(f"{self.name}: {path} fails on a (1, 3, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}) "
+                                      f"input: {first_line(exc)}") from exc
+        check_channels(self.name, path, output, self.channels)
         self.chosen_batch = torch_utils.auto_batch_size(self.options.device, BYTES_PER_ITEM,
                                                   requested=self.options.batch_size, cap=MAX_AUTO_BATCH)
         log.info("%s: %s on %s (%s, batch %d)", self.name, path, self.options.device,
@@ -202,9 +243,7 @@ class SapiensPass(Pass):
 
         device_type = torch.device(self.options.device).type
         with torch.autocast(device_type, dtype=self._dtype, enabled=self._autocast):
-            raw = self._model(torch.stack([p.pixels for p in batch]))
-        if isinstance(raw, (tuple, list)):  # some exports return (output,)
-            raw = raw[0]
+            raw = first_output(self._model(torch.stack([p.pixels for p in batch])))
         finite = torch.isfinite(raw).flatten(1).all(dim=1).tolist()
         results: list[np.ndarray | None] = [None] * len(batch)
         for size, indices in _group_by_size(batch).items():
@@ -239,6 +278,7 @@ class SapiensSegPass(SapiensPass):
 
     name = "seg"
     model = SEG_MODEL
+    channels = NUM_CLASSES
 
     def finish(self, output: Any, foreground: Any) -> Any:
         return seg_ids(output)
@@ -264,6 +304,7 @@ class SapiensDepthPass(_NeedsSeg):
 
     name = "depth"
     model = DEPTH_MODEL
+    channels = 1
 
     def finish(self, output: Any, foreground: Any) -> Any:
         import torch
@@ -276,6 +317,7 @@ class SapiensNormalPass(_NeedsSeg):
 
     name = "normal"
     model = NORMAL_MODEL
+    channels = 3
 
     def finish(self, output: Any, foreground: Any) -> Any:
         import torch

@@ -18,11 +18,12 @@ from stratum_core.errors import InfrastructureError  # noqa: E402
 from stratum_core.intake import decode  # noqa: E402
 from stratum_core.passes import parse_passes, sapiens  # noqa: E402
 from stratum_core.passes.base import Item, PassOptions  # noqa: E402
-from stratum_core.passes.sapiens import SapiensSegPass, scale_depth  # noqa: E402
+from stratum_core.passes.sapiens import (SapiensDepthPass, SapiensNormalPass, SapiensSegPass,  # noqa: E402
+                                         scale_depth)
 from stratum_core.store import Store  # noqa: E402
 from stratum_core.verify import verify  # noqa: E402
-from tests.fakes.sapiens_models import (GREY, RED, RED_CLASS, build_sapiens_models, normalised,  # noqa: E402
-                                        save_scripted, write_not_torchscript)
+from tests.fakes.sapiens_models import (GREY, RED, RED_CLASS, build_sapiens_models, model_path,  # noqa: E402
+                                        normalised, save_scripted, write_not_torchscript)
 
 torch.set_num_threads(1)
 
@@ -257,6 +258,35 @@ def test_a_garbage_checkpoint_given_explicitly_is_an_error_naming_the_file(tmp_p
     seg_pass = SapiensSegPass(PassOptions(model_paths={"seg": bad}))
     with pytest.raises(InfrastructureError, match="seg.pt2 is not a TorchScript checkpoint"):
         seg_pass.load()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_the_depth_checkpoint_given_as_seg_is_an_error_naming_it_and_the_channels(model_dir, precision):
+    depth_file = model_path(model_dir, "depth")
+    seg_pass = SapiensSegPass(PassOptions(model_paths={"seg": depth_file}, precision=precision))
+    with pytest.raises(InfrastructureError) as error:
+        seg_pass.load()
+    assert f"seg: {depth_file} gives 1 output channel, expected 28" in str(error.value)
+
+
+def test_the_seg_checkpoint_given_as_normal_is_an_error(model_dir):
+    normal_pass = SapiensNormalPass(PassOptions(model_paths={"normal": model_path(model_dir, "seg")}))
+    with pytest.raises(InfrastructureError, match="gives 28 output channels, expected 3"):
+        normal_pass.load()
+
+
+class FixedSize(torch.nn.Module):
+    """Accepts only the real 1024×768 input, like a ViT with a fixed token grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.shape[2] == 1024 and x.shape[3] == 768, "needs a 1024x768 input")
+        return torch.zeros(x.shape[0], 1, 1024, 768, dtype=x.dtype)
+
+
+def test_a_model_that_needs_the_real_input_size_loads(tmp_path):
+    depth_pass = SapiensDepthPass(PassOptions(model_paths={"depth": save_scripted(FixedSize(), tmp_path / "d.pt2")}))
+    depth_pass.load()
+    assert depth_pass.provenance()["file"] == "d.pt2"
 
 
 def test_cli_process_writes_valid_seg_depth_normal(input_dir, model_dir, tmp_path):
