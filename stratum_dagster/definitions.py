@@ -1,7 +1,8 @@
 """The stratum code location: `defs` merges the shard, pass and publish areas and binds the resources.
 
 Settings come from the environment (read by Dagster at run time, never at import):
-STRATUM_INPUT_DIR, STRATUM_OUTPUT_DIR, optional STRATUM_MODEL_DIR, STRATUM_HUB_REPO, HF_TOKEN.
+STRATUM_INPUT_DIR, STRATUM_OUTPUT_DIR, optional STRATUM_MODEL_DIR, STRATUM_HUB_REPO, and optional
+HF_TOKEN (the hub resource reads it when a job runs; unset, huggingface_hub's saved login is used).
 Any resource field can be overridden per run (launchpad or `--config`).
 """
 
@@ -16,7 +17,8 @@ RESOURCES = {
     "stratum": StratumResource(input_root=dg.EnvVar("STRATUM_INPUT_DIR"),
                                output_root=dg.EnvVar("STRATUM_OUTPUT_DIR")),
     "caption_server": CaptionServerResource(),
-    "hub": HubResource(repo_id=dg.EnvVar("STRATUM_HUB_REPO"), token=dg.EnvVar("HF_TOKEN")),
+    # No EnvVar for the token: an unset EnvVar fails the run, and HF_TOKEN is optional (HubResource.hub_token).
+    "hub": HubResource(repo_id=dg.EnvVar("STRATUM_HUB_REPO")),
 }
 
 defs = dg.Definitions.merge(shard_area.defs, pass_area.defs, publish_area.defs,

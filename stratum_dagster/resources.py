@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -19,9 +19,13 @@ from pydantic import Field
 
 from stratum_core.discover import SourceImage
 from stratum_core.errors import ConfigError
+from stratum_core.publish.config import DEFAULT_LICENSE, PublishConfig
 from stratum_core.summary import RunSummary
 
 log = logging.getLogger("stratum.dagster")
+
+# The publish options default as in `stratum publish` (both take them from PublishConfig).
+_PUBLISH_DEFAULTS = {f.name: f.default for f in fields(PublishConfig)}
 
 
 @dataclass
@@ -129,22 +133,35 @@ class StratumResource(dg.ConfigurableResource):
 
 
 class HubResource(dg.ConfigurableResource):
-    """The HuggingFace dataset repo that `publish_job` and `reconcile_job` write to."""
+    """The HuggingFace dataset repo that `publish_job` and `reconcile_job` write to (the `stratum publish` options)."""
 
     repo_id: str = Field(description="owner/name of the dataset repo (STRATUM_HUB_REPO)")
-    token: Optional[str] = Field(default=None, description="write token; use EnvVar('HF_TOKEN')")
+    token: Optional[str] = Field(
+        default=None, description="write token (default: $HF_TOKEN at run time, else huggingface_hub's saved login)")
     endpoint: Optional[str] = Field(default=None, description="Hub URL (default huggingface.co)")
     layers: list[str] = Field(default_factory=lambda: ["caption"], description="passes to publish")
-    offset: int = 0
-    limit: Optional[int] = None
-    license: str = "cc-by-nc-sa-4.0"
-    private: bool = False
+    offset: int = Field(default=0, description="first image (position in sorted order)")
+    limit: Optional[int] = Field(default=None, description="images from offset (default: all)")
+    license: str = Field(default=DEFAULT_LICENSE, description="license id for the card")
+    attribution_file: Optional[str] = Field(
+        default=None, description="text file credited in the card and ATTRIBUTION.md")
+    private: bool = Field(default=False, description="create the repo private (when it does not exist)")
+    rows_per_parquet: int = Field(default=_PUBLISH_DEFAULTS["rows_per_parquet"], description="images per parquet file")
+    images_per_tar: int = Field(default=_PUBLISH_DEFAULTS["images_per_tar"], description="images per tar")
+    max_tar_mb: float = Field(default=_PUBLISH_DEFAULTS["max_tar_mb"], description="split a tar above this size")
+    chunks_per_commit: int = Field(default=_PUBLISH_DEFAULTS["chunks_per_commit"], description="chunk files per commit")
 
-    def publish_config(self):
-        from stratum_core.publish import PublishConfig
+    def publish_config(self) -> PublishConfig:
+        """The same config object `stratum publish` builds from its flags."""
+        return PublishConfig(hub_repo=self.repo_id, layers=tuple(self.layers), offset=self.offset, limit=self.limit,
+                             license=self.license, attribution_file=self.attribution_file, private=self.private,
+                             rows_per_parquet=self.rows_per_parquet, images_per_tar=self.images_per_tar,
+                             max_tar_mb=self.max_tar_mb, chunks_per_commit=self.chunks_per_commit)
 
-        return PublishConfig(hub_repo=self.repo_id, layers=tuple(self.layers), offset=self.offset,
-                             limit=self.limit, license=self.license, private=self.private)
+    def hub_token(self) -> Optional[str]:
+        """The configured token, else $HF_TOKEN as the run sees it; None lets huggingface_hub use its saved
+        login, as the CLI does. Read here, at run time: an unset HF_TOKEN must not fail loading or the run."""
+        return self.token or os.environ.get("HF_TOKEN") or None
 
 
 def pass_config(name: str, args: Sequence[str], environ: Mapping[str, str]) -> Any:

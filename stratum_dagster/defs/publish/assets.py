@@ -2,9 +2,16 @@
 
 
 import dagster as dg
+from pydantic import Field
 
 from stratum_core.passes import DEFAULT_PASSES
 from stratum_dagster.resources import HubResource, StratumResource
+
+
+class ReconcileConfig(dg.Config):
+    """Run config of `reconcile_hub` (`ops: reconcile_hub: config: {dry_run: true}`)."""
+
+    dry_run: bool = Field(default=False, description="rebuild and report the manifest, change nothing in the repo")
 
 
 @dg.asset(name="hub_dataset", deps=["metadata", *DEFAULT_PASSES], group_name="publish", kinds={"huggingface"},
@@ -12,7 +19,7 @@ from stratum_dagster.resources import HubResource, StratumResource
 def hub_dataset(context: dg.AssetExecutionContext, stratum: StratumResource, hub: HubResource) -> dg.MaterializeResult:
     from stratum_core.publish import publish
 
-    result = publish(stratum.output_dir, hub.publish_config(), token=hub.token, endpoint=hub.endpoint)
+    result = publish(stratum.output_dir, hub.publish_config(), token=hub.hub_token(), endpoint=hub.endpoint)
     return dg.MaterializeResult(metadata={
         "repo_id": result.repo_id, "commits": len(result.commits), "total_images": result.total_images,
         "uploaded_files": len(result.uploaded_files), "skipped_chunks": len(result.skipped_chunks),
@@ -20,17 +27,26 @@ def hub_dataset(context: dg.AssetExecutionContext, stratum: StratumResource, hub
 
 
 @dg.op(description="Rebuild manifest.json and the dataset card from the files in the Hub repo.")
-def reconcile_hub(context: dg.OpExecutionContext, hub: HubResource) -> dg.Output[None]:
-    from stratum_core.publish import reconcile
+def reconcile_hub(context: dg.OpExecutionContext, config: ReconcileConfig, hub: HubResource) -> dg.Output[None]:
+    # The submodule, not the package's `reconcile`: importing stratum_core.publish.reconcile rebinds that
+    # package attribute to the module, so a second run in one process would call a module.
+    from stratum_core.publish.reconcile import reconcile
 
-    result = reconcile(hub.publish_config(), token=hub.token, endpoint=hub.endpoint)
-    context.log.info("reconciled %s: changed=%s commit=%s", result.repo_id, result.changed, result.committed)
-    return dg.Output(None, metadata={"repo_id": result.repo_id, "changed": result.changed,
+    result = reconcile(hub.publish_config(), dry_run=config.dry_run, token=hub.hub_token(), endpoint=hub.endpoint)
+    for problem in result.problems:
+        context.log.warning(f"reconcile: {problem}")
+    if not result.changed:
+        action = "no change to"
+    else:
+        action = "would update" if config.dry_run else f"updated (commit {result.committed})"
+    context.log.info(f"{result.repo_id}: {action} manifest.json and README.md")
+    return dg.Output(None, metadata={"repo_id": result.repo_id, "dry_run": config.dry_run, "changed": result.changed,
                                      "commit": result.committed or "-", "problems": len(result.problems),
-                                     "total_images": result.manifest.get("total_images", 0)})
+                                     "total_images": result.manifest.get("total_images", 0),
+                                     "manifest": dg.MetadataValue.json(result.manifest)})
 
 
-@dg.job(description="Rebuild the Hub repo's manifest and card from its files.")
+@dg.job(description="Rebuild the Hub repo's manifest and card from its files (dry_run: only report them).")
 def reconcile_job() -> None:
     reconcile_hub()
 
