@@ -4,14 +4,15 @@ One batch = up to `chunks_per_commit` chunk files, their index files, the update
 README.md, in ONE commit pinned to the parent it was planned on. Each chunk is packed in memory and
 pre-uploaded (LFS) right away, then its bytes are freed, so memory holds one chunk at a time (plus any
 the Hub stores as small regular files, which the commit itself carries). Nothing is visible in the repo
-before the commit, so a failure leaves it exactly as it was; losing a race re-reads and retries.
+before the commit, so a failure leaves it exactly as it was. Losing a race (the parent moved) re-reads
+the repo and re-plans the batch on the new head, so the commit is the union of both publishers' work;
+chunks whose job and remote copy did not change are not packed again.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,11 @@ class ChunkJob:
     def path(self) -> str:
         return chunk_path(self.layer, self.chunk)
 
+    @property
+    def key(self) -> tuple:
+        """Equal keys pack to the same bytes (from the same local files)."""
+        return self.layer, self.chunk, tuple(self.image_ids), self.fill_layers
+
 
 def publish(dataset_dir, config: PublishConfig, token: str | None = None,
             endpoint: str | None = None) -> PublishResult:
@@ -77,9 +83,7 @@ def publish(dataset_dir, config: PublishConfig, token: str | None = None,
     log.info("publish %s: images %d-%d of %d, layers %s, %d chunk files", config.hub_repo, selection.start,
              selection.stop - 1, len(dataset.ids), ",".join(config.layers), len(jobs))
     with tempfile.TemporaryDirectory(prefix="stratum-publish-") as spill_dir:  # used only without memfd
-        for start in range(0, len(jobs), config.chunks_per_commit):
-            batch = jobs[start:start + config.chunks_per_commit]
-            state = _publish_batch(hub, config, dataset, batch, state, attribution, result, Path(spill_dir))
+        state = _publish_jobs(hub, config, dataset, selection, jobs, state, attribution, result, Path(spill_dir))
     result.total_images = (state.manifest or {}).get("total_images", 0)
     return result
 
@@ -156,11 +160,36 @@ def _pack(dataset: DatasetView, job: ChunkJob, spill_dir: Path) -> PackedChunk:
     return packed
 
 
-def _unchanged(packed: PackedChunk, state: RepoState) -> bool:
-    from stratum_core.publish.hub_compare import same_remote_content
-
-    return same_remote_content(state.files.get(packed.path_in_repo), Path(packed.payload.path)) and \
-        same_remote_content(state.files.get(index_path(packed.path_in_repo)), packed.index_bytes())
+def _publish_jobs(hub: HubClient, config: PublishConfig, dataset: DatasetView, selection: range,
+                  jobs: list[ChunkJob], state: RepoState, attribution: str | None, result: PublishResult,
+                  spill_dir: Path) -> RepoState:
+    """Commit the jobs batch by batch. A batch that loses a race is re-planned on the new head (a rival may
+    have filled other columns of the same parquet) and tried again."""
+    done: set[tuple] = set()  # keys of the jobs this run has committed or found on the Hub
+    staged: dict[tuple, Staged] = {}  # the current batch, kept across lost races
+    moves = 0
+    try:
+        while jobs:
+            batch = jobs[:config.chunks_per_commit]
+            try:
+                state = _publish_batch(hub, config, dataset, batch, state, attribution, result, spill_dir, staged)
+            except ParentMoved:
+                moves += 1
+                if moves > config.commit_retries:
+                    raise PublishError(f"{config.hub_repo} kept moving; gave up after {moves} commit attempts") \
+                        from None
+                log.warning("publish: the repo moved during the commit; re-planning on the new head (attempt %d)",
+                            moves)
+                state = hub.read_state()
+                jobs = [job for job in plan_jobs(dataset, selection, config, state) if job.key not in done]
+                continue
+            moves = 0
+            done |= {job.key for job in batch}
+            jobs = jobs[len(batch):]
+            _close_all(staged)
+    finally:
+        _close_all(staged)
+    return state
 
 
 @dataclass
@@ -169,17 +198,65 @@ class Staged:
 
     packed: PackedChunk
     operation: object | None  # huggingface_hub CommitOperationAdd; None: already on the Hub
+    seen: tuple  # the repo's copies of the chunk and its index when it was staged
+
+
+def _remote_copies(path: str, state: RepoState) -> tuple:
+    return state.files.get(path), state.files.get(index_path(path))
+
+
+def _on_hub(packed: PackedChunk, state: RepoState, operation=None) -> bool:
+    """Does `state` hold this chunk and its index? A payload freed after its pre-upload is compared by the
+    sha256 the upload computed."""
+    from stratum_core.publish.hub_compare import same_remote_content
+
+    remote = state.files.get(packed.path_in_repo)
+    if packed.payload.closed:
+        info = operation.upload_info
+        same = remote is not None and remote.size == info.size and remote.sha256 == info.sha256.hex()
+    else:
+        same = same_remote_content(remote, Path(packed.payload.path))
+    return same and same_remote_content(state.files.get(index_path(packed.path_in_repo)), packed.index_bytes())
+
+
+def _close_all(staged: dict[tuple, Staged]) -> None:
+    for entry in staged.values():
+        entry.packed.close()
+    staged.clear()
 
 
 def _publish_batch(hub: HubClient, config: PublishConfig, dataset: DatasetView, batch: list[ChunkJob],
-                   state: RepoState, attribution: str | None, result: PublishResult, spill_dir: Path) -> RepoState:
-    """Pack and pre-upload the batch's chunks one at a time, then commit them together."""
-    with ExitStack() as open_payloads:  # closes whatever is still held, also on failure
-        staged = []
-        for job in batch:
-            packed = open_payloads.enter_context(_pack(dataset, job, spill_dir))
-            staged.append(_stage(hub, packed, state))
-        return _commit_batch(hub, config, staged, state, attribution, result)
+                   state: RepoState, attribution: str | None, result: PublishResult, spill_dir: Path,
+                   staged: dict[tuple, Staged]) -> RepoState:
+    """Pack and pre-upload the batch's chunks one at a time, then commit them together.
+
+    `staged` holds what an earlier try of this batch packed; whatever the re-plan dropped is freed.
+    """
+    for key in set(staged) - {job.key for job in batch}:
+        staged.pop(key).packed.close()
+    for job in batch:
+        staged[job.key] = _restage(hub, dataset, job, staged.pop(job.key, None), state, spill_dir)
+    return _commit_batch(hub, config, [staged[job.key] for job in batch], state, attribution, result)
+
+
+def _restage(hub: HubClient, dataset: DatasetView, job: ChunkJob, previous: Staged | None, state: RepoState,
+             spill_dir: Path) -> Staged:
+    """`previous` as it is while the repo's copy of its chunk is the one it was staged against; marked as on
+    the Hub when the repo now holds exactly it (a commit whose reply was lost was applied); else packed anew."""
+    seen = _remote_copies(job.path, state)
+    if previous is not None:
+        if previous.seen == seen:
+            return previous
+        if previous.operation is not None and _on_hub(previous.packed, state, previous.operation):
+            previous.packed.close()
+            return Staged(previous.packed, None, seen)
+        previous.packed.close()
+    packed = _pack(dataset, job, spill_dir)
+    try:
+        return _stage(hub, packed, state)
+    except BaseException:
+        packed.close()
+        raise
 
 
 def _stage(hub: HubClient, packed: PackedChunk, state: RepoState) -> Staged:
@@ -190,15 +267,16 @@ def _stage(hub: HubClient, packed: PackedChunk, state: RepoState) -> Staged:
     """
     from huggingface_hub import CommitOperationAdd
 
-    if _unchanged(packed, state):
+    seen = _remote_copies(packed.path_in_repo, state)
+    if _on_hub(packed, state):
         packed.close()
-        return Staged(packed, None)
+        return Staged(packed, None, seen)
     operation = CommitOperationAdd(packed.path_in_repo, packed.payload.path)
     log.info("publish: uploading %s, %.1f MB", packed.path_in_repo, packed.size / 1e6)
     hub.preupload([operation])
     if getattr(operation, "_is_uploaded", False):
         packed.close()
-    return Staged(packed, operation)
+    return Staged(packed, operation, seen)
 
 
 def _stale_paths(packed: list[PackedChunk], state: RepoState) -> list[str]:
@@ -219,6 +297,7 @@ def _stale_paths(packed: list[PackedChunk], state: RepoState) -> list[str]:
 
 def _commit_batch(hub: HubClient, config: PublishConfig, staged: list[Staged], state: RepoState,
                   attribution: str | None, result: PublishResult) -> RepoState:
+    """One commit on top of `state`, or none when every chunk is already on the Hub; raises ParentMoved."""
     packed = [s.packed for s in staged]
     changed = [s.packed for s in staged if s.operation is not None]
     if not changed:  # overlapping chunks from another layout are reconcile's job, not a reason to commit
@@ -227,24 +306,17 @@ def _commit_batch(hub: HubClient, config: PublishConfig, staged: list[Staged], s
         return state
     payload = [s.operation for s in staged if s.operation is not None]
     indexes = [(index_path(p.path_in_repo), p.index_bytes()) for p in changed]
-    for attempt in range(config.commit_retries + 1):
-        stale = _stale_paths(changed, state)
-        operations = _operations(config, changed, indexes, payload, stale, state, attribution)
-        label = f"{changed[0].index['range']}..{changed[-1].index['range']}"
-        try:
-            oid = hub.commit(operations, f"stratum publish {','.join(config.layers)} {label}", state.sha)
-        except ParentMoved:
-            log.warning("publish: the repo moved during the commit; re-reading it (attempt %d)", attempt + 1)
-            state = hub.read_state()
-            continue
-        result.commits.append(oid)
-        result.uploaded_files += [p.path_in_repo for p in changed]
-        result.bytes_uploaded += sum(p.size for p in changed)
-        for p in changed:
-            result.images[p.layer] = result.images.get(p.layer, 0) + p.index["count"]
-        result.skipped_chunks += [p.path_in_repo for p in packed if p not in changed]
-        return hub.read_state()
-    raise PublishError(f"{config.hub_repo} kept moving; gave up after {config.commit_retries + 1} commit attempts")
+    stale = _stale_paths(changed, state)
+    operations = _operations(config, changed, indexes, payload, stale, state, attribution)
+    label = f"{changed[0].index['range']}..{changed[-1].index['range']}"
+    oid = hub.commit(operations, f"stratum publish {','.join(config.layers)} {label}", state.sha)
+    result.commits.append(oid)
+    result.uploaded_files += [p.path_in_repo for p in changed]
+    result.bytes_uploaded += sum(p.size for p in changed)
+    for p in changed:
+        result.images[p.layer] = result.images.get(p.layer, 0) + p.index["count"]
+    result.skipped_chunks += [p.path_in_repo for p in packed if p not in changed]
+    return hub.read_state()
 
 
 def _operations(config: PublishConfig, changed: list[PackedChunk], indexes: list[tuple[str, bytes]], payload: list,

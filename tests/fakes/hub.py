@@ -2,7 +2,8 @@
 
 Endpoints: repo create, validate-yaml, repo/revision info, preupload, LFS batch + PUT upload, NDJSON commit
 (with parentCommit checks → 412), recursive tree listing, resolve (GET/HEAD). Fault injection per
-(method, path regex): answer 429 + Retry-After, answer 5xx, or drop the connection mid-request.
+(method, path regex): answer 429 + Retry-After, answer 5xx, or drop the connection mid-request; or, with
+`applied=True`, carry the request out and then lose its reply (answer the error, or drop).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Fault:
     action: str
     times: int = 1
     retry_after: int | None = None
+    applied: bool = False  # the request takes effect before the fault replaces its answer
     hits: int = 0
 
 
@@ -144,8 +146,8 @@ class FakeHub:
             return self._commit(repo, new_files, message)
 
     def add_fault(self, method: str, path: str, action: str, times: int = 1,
-                  retry_after: int | None = None) -> Fault:
-        fault = Fault(method, path, action, times, retry_after)
+                  retry_after: int | None = None, applied: bool = False) -> Fault:
+        fault = Fault(method, path, action, times, retry_after, applied)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -174,6 +176,7 @@ class FakeHub:
 
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeHub
+    lost_reply: Fault | None = None  # set while an applied request runs: its answer is replaced by the fault
 
     def log_message(self, format: str, *args) -> None:  # keep test output quiet
         pass
@@ -193,6 +196,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes | dict | list = b"", headers: dict | None = None,
               content_type: str = "application/json") -> None:
+        if self.lost_reply is not None:
+            fault, self.lost_reply = self.lost_reply, None
+            self._fail(fault, body_read=True)
+            return
         data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -213,22 +220,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.auth_headers.add(auth)
         path = unquote(urlparse(self.path).path)
         fault = self.fake.take_fault(self.command, path)
-        if fault is not None:
-            if fault.action == "drop":
-                # Read part of the request, then vanish without answering: a dropped connection.
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length // 2)
-                self.fake.requests.append((time.monotonic(), self.command, path, 0))
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                return
-            self._body()
-            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-            self._send(int(fault.action), {"error": f"injected {fault.action}"}, headers)
+        if fault is not None and not fault.applied:
+            self._fail(fault, body_read=False)
             return
+        self.lost_reply = fault
         for method, pattern, handler in ROUTES:
             match = re.fullmatch(pattern, path)
             if match and method == self.command:
@@ -240,6 +235,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, f"no route for {self.command} {path}")
 
     do_GET = do_POST = do_PUT = do_HEAD = _handle
+
+    def _fail(self, fault: Fault, body_read: bool) -> None:
+        """Answer `fault` instead of the real reply (after reading the body, unless the handler did)."""
+        path = unquote(urlparse(self.path).path)
+        if fault.action == "drop":
+            # Read (part of) the request, then vanish without answering: a dropped connection.
+            if not body_read:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0) // 2)
+            self.fake.requests.append((time.monotonic(), self.command, path, 0))
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        if not body_read:
+            self._body()
+        headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+        self._send(int(fault.action), {"error": f"injected {fault.action}"}, headers)
 
     def _repo(self, kind: str, repo: str) -> Repo:
         try:

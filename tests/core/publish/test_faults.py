@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 from stratum_core.publish import PublishConfig, RetryPolicy, publish
@@ -82,6 +84,42 @@ def test_losing_a_race_rereads_and_keeps_the_other_publishers_files(tmp_path, hu
     files = hub.files(REPO)
     assert files["notes/rival.txt"] == b"rival" and "data/00000-00005.parquet" in files
     assert hub.count("POST", r"/commit/", 412) == 1
+
+
+def test_a_rival_adding_a_layer_to_the_same_range_keeps_both_layers(tmp_path, hub, monkeypatch):
+    from stratum_core.publish import hub as hub_module
+
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    real_commit = hub_module.HubClient.commit
+    raced = []
+
+    def commit_after_a_rival(self, operations, message, parent):
+        if not raced:  # between our plan and our commit, a rival publishes caption for the same range
+            raced.append(message)
+            publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+        return real_commit(self, operations, message, parent)
+
+    monkeypatch.setattr(hub_module.HubClient, "commit", commit_after_a_rival)
+    publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    table = pq.read_table(io.BytesIO(files["data/00000-00005.parquet"]))
+    assert None not in table.column("caption").to_pylist() and None not in table.column("dinov3_cls").to_pylist()
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["layers"]["caption"]["count"] == 6 and manifest["layers"]["dinov3"]["count"] == 6
+    assert hub.count("POST", r"/commit/", 412) == 1
+
+
+@pytest.mark.parametrize("lost_reply", ["500", "drop"])
+def test_a_commit_applied_but_its_reply_lost_is_not_made_again(tmp_path, hub, lost_reply):
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    commits_before = len(hub.repo(REPO).commits)
+    hub.add_fault("POST", r"/commit/", lost_reply, applied=True)
+    publish(tmp_path / "ds", config(layers=("caption", "dinov3")), token=TOKEN, endpoint=hub.url)
+    assert hub.count("POST", r"/commit/", 412) == 1  # the retry found its own commit on main
+    assert len(hub.repo(REPO).commits) == commits_before + 1
+    assert json.loads(hub.files(REPO)["manifest.json"])["layers"]["dinov3"]["count"] == 6
 
 
 def test_token_never_appears_in_output_or_logs(tmp_path, hub, capsys, caplog):
