@@ -83,7 +83,7 @@ def require_torch_cuda(device: str) -> None:
         return
     import torch
 
-    if torch.version.cuda is None:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:  # ROCm builds speak "cuda" too
         raise InfrastructureError(f"--device {device}: torch has no CUDA: install a CUDA build of torch, "
                                   f"or use --device cpu")
     if not torch.cuda.is_available():

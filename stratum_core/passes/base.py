@@ -146,6 +146,10 @@ class Pass:
         if missing:
             hint = f"pip install 'stratum[{self.extra}]'" if self.extra else "pip install " + " ".join(missing)
             raise InfrastructureError(f"the {self.name} pass needs {', '.join(missing)}: {hint}")
+        if self.uses_torch and self.options.is_cuda:
+            from stratum_core.devices import require_torch_cuda  # imports torch: only for GPU runs
+
+            require_torch_cuda(self.options.device)
 
     def load(self) -> None:
         """Load weights (called once, on the worker, before the first batch)."""

@@ -105,3 +105,19 @@ def test_a_lock_file_we_may_not_open_means_that_gpu_is_taken(tmp_path, monkeypat
     claim = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
     assert claim.device == "cuda:1"
     claim.release()
+
+
+def test_a_torch_pass_checks_torch_cuda_before_any_image_is_read():
+    # The real (CPU-only) torch of this machine: a dinov3 run on cuda:0 stops at the requirements check.
+    from stratum_core.passes.base import PassOptions
+    from stratum_core.passes.dinov3 import DINOv3Pass
+
+    with pytest.raises(InfrastructureError, match=r"--device cuda:0: torch has no CUDA"):
+        DINOv3Pass(PassOptions(device="cuda:0")).check_requirements()
+
+
+def test_an_onnx_pass_on_a_gpu_does_not_need_torch_cuda():
+    from stratum_core.passes.base import PassOptions
+    from stratum_core.passes.dwpose import DWPosePass
+
+    DWPosePass(PassOptions(device="cuda:0")).check_requirements()
