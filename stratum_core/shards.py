@@ -13,6 +13,7 @@ calls with a cursor (`register_new(..., start_after=..., time_budget=...)`).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -28,7 +29,7 @@ from typing import Iterator
 from stratum_core.artifacts import pass_files, pass_names
 from stratum_core.discover import DiscoveryError, SourceImage, image_id_for, is_image_name, scan, split_collisions
 from stratum_core.errors import ConfigError
-from stratum_core.store import FAILURE_PREFIX, STATE_DIR, Store, write_atomic
+from stratum_core.store import FAILURE_PREFIX, STATE_DIR, Store
 
 log = logging.getLogger("stratum.shards")
 
@@ -39,6 +40,7 @@ SHARDS_DIR = "shards"
 _SLUG_MAX = 48
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _KEY = re.compile(r"^[A-Za-z0-9_-]+-\d{4,}$")
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP}  # os.link on filesystems without links
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ def register_group(input_dir: Path, output_dir: Path, group: str,
         for start in range(0, len(fresh), shard_size):
             index = next_index + len(created)
             shard = Shard(shard_key(group, index), group, index, tuple(fresh[start:start + shard_size]), time.time())
-            write_atomic(shards_dir(output_dir) / f"{shard.key}.json", shard.to_json())
+            _create_record(output_dir, shard)
             created.append(shard)
     if created:
         log.info("group %r: registered %d new shards (%d images)", group or ROOT_SLUG, len(created), len(fresh))
@@ -268,6 +270,34 @@ def shard_completion(output_dir: Path, shard: Shard) -> ShardCompletion:
             elif f"{FAILURE_PREFIX}{pass_name}.json" in names:
                 failed[pass_name] += 1
     return ShardCompletion(len(shard.images), done, failed)
+
+
+def _create_record(output_dir: Path, shard: Shard) -> None:
+    """Write a new shard record whole, and only if no record has its key: a group whose slug is the same
+    as another's (a folder literally named `x_y-1a2b3c` next to `x y`) must never replace that shard."""
+    path = shards_dir(output_dir) / f"{shard.key}.json"
+    try:
+        _create_exclusive(path, shard.to_json())
+    except FileExistsError:
+        other = load_shard(output_dir, shard.key)
+        raise ConfigError(f"shard key {shard.key} of folder {shard.group or ROOT_SLUG!r} is already taken by "
+                          f"folder {other.group or ROOT_SLUG!r} ({path}); rename one of the two folders") from None
+
+
+def _create_exclusive(path: Path, data: bytes) -> None:
+    """Create `path` holding `data`; FileExistsError when it exists. A hard link of a finished temp file
+    is atomic and never replaces (a rename would); where links are refused, an exclusive create."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        with open(path, "xb") as f:  # a crash while writing may leave this one record partial
+            f.write(data)
+    finally:
+        tmp.unlink()
 
 
 @contextmanager

@@ -145,3 +145,40 @@ def test_root_images_follow_the_discovery_rules(tmp_path):
     paths, errors = shards.group_rel_paths(root, "")
     assert paths == ["a.jpg"]
     assert [(e.source, e.reason) for e in errors] == [("link.png", "outside_input")]
+
+
+def _slug_twins(src: Path) -> tuple[str, str]:
+    """Two folders with one slug: `x y` sanitises to `x_y-<hash>`, and a folder can be named just that."""
+    unsafe = "x y"
+    twin = shards.group_slug(unsafe)
+    make_images(src, [f"{unsafe}/a.png", f"{twin}/b.png"])
+    assert shards.group_slug(twin) == twin
+    return unsafe, twin
+
+
+def test_a_slug_collision_is_a_clear_error_and_keeps_the_other_groups_shard(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    unsafe, twin = _slug_twins(src)
+    [first], _ = shards.register_group(src, out, unsafe)
+    record = out / ".stratum" / "shards" / f"{first.key}.json"
+    before = record.read_bytes()
+    with pytest.raises(ConfigError, match=rf"{first.key} of folder '{twin}' is already taken by folder '{unsafe}'"):
+        shards.register_group(src, out, twin)
+    assert record.read_bytes() == before
+    assert shards.load_shard(out, first.key).images == (f"{unsafe}/a.png",)
+    assert [p.name for p in record.parent.iterdir() if p.name != ".lock"] == [record.name]  # no temp left
+
+
+def test_a_slug_collision_is_caught_where_hard_links_are_refused(tmp_path, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    unsafe, twin = _slug_twins(src)
+
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(shards.os, "link", no_links)
+    [first], _ = shards.register_group(src, out, unsafe)
+    assert shards.load_shard(out, first.key).images == (f"{unsafe}/a.png",)
+    with pytest.raises(ConfigError, match="is already taken"):
+        shards.register_group(src, out, twin)
+    assert shards.load_shard(out, first.key).group == unsafe
