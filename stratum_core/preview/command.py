@@ -57,11 +57,15 @@ def write_previews(dataset_dir: Path, image_ids: Sequence[str], out_dir: Path,
         try:
             Store(dataset_dir).image_dir(image_id)
             layers = load_layers(dataset_dir, image_id, source_dir)
-        except (FileNotFoundError, ValueError) as exc:
+            write_atomic(out_dir / filename, to_png(render_sheet(layers)))
+        except (FileNotFoundError, ValueError) as exc:  # an unknown id, or one that is not an id
             log.error("%s: %s", image_id, exc)
             result.errors[image_id] = str(exc)
             continue
-        write_atomic(out_dir / filename, to_png(render_sheet(layers)))
+        except Exception as exc:  # anything else about one image (damaged files, a bug) must not stop the rest
+            log.exception("%s: no sheet: %s: %s", image_id, type(exc).__name__, exc)
+            result.errors[image_id] = f"{type(exc).__name__}: {exc}"
+            continue
         result.sheets[image_id] = out_dir / filename
         entries.append(IndexEntry(image_id, filename, layers.caption))
         log.info("%s → %s", image_id, out_dir / filename)

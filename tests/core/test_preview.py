@@ -369,3 +369,24 @@ def test_an_unknown_option_after_the_ids_is_still_an_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["preview", str(dataset), "a", "--bogus"])
     assert exit_info.value.code == 2
+
+
+def test_an_unexpected_error_on_one_image_is_logged_and_the_rest_are_drawn(tmp_path, monkeypatch, caplog):
+    import stratum_core.preview.sheet as sheet
+
+    for image_id in ("a", "b", "c"):
+        write_image(tmp_path / "ds", image_id, LANDSCAPE, {"seg"})
+    real_render = sheet.render_sheet
+
+    def render_or_fail(layers):
+        if layers.image_id == "b":
+            raise KeyError("aspect_bucket")  # what a damaged metadata.json did before it was caught
+        return real_render(layers)
+
+    monkeypatch.setattr(sheet, "render_sheet", render_or_fail)
+    out = tmp_path / "pv"
+    assert main(["preview", str(tmp_path / "ds"), "a", "b", "c", "--out", str(out)]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png", "index.html"]
+    page = (out / "index.html").read_text()
+    assert 'src="a.png"' in page and 'src="c.png"' in page and 'src="b.png"' not in page
+    assert any(r.levelname == "ERROR" and "b: no sheet: KeyError" in r.getMessage() for r in caplog.records)
