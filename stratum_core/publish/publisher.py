@@ -11,9 +11,11 @@ chunks whose job and remote copy did not change are not packed again.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from stratum_core.discover import iter_image_dirs
@@ -80,6 +82,7 @@ def publish(dataset_dir, config: PublishConfig, token: str | None = None,
     state = hub.read_state()
     attribution = read_attribution(config, hub, state)
     jobs = plan_jobs(dataset, selection, config, state)
+    check_positions(hub, dataset, state, jobs)
     log.info("publish %s: images %d-%d of %d, layers %s, %d chunk files", config.hub_repo, selection.start,
              selection.stop - 1, len(dataset.ids), ",".join(config.layers), len(jobs))
     with tempfile.TemporaryDirectory(prefix="stratum-publish-") as spill_dir:  # used only without memfd
@@ -123,6 +126,43 @@ def plan_jobs(dataset: DatasetView, selection: range, config: PublishConfig, sta
             jobs.extend(_tar_jobs(dataset, layer, cell, max_bytes))
     jobs.sort(key=lambda j: (j.chunk.first, j.layer != DATA_DIR, j.layer))
     return jobs
+
+
+def check_positions(hub: HubClient, dataset: DatasetView, state: RepoState, jobs: list[ChunkJob]) -> None:
+    """Refuse when the repo's data chunks that the jobs overlap, or the last one before them, list other ids
+    than the dataset now has at those positions: images added since that sort earlier shift every later
+    position, so rewriting or extending the repo would duplicate some images and lose others."""
+    cells = [job.chunk for job in jobs if job.layer == DATA_DIR]
+    if not cells:
+        return
+    existing = sorted(_existing_ranges(state, DATA_DIR))
+    checked = [chunk for chunk in existing if any(chunk.overlaps(c) for c in cells)]
+    checked += [chunk for chunk in existing if chunk.last < cells[0].first][-1:]
+    for chunk in checked:
+        path = chunk_path(DATA_DIR, chunk)
+        published = _published_ids(hub, state, path)
+        if published is None:
+            continue
+        pairs = zip_longest(published, dataset.ids[chunk.first:chunk.last + 1])
+        differing = next(((i, was, now) for i, (was, now) in enumerate(pairs, chunk.first) if was != now), None)
+        if differing:
+            position, was, now = differing
+            raise ConfigError(
+                f"{path} in {hub.repo_id} lists {was!r} at position {position}, but {dataset.root} now has "
+                f"{now!r} there: images added (or removed) since then shift the positions of range {chunk.label}. "
+                f"Publish to a new repo, or delete the repo's chunks from position {position} on, run "
+                "`stratum reconcile` and publish them again")
+
+
+def _published_ids(hub: HubClient, state: RepoState, path: str) -> list[str] | None:
+    """The ids a chunk's index lists; None when it has no (readable) index, so it cannot be checked."""
+    if index_path(path) not in state.files:
+        return None
+    try:
+        return json.loads(hub.download(index_path(path), state.sha)).get("ids")
+    except ValueError:
+        log.warning("publish: %s is not valid JSON; its ids cannot be checked", index_path(path))
+        return None
 
 
 def _cells(dataset: DatasetView, selection: range, size: int, existing: list[ChunkRange]) -> list[ChunkRange]:
@@ -182,6 +222,7 @@ def _publish_jobs(hub: HubClient, config: PublishConfig, dataset: DatasetView, s
                             moves)
                 state = hub.read_state()
                 jobs = [job for job in plan_jobs(dataset, selection, config, state) if job.key not in done]
+                check_positions(hub, dataset, state, jobs)
                 continue
             moves = 0
             done |= {job.key for job in batch}

@@ -186,3 +186,21 @@ def test_chunks_are_freed_once_pre_uploaded_before_the_commit(tmp_path, hub, mon
                      endpoint=hub.url)
     assert len(result.uploaded_files) == 4 and held_at_commit == [[]]  # 1 parquet + 3 tars, all LFS
     assert open_payloads() == []
+
+
+def test_an_image_sorting_before_published_ones_is_refused_naming_the_range_and_id(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+    head = hub.repo(REPO).head.oid
+    make_dataset(tmp_path / "ds", ids=("a/early",))  # sorts first: every published position shifts by one
+    with pytest.raises(ConfigError, match=r"00000-00005.*'a/img0' at position 0.*'a/early'"):
+        publish(tmp_path / "ds", config(layers=("caption", "dinov3")), token=TOKEN, endpoint=hub.url)
+    assert hub.repo(REPO).head.oid == head
+
+
+def test_more_images_after_a_shift_are_refused_by_the_chunk_before_them(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",), limit=3), token=TOKEN, endpoint=hub.url)
+    make_dataset(tmp_path / "ds", ids=("a/early",))
+    with pytest.raises(ConfigError, match=r"00000-00002.*'a/img0' at position 0.*'a/early'"):
+        publish(tmp_path / "ds", config(layers=("caption",), offset=3), token=TOKEN, endpoint=hub.url)
