@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
+from PIL import Image
 
+from stratum_dagster.defs.passes.reporting import PREVIEW_WIDTH
 from stratum_dagster.resources import CaptionServerResource
 from tests.dagster.helpers import (asset_metadata, check_results, materialize, register, run_job, step_of_event,
                                    stratum_resource, write_tree)
@@ -201,6 +206,35 @@ def test_one_enrich_job_run_over_seg_depth_normal_decodes_each_image_once(tree, 
         metadata = asset_metadata(result, name)
         assert (metadata["done"], metadata["run_passes"]) == (2, "metadata,seg,depth,normal")
     assert np.load(out / "people" / "b" / "normal.npy").shape == (1216, 832, 3)
+
+
+def _preview_image(markdown: str) -> Image.Image:
+    [payload] = re.findall(r"!\[preview\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    return Image.open(io.BytesIO(base64.b64decode(payload)))
+
+
+def test_a_materialisation_carries_a_small_jpeg_preview_of_one_image(tree, instance):
+    src, out, key = tree
+    metadata = asset_metadata(materialize(["pixel"], key, instance, stratum_resource(src, out)), "pixel")
+    markdown = metadata["preview"]
+    assert markdown.startswith("`people/a`")
+    image = _preview_image(markdown)
+    assert image.format == "JPEG" and image.width == PREVIEW_WIDTH
+    image.load()  # decodes the whole picture, not just the header
+    assert image.height > 100 and len(markdown) < 64_000
+
+
+def test_a_step_of_several_assets_attaches_its_preview_to_one_of_them(tree, instance, tmp_path):
+    pytest.importorskip("torch")
+    from tests.fakes.sapiens_models import build_sapiens_models
+
+    src, out, key = tree
+    build_sapiens_models(tmp_path / "models")
+    stratum = stratum_resource(src, out, model_dir=str(tmp_path / "models"))
+    result = materialize(["metadata", "seg"], key, instance, stratum)
+    assert step_of_event(result, "metadata") == step_of_event(result, "seg") == "image_passes"
+    assert "preview" in asset_metadata(result, "metadata")
+    assert "preview" not in asset_metadata(result, "seg")
 
 
 def test_per_pass_job_runs_only_its_pass(tree, instance):

@@ -91,9 +91,12 @@ def build_step_assets(step: str, names: list[str]) -> dg.AssetsDefinition:
               caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult]:
         selected = [n for n in names if dg.AssetKey(n) in context.selected_asset_keys]
         shard_run = stratum.run_passes(selected, context.partition_key, caption_server)
+        # One preview per step run, on its first selected asset: it is the same sheet for all of them,
+        # and every copy would stay in the event log for good.
         preview = preview_markdown(shard_run, selected, stratum)
         for name in selected:
-            yield dg.MaterializeResult(asset_key=name, metadata=run_metadata(shard_run, name, stratum, preview))
+            yield dg.MaterializeResult(asset_key=name, metadata=run_metadata(
+                shard_run, name, stratum, preview if name == selected[0] else None))
 
     return _step
 

@@ -2,6 +2,7 @@
 
 
 import base64
+import io
 import logging
 from typing import Any, Sequence
 
@@ -13,7 +14,8 @@ from stratum_dagster.resources import ShardRun, StratumResource
 
 log = logging.getLogger("stratum.dagster")
 
-PREVIEW_WIDTH = 480
+PREVIEW_WIDTH = 384  # px; the sheet's tiles are still recognisable, the event stays small
+PREVIEW_JPEG_QUALITY = 70
 MAX_LISTED_IDS = 50
 
 
@@ -56,8 +58,8 @@ def run_metadata(shard_run: ShardRun, pass_name: str, stratum: StratumResource,
 
 
 def preview_markdown(shard_run: ShardRun, pass_names: Sequence[str], stratum: StratumResource) -> str | None:
-    """Markdown with the contact sheet of the shard's first image that has every artifact of `pass_names`
-    (rendered once per run, shown on each of its assets), embedded as a PNG."""
+    """Markdown with the contact sheet of the shard's first image that has every artifact of `pass_names`,
+    embedded as a small JPEG (a few tens of KB: it lives in the event log of every step run)."""
     try:
         from stratum_core.preview import sheet_png
     except ImportError:
@@ -69,11 +71,22 @@ def preview_markdown(shard_run: ShardRun, pass_names: Sequence[str], stratum: St
             try:
                 png = sheet_png(stratum.output_dir, image.image_id, source_dir=stratum.input_dir,
                                 max_width=PREVIEW_WIDTH)
+                jpeg = png_to_jpeg(png)
             except Exception as exc:  # a preview is a nicety: never fail the asset over it
                 log.warning("no preview for %s: %s", image.image_id, exc)
                 return None
-            return f"`{image.image_id}`\n\n![preview](data:image/png;base64,{base64.b64encode(png).decode()})"
+            return f"`{image.image_id}`\n\n![preview](data:image/jpeg;base64,{base64.b64encode(jpeg).decode()})"
     return None
+
+
+def png_to_jpeg(png: bytes, quality: int = PREVIEW_JPEG_QUALITY) -> bytes:
+    """The same picture as a JPEG: a sheet is photos and colour maps, which JPEG stores in far fewer bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(png)) as image:
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
+    return buffer.getvalue()
 
 
 def verify_shard(stratum: StratumResource, pass_name: str, key: str) -> dg.AssetCheckResult:
