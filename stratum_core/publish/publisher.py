@@ -203,14 +203,15 @@ def _pack(dataset: DatasetView, job: ChunkJob, spill_dir: Path) -> PackedChunk:
 def _publish_jobs(hub: HubClient, config: PublishConfig, dataset: DatasetView, selection: range,
                   jobs: list[ChunkJob], state: RepoState, attribution: str | None, result: PublishResult,
                   spill_dir: Path) -> RepoState:
-    """Commit the jobs batch by batch. A batch that loses a race is re-planned on the new head (a rival may
-    have filled other columns of the same parquet) and tried again."""
+    """Commit the jobs batch by batch. Whenever someone else's commit lands (our commit lost the race, or one
+    came after it), the rest is re-planned on the new head: a rival may have filled other columns of the
+    same parquet."""
     done: set[tuple] = set()  # keys of the jobs this run has committed or found on the Hub
     staged: dict[tuple, Staged] = {}  # the current batch, kept across lost races
     moves = 0
     try:
         while jobs:
-            batch = jobs[:config.chunks_per_commit]
+            batch, commits = jobs[:config.chunks_per_commit], len(result.commits)
             try:
                 state = _publish_batch(hub, config, dataset, batch, state, attribution, result, spill_dir, staged)
             except ParentMoved:
@@ -221,16 +222,26 @@ def _publish_jobs(hub: HubClient, config: PublishConfig, dataset: DatasetView, s
                 log.warning("publish: the repo moved during the commit; re-planning on the new head (attempt %d)",
                             moves)
                 state = hub.read_state()
-                jobs = [job for job in plan_jobs(dataset, selection, config, state) if job.key not in done]
-                check_positions(hub, dataset, state, jobs)
+                jobs = _replan(hub, config, dataset, selection, state, done)
                 continue
             moves = 0
             done |= {job.key for job in batch}
             jobs = jobs[len(batch):]
             _close_all(staged)
+            if jobs and len(result.commits) > commits and state.sha != result.commits[-1]:
+                log.info("publish: another commit landed after ours; re-planning the rest on the new head")
+                jobs = _replan(hub, config, dataset, selection, state, done)
     finally:
         _close_all(staged)
     return state
+
+
+def _replan(hub: HubClient, config: PublishConfig, dataset: DatasetView, selection: range, state: RepoState,
+            done: set[tuple]) -> list[ChunkJob]:
+    """The jobs still to do on the repo as it is now (a job already committed by this run is not redone)."""
+    jobs = [job for job in plan_jobs(dataset, selection, config, state) if job.key not in done]
+    check_positions(hub, dataset, state, jobs)
+    return jobs
 
 
 @dataclass

@@ -110,6 +110,31 @@ def test_a_rival_adding_a_layer_to_the_same_range_keeps_both_layers(tmp_path, hu
     assert hub.count("POST", r"/commit/", 412) == 1
 
 
+def test_a_rival_commit_between_our_batches_keeps_its_layer_in_our_later_chunks(tmp_path, hub, monkeypatch):
+    from stratum_core.publish import hub as hub_module
+
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    real_commit = hub_module.HubClient.commit
+    rival = config(layers=("caption",), rows_per_parquet=3)
+
+    def rival_after_our_first_commit(self, operations, message, parent):
+        oid = real_commit(self, operations, message, parent)
+        if "dinov3" in message and len(hub.repo(REPO).commits) == 2:
+            publish(tmp_path / "ds", rival, token=TOKEN, endpoint=hub.url)
+        return oid
+
+    monkeypatch.setattr(hub_module.HubClient, "commit", rival_after_our_first_commit)
+    publish(tmp_path / "ds", config(layers=("dinov3",), rows_per_parquet=3, images_per_tar=3, chunks_per_commit=2),
+            token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    for label in ("00000-00002", "00003-00005"):
+        table = pq.read_table(io.BytesIO(files[f"data/{label}.parquet"]))
+        assert None not in table.column("caption").to_pylist() + table.column("dinov3_cls").to_pylist()
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["layers"]["caption"]["count"] == 6 and manifest["layers"]["dinov3"]["count"] == 6
+
+
 @pytest.mark.parametrize("lost_reply", ["500", "drop"])
 def test_a_commit_applied_but_its_reply_lost_is_not_made_again(tmp_path, hub, lost_reply):
     make_dataset(tmp_path / "ds")
