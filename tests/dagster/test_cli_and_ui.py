@@ -17,7 +17,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from tests.dagster.helpers import register, write_tree
+from stratum_core.store import FAILURE_PREFIX
+from tests.dagster.helpers import build_smoke_models, register, write_tree
 
 VENV_BIN = Path(sys.executable).parent
 GROUP_PAGE = "/locations/__repository__@stratum_dagster.definitions/asset-groups/passes"
@@ -35,7 +36,7 @@ def site(tmp_path_factory) -> dict:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         [key] = register(src, out, instance, "people")
     env = {**os.environ, "DAGSTER_HOME": str(home), "STRATUM_INPUT_DIR": str(src), "STRATUM_OUTPUT_DIR": str(out),
-           "STRATUM_HUB_REPO": "someone/dataset", "HF_TOKEN": "unused", "PYTHONUNBUFFERED": "1"}
+           "STRATUM_HUB_REPO": "someone/dataset", "PYTHONUNBUFFERED": "1"}
     return {"src": src, "out": out, "home": home, "key": key, "env": env, "root": root}
 
 
@@ -56,15 +57,44 @@ def dagster_dev(site):
         log.close()
 
 
-def test_dagster_job_execute_with_a_partition_tag_writes_the_shards_artifacts(site):
-    # pixel_job: enrich_job needs real (or smoke) models and a caption server for every pass.
+def _job_execute(site: dict, job: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`dagster job execute -m stratum_dagster.definitions -j JOB --tags '{"dagster/partition": KEY}'`."""
     tags = json.dumps({"dagster/partition": site["key"]})
-    done = subprocess.run([str(VENV_BIN / "dagster"), "job", "execute", "-m", "stratum_dagster.definitions",
-                           "-j", "pixel_job", "--tags", tags], env=site["env"], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([str(VENV_BIN / "dagster"), "job", "execute", "-m", "stratum_dagster.definitions",
+                           "-j", job, "--tags", tags, *extra], env=env or site["env"], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_dagster_job_execute_with_a_partition_tag_writes_the_shards_artifacts(site):
+    done = _job_execute(site, "pixel_job")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for image_id in ("people/a", "people/b"):
         assert np.load(site["out"] / image_id / "pixel.npy").shape == (3, 1216, 832)
+
+
+def test_dagster_job_execute_enrich_job_writes_every_default_artifact_of_the_shard(site, tmp_path):
+    """The README's command: smoke models for every model pass, the fake Ollama through `--config`."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxruntime")
+    from tests.fakes.ollama import FakeOllama
+
+    models = build_smoke_models(tmp_path / "models")
+    with FakeOllama(captions="A person stands in front of a grey wall.") as url:
+        run_yaml = tmp_path / "run.yaml"
+        run_yaml.write_text(json.dumps({"resources": {"caption_server": {"config": {"url": f"{url}/api/generate"}}}}))
+        done = _job_execute(site, "enrich_job", "--config", str(run_yaml),
+                            env={**site["env"], "STRATUM_MODEL_DIR": str(models)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for image_id in ("people/a", "people/b"):
+        folder = site["out"] / image_id
+        assert (folder / "caption.txt").read_text() == "A person stands in front of a grey wall."
+        assert {p.name for p in folder.iterdir()} >= {
+            "metadata.json", "caption.txt", "dinov3_cls.npy", "dinov3_patches.npy", "t5_hidden.npy", "t5_mask.npy",
+            "pose.npy", "seg.npy", "depth.npy", "normal.npy"}
+        assert np.load(folder / "seg.npy").shape == (1216, 832)
+        assert np.load(folder / "t5_hidden.npy").shape == (512, 1024)
+        assert not list(folder.glob(f"{FAILURE_PREFIX}*"))
 
 
 def test_graphql_lists_the_assets_and_the_shard_partitions(dagster_dev, site):
