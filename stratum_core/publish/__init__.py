@@ -22,7 +22,7 @@ def publish(dataset_dir, config: PublishConfig, token: str | None = None,
 def reconcile(config: PublishConfig, dry_run: bool = False, token: str | None = None,
               endpoint: str | None = None) -> ReconcileResult:
     """Rebuild manifest.json and README.md from the files in the repo; commit them unless `dry_run`."""
-    from stratum_core.publish.reconcile import reconcile as _reconcile
+    from stratum_core.publish.reconciler import reconcile as _reconcile
 
     return _reconcile(config, dry_run=dry_run, token=token, endpoint=endpoint)
 

@@ -28,9 +28,7 @@ def hub_dataset(context: dg.AssetExecutionContext, stratum: StratumResource, hub
 
 @dg.op(description="Rebuild manifest.json and the dataset card from the files in the Hub repo.")
 def reconcile_hub(context: dg.OpExecutionContext, config: ReconcileConfig, hub: HubResource) -> dg.Output[None]:
-    # The submodule, not the package's `reconcile`: importing stratum_core.publish.reconcile rebinds that
-    # package attribute to the module, so a second run in one process would call a module.
-    from stratum_core.publish.reconcile import reconcile
+    from stratum_core.publish import reconcile
 
     result = reconcile(hub.publish_config(), dry_run=config.dry_run, token=hub.hub_token(), endpoint=hub.endpoint)
     for problem in result.problems:

@@ -76,3 +76,11 @@ def test_reconcile_again_with_the_same_attribution_makes_no_commit(tmp_path, hub
     head = hub.repo(REPO).head.oid
     result = reconcile(with_credit, token=TOKEN, endpoint=hub.url)
     assert not result.changed and result.committed is None and hub.repo(REPO).head.oid == head
+
+
+def test_the_package_reconcile_stays_a_function_after_a_reconcile():
+    # Importing a submodule named like the function would rebind the package attribute to the module.
+    import stratum_core.publish as publish_package
+    from stratum_core.publish import reconciler  # noqa: F401  (the implementation module, now loaded)
+
+    assert callable(publish_package.reconcile) and publish_package.reconcile is reconcile
