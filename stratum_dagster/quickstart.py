@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed_runs = 0
     for key in keys:
         for job_name, assets in (("enrich_job", selection), ("pixel_job", ["pixel"])):
-            result = defs.get_job_def(job_name).execute_in_process(
+            result = defs.resolve_job_def(job_name).execute_in_process(
                 instance=instance, partition_key=key, run_config=run_config,
                 asset_selection=[dg.AssetKey(n) for n in assets], raise_on_error=False)
             failed_runs += not result.success
