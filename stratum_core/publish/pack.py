@@ -6,6 +6,8 @@ twice gives the same bytes and republishing a range is recognised as a no-op by 
 A packed chunk lives in a `Payload`: an anonymous in-memory file (Linux memfd) that huggingface_hub
 reads through its /proc/self/fd path, so the npy bytes are copied once, in the kernel, and never
 written back to disk. Elsewhere (or without /proc) it is an unlinked-on-close temporary file.
+A `PayloadPool` (one per publish) lets the next chunk reuse a freed chunk's memfd: overwriting pages the
+memfd already has runs about 2.5x faster than faulting in and zeroing fresh shared-memory pages.
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ PREFETCH_FILES = 2  # npy files whose reads are started ahead of the one being c
 
 
 class Payload:
-    """The bytes of one chunk file: written once, then read by path (hashing, upload) until closed."""
+    """The bytes of one chunk file: written once, then read by path (hashing, upload) until closed.
 
-    def __init__(self, name: str, spill_dir: Path | None = None):
+    With a `pool`, the memfd may be one a freed payload used (rewound to 0, stale bytes behind);
+    `finish()` cuts it to what was written. Close hands it back to the pool instead of freeing it.
+    """
+
+    def __init__(self, name: str, spill_dir: Path | None = None, pool: PayloadPool | None = None):
         name = "stratum-" + name.replace("/", "_")  # shows in /proc/<pid>/fd as /memfd:stratum-...
         self._spilled: str | None = None
-        self.fd = _memfd(name)
+        self._pool = pool
+        self.fd = pool.lend() if pool is not None else _memfd(name)
         if self.fd is None:
+            self._pool = None  # no memfd here: a spill file, removed on close as without a pool
             self.fd, self._spilled = tempfile.mkstemp(suffix="-" + name, dir=spill_dir)
         self.path = self._spilled or f"/proc/self/fd/{self.fd}"
         self.size = 0
@@ -52,6 +60,11 @@ class Payload:
         _copy(src_fd, self.fd, size)
         self.size += size
 
+    def finish(self) -> None:
+        """End the file at the bytes written: a reused memfd's stale tail goes (and its pages with it), so
+        reading by path (sha256, upload, the size huggingface_hub takes from stat) sees this chunk only."""
+        os.ftruncate(self.fd, self.size)
+
     def sha256(self) -> str:
         return file_sha256(Path(self.path))
 
@@ -64,12 +77,74 @@ class Payload:
         return self.fd < 0
 
     def close(self) -> None:
-        """Free the bytes (the memfd's pages go when its last descriptor closes)."""
+        """Free the bytes (the memfd's pages go when its last descriptor closes), or give a pooled memfd
+        back to its pool, which keeps its pages for the next chunk."""
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            if self._pool is not None:
+                self._pool.give_back(fd)
+            else:
+                os.close(fd)
         if self._spilled:
             Path(self._spilled).unlink(missing_ok=True)
+
+
+class PayloadPool:
+    """Memfds for one publish's payloads, reusing the pages of a freed payload for the next one.
+
+    Holds at most one idle memfd (the last freed payload's pages, at most one chunk's worth): a payload
+    still open (being uploaded, or a regular file kept until its commit) is never lent again, since only
+    `Payload.close()` gives one back. `close()` frees the idle one; call it when the publish ends.
+    """
+
+    NAME = "stratum-pool"  # shows in /proc/<pid>/fd as /memfd:stratum-pool, whichever chunk it holds
+
+    def __init__(self, spill_dir: Path | None = None):
+        self.spill_dir = spill_dir  # where payloads go without memfd
+        self.lent = 0  # payloads taken and not given back yet
+        self._idle: int | None = None
+        self._closed = False
+
+    def take(self, name: str) -> Payload:
+        """A payload for chunk `name`: the idle memfd when there is one, else a new one (or a spill file)."""
+        return Payload(name, self.spill_dir, self)
+
+    def lend(self) -> int | None:
+        """The idle memfd rewound to 0, else a new one; None without memfd (the caller spills)."""
+        fd, self._idle = self._idle, None
+        if fd is None:
+            fd = _memfd(self.NAME)
+            if fd is None:
+                return None
+        else:
+            os.lseek(fd, 0, os.SEEK_SET)
+        self.lent += 1
+        return fd
+
+    def give_back(self, fd: int) -> None:
+        """Keep `fd` (no longer read by anyone) as the idle memfd, or close it when one is kept already."""
+        self.lent -= 1
+        if self._idle is None and not self._closed:
+            self._idle = fd
+        else:
+            os.close(fd)
+
+    @property
+    def idle(self) -> int:
+        return 0 if self._idle is None else 1
+
+    def close(self) -> None:
+        """Free the idle memfd; payloads given back later are closed at once."""
+        self._closed = True
+        if self._idle is not None:
+            os.close(self._idle)
+            self._idle = None
+
+    def __enter__(self) -> "PayloadPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _memfd(name: str) -> int | None:
@@ -155,8 +230,11 @@ def _fixed_list(arrays: list[np.ndarray | None], shape: tuple[int, ...], schema_
 
 
 def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], path_in_repo: str,
-              spill_dir: Path | None = None) -> PackedChunk:
-    """Write the data parquet for `image_ids`; columns of layers not in `layers` stay null."""
+              spill_dir: Path | None = None, pool: PayloadPool | None = None) -> PackedChunk:
+    """Write the data parquet for `image_ids`; columns of layers not in `layers` stay null.
+
+    `pool`: take the payload from it (spill files then go to the pool's spill_dir); None: a fresh one.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -177,11 +255,12 @@ def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], path_
         "pose": _fixed_list(poses, POSE_SHAPE, schema.field("pose").type),
         "dinov3_cls": _fixed_list(cls, (CLS_DIM,), schema.field("dinov3_cls").type),
     }, schema=schema)
-    payload = Payload(path_in_repo, spill_dir)
+    payload = _new_payload(path_in_repo, spill_dir, pool)
     try:
         with open(payload.fd, "wb", closefd=False) as sink:
             pq.write_table(table, sink, compression="zstd")
-        payload.size = os.fstat(payload.fd).st_size
+        payload.size = os.lseek(payload.fd, 0, os.SEEK_CUR)  # the end of what was written, not of the file
+        payload.finish()
     except BaseException:
         payload.close()
         raise
@@ -191,6 +270,10 @@ def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], path_
              "layers": sorted(layer for layer in layers if counts.get(layer)),
              "counts": {k: v for k, v in counts.items() if k in layers}}
     return PackedChunk("data", path_in_repo, payload, index, payload.size)
+
+
+def _new_payload(path_in_repo: str, spill_dir: Path | None, pool: PayloadPool | None) -> Payload:
+    return pool.take(path_in_repo) if pool is not None else Payload(path_in_repo, spill_dir)
 
 
 def _read_text(path: Path) -> str | None:
@@ -208,13 +291,17 @@ def _header(name: str, size: int) -> bytes:
 
 
 def pack_tar(root: Path, layer: str, image_ids: Sequence[str], path_in_repo: str,
-             spill_dir: Path | None = None) -> PackedChunk:
-    """Write `<key>.<artifact>.npy` members for each image, in id order, straight from the npy files."""
+             spill_dir: Path | None = None, pool: PayloadPool | None = None) -> PackedChunk:
+    """Write `<key>.<artifact>.npy` members for each image, in id order, straight from the npy files.
+
+    `pool`: take the payload from it (spill files then go to the pool's spill_dir); None: a fresh one.
+    """
     artifacts = tar_artifacts(layer)
     sources = [(member_name(i, a), root / i / a.filename) for i in image_ids for a in artifacts]
-    payload = Payload(path_in_repo, spill_dir)
+    payload = _new_payload(path_in_repo, spill_dir, pool)
     try:
         _write_members(payload, sources)
+        payload.finish()
     except BaseException:
         payload.close()
         raise

@@ -2,11 +2,11 @@
 
 One batch = up to `chunks_per_commit` chunk files, their index files, the updated manifest.json and
 README.md, in ONE commit pinned to the parent it was planned on. Each chunk is packed in memory and
-pre-uploaded (LFS) right away, then its bytes are freed, so memory holds one chunk at a time (plus any
-the Hub stores as small regular files, which the commit itself carries). Nothing is visible in the repo
-before the commit, so a failure leaves it exactly as it was. Losing a race (the parent moved) re-reads
-the repo and re-plans the batch on the new head, so the commit is the union of both publishers' work;
-chunks whose job and remote copy did not change are not packed again.
+pre-uploaded (LFS) right away, then its bytes are freed (its memory kept for the next chunk to reuse), so
+memory holds one chunk at a time (plus any the Hub stores as small regular files, which the commit itself
+carries). Nothing is visible in the repo before the commit, so a failure leaves it exactly as it was.
+Losing a race (the parent moved) re-reads the repo and re-plans the batch on the new head, so the commit is
+the union of both publishers' work; chunks whose job and remote copy did not change are not packed again.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from stratum_core.publish.layout import (ATTRIBUTION_PATH, CARD_PATH, DATA_DIR, 
                                          parse_chunk_path, split_by_size, tar_artifacts, widen)
 from stratum_core.publish.manifest import build_manifest, chunk_counts_from_manifest, dumps, layer_ranges
 from stratum_core.publish.card import build_card
-from stratum_core.publish.pack import PackedChunk, pack_data, pack_tar, tar_member_bytes
+from stratum_core.publish.pack import PackedChunk, PayloadPool, pack_data, pack_tar, tar_member_bytes
 
 log = logging.getLogger("stratum.publish")
 
@@ -86,7 +86,8 @@ def publish(dataset_dir, config: PublishConfig, token: str | None = None,
     log.info("publish %s: images %d-%d of %d, layers %s, %d chunk files", config.hub_repo, selection.start,
              selection.stop - 1, len(dataset.ids), ",".join(config.layers), len(jobs))
     with tempfile.TemporaryDirectory(prefix="stratum-publish-") as spill_dir:  # used only without memfd
-        state = _publish_jobs(hub, config, dataset, selection, jobs, state, attribution, result, Path(spill_dir))
+        with PayloadPool(Path(spill_dir)) as pool:  # freed chunks' memory, reused by the next chunk
+            state = _publish_jobs(hub, config, dataset, selection, jobs, state, attribution, result, pool)
     result.total_images = (state.manifest or {}).get("total_images", 0)
     return result
 
@@ -191,18 +192,18 @@ def _tar_jobs(dataset: DatasetView, layer: str, cell: ChunkRange, max_bytes: int
     return jobs
 
 
-def _pack(dataset: DatasetView, job: ChunkJob, spill_dir: Path) -> PackedChunk:
+def _pack(dataset: DatasetView, job: ChunkJob, pool: PayloadPool) -> PackedChunk:
     if job.layer == DATA_DIR:
-        packed = pack_data(dataset.root, job.image_ids, job.fill_layers, job.path, spill_dir)
+        packed = pack_data(dataset.root, job.image_ids, job.fill_layers, job.path, pool=pool)
     else:
-        packed = pack_tar(dataset.root, job.layer, job.image_ids, job.path, spill_dir)
+        packed = pack_tar(dataset.root, job.layer, job.image_ids, job.path, pool=pool)
     packed.index["range"] = job.chunk.label
     return packed
 
 
 def _publish_jobs(hub: HubClient, config: PublishConfig, dataset: DatasetView, selection: range,
                   jobs: list[ChunkJob], state: RepoState, attribution: str | None, result: PublishResult,
-                  spill_dir: Path) -> RepoState:
+                  pool: PayloadPool) -> RepoState:
     """Commit the jobs batch by batch. Whenever someone else's commit lands (our commit lost the race, or one
     came after it), the rest is re-planned on the new head: a rival may have filled other columns of the
     same parquet."""
@@ -213,7 +214,7 @@ def _publish_jobs(hub: HubClient, config: PublishConfig, dataset: DatasetView, s
         while jobs:
             batch, commits = jobs[:config.chunks_per_commit], len(result.commits)
             try:
-                state = _publish_batch(hub, config, dataset, batch, state, attribution, result, spill_dir, staged)
+                state = _publish_batch(hub, config, dataset, batch, state, attribution, result, pool, staged)
             except ParentMoved:
                 moves += 1
                 if moves > config.commit_retries:
@@ -278,7 +279,7 @@ def _close_all(staged: dict[tuple, Staged]) -> None:
 
 
 def _publish_batch(hub: HubClient, config: PublishConfig, dataset: DatasetView, batch: list[ChunkJob],
-                   state: RepoState, attribution: str | None, result: PublishResult, spill_dir: Path,
+                   state: RepoState, attribution: str | None, result: PublishResult, pool: PayloadPool,
                    staged: dict[tuple, Staged]) -> RepoState:
     """Pack and pre-upload the batch's chunks one at a time, then commit them together.
 
@@ -287,12 +288,12 @@ def _publish_batch(hub: HubClient, config: PublishConfig, dataset: DatasetView, 
     for key in set(staged) - {job.key for job in batch}:
         staged.pop(key).packed.close()
     for job in batch:
-        staged[job.key] = _restage(hub, dataset, job, staged.pop(job.key, None), state, spill_dir)
+        staged[job.key] = _restage(hub, dataset, job, staged.pop(job.key, None), state, pool)
     return _commit_batch(hub, config, [staged[job.key] for job in batch], state, attribution, result)
 
 
 def _restage(hub: HubClient, dataset: DatasetView, job: ChunkJob, previous: Staged | None, state: RepoState,
-             spill_dir: Path) -> Staged:
+             pool: PayloadPool) -> Staged:
     """`previous` as it is while the repo's copy of its chunk is the one it was staged against; marked as on
     the Hub when the repo now holds exactly it (a commit whose reply was lost was applied); else packed anew."""
     seen = _remote_copies(job.path, state)
@@ -303,7 +304,7 @@ def _restage(hub: HubClient, dataset: DatasetView, job: ChunkJob, previous: Stag
             previous.packed.close()
             return Staged(previous.packed, None, seen)
         previous.packed.close()
-    packed = _pack(dataset, job, spill_dir)
+    packed = _pack(dataset, job, pool)
     try:
         return _stage(hub, packed, state)
     except BaseException:

@@ -1,4 +1,5 @@
-"""Packing: tars byte-identical to Python's tarfile, deterministic, held in memory and freed when done."""
+"""Packing: tars byte-identical to Python's tarfile, deterministic, held in memory and freed when done
+(or kept by a PayloadPool for the next chunk, which then holds only that chunk's bytes)."""
 
 from __future__ import annotations
 
@@ -98,11 +99,76 @@ def test_missing_source_file_fails_and_frees_the_payload(tmp_path, monkeypatch):
 
 
 def open_payloads() -> list[str]:
-    """Chunk payloads this process still holds (memfds are named after the chunk's path)."""
+    """Publish memfds this process still holds: chunk payloads (named `stratum-<chunk path>`) and pooled
+    ones (`stratum-pool`, whichever chunk they hold or held)."""
     links = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             links.append(os.readlink(f"/proc/self/fd/{fd}"))
         except OSError:
             continue
-    return [link for link in links if link.startswith("/memfd:stratum-")]
+    return [link.removeprefix("/memfd:").removesuffix(" (deleted)") for link in links
+            if link.startswith("/memfd:stratum-")]
+
+
+@linux_only
+def test_a_reused_payload_holds_only_the_new_chunk(tmp_path):
+    ids = make_dataset(tmp_path / "ds", patches=37)
+    with pack.pack_tar(tmp_path / "ds", "dinov3", ids[:2], "dinov3/small.tar") as fresh:
+        expected, expected_sha = fresh.payload.read(), fresh.sha256()
+    with pack.PayloadPool() as pool:
+        bigger = pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/big.tar", pool=pool)
+        fd = bigger.payload.fd
+        bigger.close()
+        with pack.pack_tar(tmp_path / "ds", "dinov3", ids[:2], "dinov3/small.tar", pool=pool) as packed:
+            assert packed.payload.fd == fd  # the same memfd, its stale tail cut
+            assert packed.payload.read() == expected and packed.sha256() == expected_sha
+            assert os.stat(packed.payload.path).st_size == packed.size == len(expected)
+
+
+@linux_only
+def test_a_parquet_packed_into_a_reused_payload_equals_a_fresh_one(tmp_path):
+    ids = make_dataset(tmp_path / "ds", patches=37)
+    with pack.pack_data(tmp_path / "ds", ids, ("caption", "dinov3"), "data/x.parquet") as fresh:
+        expected = fresh.payload.read()
+    with pack.PayloadPool() as pool:
+        pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/x.tar", pool=pool).close()  # larger than the parquet
+        with pack.pack_data(tmp_path / "ds", ids, ("caption", "dinov3"), "data/x.parquet", pool=pool) as packed:
+            assert packed.size == len(expected) and packed.payload.read() == expected
+
+
+@linux_only
+def test_an_open_payload_is_never_lent_again(tmp_path):
+    ids = make_dataset(tmp_path / "ds")
+    with pack.PayloadPool() as pool:
+        with pack.pack_tar(tmp_path / "ds", "dinov3", ids[:1], "dinov3/a.tar", pool=pool) as kept:
+            before = kept.payload.read()
+            with pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/b.tar", pool=pool) as other:
+                assert other.payload.fd != kept.payload.fd and pool.lent == 2
+            assert kept.payload.read() == before
+
+
+@linux_only
+def test_the_pool_keeps_one_idle_memfd_until_closed(tmp_path):
+    ids = make_dataset(tmp_path / "ds")
+    pool = pack.PayloadPool()
+    first = pack.pack_tar(tmp_path / "ds", "dinov3", ids[:1], "dinov3/a.tar", pool=pool)
+    second = pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/b.tar", pool=pool)
+    first.close()
+    second.close()
+    assert (pool.lent, pool.idle, open_payloads()) == (0, 1, ["stratum-pool"])
+    pool.close()
+    assert open_payloads() == []
+
+
+def test_without_memfd_a_pool_spills_to_its_dir_and_removes_the_file(tmp_path, monkeypatch):
+    ids = make_dataset(tmp_path / "ds")
+    monkeypatch.setattr(pack, "_memfd", lambda name: None)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    with pack.PayloadPool(spill) as pool:
+        for _ in range(2):
+            with pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/x.tar", pool=pool) as packed:
+                assert [p.name for p in spill.iterdir()] == [os.path.basename(packed.payload.path)]
+                assert packed.payload.read() == _tarfile_bytes(tmp_path / "ds", ids)
+            assert list(spill.iterdir()) == [] and pool.idle == 0

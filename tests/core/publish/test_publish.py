@@ -171,20 +171,60 @@ def test_repo_id_not_owner_slash_name_is_refused():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd payloads are Linux-only")
 def test_chunks_are_freed_once_pre_uploaded_before_the_commit(tmp_path, hub, monkeypatch):
     from stratum_core.publish import hub as hub_module
+    from stratum_core.publish import pack, publisher
     from tests.core.publish.test_pack import open_payloads
 
     make_dataset(tmp_path / "ds")
-    held_at_commit = []
+    pools, held_at_commit = [], []
     real_commit = hub_module.HubClient.commit
+
+    class RecordedPool(pack.PayloadPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    def commit(self, operations, message, parent):
+        held_at_commit.append((pools[0].lent, open_payloads()))
+        return real_commit(self, operations, message, parent)
+
+    monkeypatch.setattr(publisher, "PayloadPool", RecordedPool)
+    monkeypatch.setattr(hub_module.HubClient, "commit", commit)
+    result = publish(tmp_path / "ds", config(layers=("caption", "dinov3"), images_per_tar=2), token=TOKEN,
+                     endpoint=hub.url)
+    assert len(result.uploaded_files) == 4  # 1 parquet + 3 tars, all LFS
+    assert held_at_commit == [(0, ["stratum-pool"])]  # no chunk in use, one idle memfd kept for reuse
+    assert open_payloads() == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd payloads are Linux-only")
+def test_a_regular_file_kept_until_the_commit_is_not_reused_by_later_chunks(tmp_path, hub, monkeypatch):
+    import huggingface_hub._commit_api as commit_api
+
+    from stratum_core.publish import hub as hub_module
+    from stratum_core.publish import pack
+    from tests.core.publish.test_pack import open_payloads
+
+    ids = make_dataset(tmp_path / "ds")
+    real_modes, real_commit, held_at_commit = commit_api._fetch_upload_modes, hub_module.HubClient.commit, []
+
+    def parquet_as_regular_file(additions, **kwargs):  # as the Hub does for a small file it does not track
+        real_modes(additions=additions, **kwargs)
+        for addition in additions:
+            if addition.path_in_repo.endswith(".parquet"):
+                addition._upload_mode = "regular"
 
     def commit(self, operations, message, parent):
         held_at_commit.append(open_payloads())
         return real_commit(self, operations, message, parent)
 
+    monkeypatch.setattr(commit_api, "_fetch_upload_modes", parquet_as_regular_file)
     monkeypatch.setattr(hub_module.HubClient, "commit", commit)
-    result = publish(tmp_path / "ds", config(layers=("caption", "dinov3"), images_per_tar=2), token=TOKEN,
-                     endpoint=hub.url)
-    assert len(result.uploaded_files) == 4 and held_at_commit == [[]]  # 1 parquet + 3 tars, all LFS
+    publish(tmp_path / "ds", config(layers=("caption", "dinov3"), images_per_tar=2), token=TOKEN, endpoint=hub.url)
+    assert held_at_commit == [["stratum-pool", "stratum-pool"]]  # the parquet in use, one idle buffer
+    with pack.pack_data(tmp_path / "ds", ids, ("caption", "dinov3"), "data/00000-00005.parquet") as fresh:
+        assert hub.files(REPO)["data/00000-00005.parquet"] == fresh.payload.read()
+    with pack.pack_tar(tmp_path / "ds", "dinov3", ids[4:], "dinov3/00004-00005.tar") as fresh:
+        assert hub.files(REPO)["dinov3/00004-00005.tar"] == fresh.payload.read()
     assert open_payloads() == []
 
 
