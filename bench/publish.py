@@ -2,8 +2,9 @@
 
 Goal: packing >= 0.7x the plain read rate. Default: 300 images of the dinov3 layer (1024x1024 bucket:
 4096 patch tokens, ~8 MB per image); `--full-size` uses 2000 images. The layer is packed as publish packs
-it: tars of at most `--max-tar-mb`, each held in memory and freed before the next one; both sides start
-from a cold page cache.
+it: tars of at most `--max-tar-mb`, each held in memory and freed before the next one (through one
+`PayloadPool`, so the next chunk reuses the freed one's memory; `--no-pool` packs each into a fresh memfd);
+both sides start from a cold page cache.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stratum_core.artifacts import BY_NAME  # noqa: E402
 from stratum_core.publish.layout import split_by_size, tar_artifacts  # noqa: E402
-from stratum_core.publish.pack import pack_data, pack_tar, tar_member_bytes  # noqa: E402
+from stratum_core.publish.pack import PayloadPool, pack_data, pack_tar, tar_member_bytes  # noqa: E402
 from stratum_core.store import Store  # noqa: E402
 
 
@@ -70,15 +71,19 @@ def timed_read(root: Path, ids: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def timed_pack(root: Path, ids: list[str], max_tar_mb: float) -> tuple[float, float]:
-    """Seconds to pack the dinov3 tars and the data parquet of `ids` (payloads freed, as after upload)."""
+def timed_pack(root: Path, ids: list[str], max_tar_mb: float, pooled: bool) -> tuple[float, float]:
+    """Seconds to pack the dinov3 tars and the data parquet of `ids` (payloads freed, as after upload;
+    freeing the pool's memory at the end is counted too)."""
     groups = split_by_size(ids, [tar_member_bytes(root, "dinov3", i) for i in ids], int(max_tar_mb * 2**20))
     drop_cache(root)
     t0 = time.perf_counter()
+    pool = PayloadPool() if pooled else None
     for group in groups:
-        pack_tar(root, "dinov3", group, "dinov3/x.tar").close()
+        pack_tar(root, "dinov3", group, "dinov3/x.tar", pool=pool).close()
     t1 = time.perf_counter()
-    pack_data(root, ids, ("caption", "dinov3"), "data/x.parquet").close()
+    pack_data(root, ids, ("caption", "dinov3"), "data/x.parquet", pool=pool).close()
+    if pool is not None:
+        pool.close()
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1
 
@@ -89,6 +94,7 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tar-mb", type=float, default=1024.0)
+    parser.add_argument("--no-pool", action="store_true", help="a fresh memfd per chunk (no page reuse)")
     args = parser.parse_args()
     n = args.images or (2000 if args.full_size else 300)
     with tempfile.TemporaryDirectory(prefix="stratum-bench-") as tmp:
@@ -100,7 +106,7 @@ def main() -> None:
             # Alternate which side goes first, so neither always runs right after the other's writeback.
             if repeat % 2:
                 read_s.append(timed_read(root, ids))
-            tar, parquet = timed_pack(root, ids, args.max_tar_mb)
+            tar, parquet = timed_pack(root, ids, args.max_tar_mb, pooled=not args.no_pool)
             tar_s.append(tar)
             parquet_s.append(parquet)
             if not repeat % 2:
