@@ -20,6 +20,7 @@ from stratum_core.artifacts import ARTIFACTS, BY_NAME, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.store import Store
 from tests.fakes import images
+from tests.fakes.model_dir import build_smoke_model_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HUB_TOKEN = "hf_SECRETendToEnd1234567890"
@@ -44,25 +45,6 @@ def _write_sources(root: Path) -> Path:
     images.write_rgba_png(root / "nested" / "deeper" / "alpha.png", (80, 40), (255, 0, 0, 128))
     images.write_exif_rotated_jpeg(root / "rotated.jpg", 120, 80)
     images.write_truncated(root / f"{CORRUPT_ID}.jpg")
-    return root
-
-
-def _build_model_dir(root: Path) -> Path:
-    """Smoke models for every model pass, each under `<root>/<hub id>/` with its real file names."""
-    import torch
-
-    from stratum_core.passes.dinov3 import DINOv3Pass
-    from stratum_core.passes.dwpose import DWPosePass
-    from stratum_core.passes.t5 import T5Pass
-    from tests.fakes.dwpose_models import build_dwpose_folder
-    from tests.fakes.sapiens_models import build_sapiens_models
-    from tests.fakes.transformers_models import build_dinov3, build_t5
-
-    torch.set_num_threads(1)
-    build_dinov3(root / DINOv3Pass.model.hub_id)
-    build_t5(root / T5Pass.model.hub_id)
-    build_dwpose_folder(root / DWPosePass.model.hub_id)
-    build_sapiens_models(root)
     return root
 
 
@@ -113,7 +95,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(work) -> Path:
-    return _build_model_dir(work / "models")
+    return build_smoke_model_dir(work / "models")
 
 
 @pytest.fixture(scope="module")

@@ -40,25 +40,6 @@ def register(src: Path, out: Path, instance: dg.DagsterInstance, group: str, sha
     return keys
 
 
-def build_smoke_models(root: Path) -> Path:
-    """Smoke models for every model pass under `<root>/<hub id>/` (a $STRATUM_MODEL_DIR), real file names."""
-    import torch
-
-    from stratum_core.passes.dinov3 import DINOv3Pass
-    from stratum_core.passes.dwpose import DWPosePass
-    from stratum_core.passes.t5 import T5Pass
-    from tests.fakes.dwpose_models import build_dwpose_folder
-    from tests.fakes.sapiens_models import build_sapiens_models
-    from tests.fakes.transformers_models import build_dinov3, build_t5
-
-    torch.set_num_threads(1)
-    build_dinov3(root / DINOv3Pass.model.hub_id)
-    build_t5(root / T5Pass.model.hub_id)
-    build_dwpose_folder(root / DWPosePass.model.hub_id)
-    build_sapiens_models(root)
-    return root
-
-
 def stratum_resource(src: Path, out: Path, **overrides) -> StratumResource:
     settings = {"device": "cpu", "workers": 1, "batch_size": 2, "offline": True, **overrides}
     return StratumResource(input_root=str(src), output_root=str(out), **settings)

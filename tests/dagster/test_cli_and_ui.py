@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from stratum_core.store import FAILURE_PREFIX
-from tests.dagster.helpers import build_smoke_models, register, write_tree
+from tests.dagster.helpers import register, write_tree
+from tests.fakes.model_dir import build_smoke_model_dir
 
 VENV_BIN = Path(sys.executable).parent
 GROUP_PAGE = "/locations/__repository__@stratum_dagster.definitions/asset-groups/passes"
@@ -79,7 +80,7 @@ def test_dagster_job_execute_enrich_job_writes_every_default_artifact_of_the_sha
     pytest.importorskip("onnxruntime")
     from tests.fakes.ollama import FakeOllama
 
-    models = build_smoke_models(tmp_path / "models")
+    models = build_smoke_model_dir(tmp_path / "models")
     with FakeOllama(captions="A person stands in front of a grey wall.") as url:
         run_yaml = tmp_path / "run.yaml"
         run_yaml.write_text(json.dumps({"resources": {"caption_server": {"config": {"url": f"{url}/api/generate"}}}}))
