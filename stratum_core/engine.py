@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from stratum_core.artifacts import BY_NAME, pass_files, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.discover import DiscoveryError, SourceImage
-from stratum_core.errors import ConfigError, InfrastructureError, ItemError
+from stratum_core.errors import ConfigError, InfrastructureError, ItemError, is_out_of_memory
 from stratum_core.intake import Decoded, decode
 from stratum_core.outcomes import FAILED, OK, Outcome
 from stratum_core.passes import build_passes
@@ -348,7 +348,7 @@ class Engine:
             raise
         except Exception as exc:
             if is_out_of_memory(exc):
-                raise InfrastructureError(f"{p.name}: out of GPU memory ({exc}); lower --batch-size") from exc
+                raise InfrastructureError(f"{p.name}: out of GPU memory even at batch 1 ({exc})") from exc
             log.exception("%s failed on a batch of %d", p.name, len(ready))
             outcomes = [Outcome.failed("inference_error", f"{type(exc).__name__}: {exc}")] * len(ready)
         with self._stats_lock:
@@ -439,11 +439,6 @@ class Engine:
             summary.add_failure(failure)
         log.log(logging.WARNING if self.config.verbose else logging.DEBUG, "%s [%s] %s: %s",
                 failure.image, failure.pass_name, failure.reason, failure.message)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError, or onnxruntime's allocation failure (a RuntimeException)."""
-    return type(exc).__name__ == "OutOfMemoryError" or "Failed to allocate memory" in str(exc)
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, limit: int) -> Iterator[tuple[Any, Future]]:

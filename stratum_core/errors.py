@@ -29,3 +29,14 @@ class ItemError(StratumError):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure on the device, however the framework reports it.
+
+    torch raises OutOfMemoryError, but a TorchScript model (Sapiens) re-raises it as a plain
+    RuntimeError with the original text; onnxruntime raises RuntimeException / Fail errors
+    ("Failed to allocate memory", "CUDA failure 2: out of memory").
+    """
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "failed to allocate memory" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -17,10 +18,12 @@ from typing import Any, ClassVar, Mapping, Sequence
 from stratum_core.artifacts import Artifact, artifacts_of
 from stratum_core.buckets import Bucket
 from stratum_core.discover import SourceImage
-from stratum_core.errors import ConfigError, InfrastructureError, ItemError
+from stratum_core.errors import ConfigError, InfrastructureError, ItemError, is_out_of_memory
 from stratum_core.intake import Decoded
 from stratum_core.models import ModelLocation, ModelSpec, resolve_model
 from stratum_core.outcomes import Outcome
+
+log = logging.getLogger("stratum.passes")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -109,6 +112,7 @@ class Pass:
         self.options = options
         self.config = config if config is not None else self.config_class()
         self.chosen_batch: int | None = None  # set by load() where it picks a size (from free GPU memory)
+        self.oom_limit: int | None = None  # largest batch that has not run out of device memory
         self.weights: ModelLocation | None = None  # set by resolve_weights()
 
     @classmethod
@@ -173,6 +177,8 @@ class Pass:
             record.update(weights=str(self.weights.root), weights_source=self.weights.source)
         if self.chosen_batch is not None:
             record["batch_size"] = self.chosen_batch
+        if self.oom_limit is not None:
+            record["batch_size_after_out_of_memory"] = self.oom_limit
         return record
 
     def close(self) -> None:
@@ -196,11 +202,30 @@ class Pass:
                 prepared.append((i, self.preprocess(item)))
             except ItemError as exc:
                 outcomes[i] = Outcome.failed(exc.reason, exc.message)
-        step = max(1, self.max_batch)
-        for start in range(0, len(prepared), step):
-            chunk = prepared[start:start + step]
-            with self.inference_context():
-                outputs = self.forward([p for _, p in chunk])
+        start = 0
+        while start < len(prepared):
+            chunk = prepared[start:start + max(1, min(self.max_batch, self.oom_limit or self.max_batch))]
+            try:
+                with self.inference_context():
+                    outputs = self.forward([p for _, p in chunk])
+            except Exception as exc:
+                if len(chunk) == 1 or not is_out_of_memory(exc):
+                    raise
+                self._halve_batch(len(chunk), exc)
+                continue  # the same images again, in smaller chunks
             for (i, _), outcome in zip(chunk, self.postprocess(outputs, [items[i] for i, _ in chunk])):
                 outcomes[i] = outcome
+            start += len(chunk)
         return [o if o is not None else Outcome.failed("inference_error", "no outcome") for o in outcomes]
+
+    def _halve_batch(self, failed_size: int, exc: Exception) -> None:
+        """A batch ran out of device memory (the free-memory estimate was too high, or other passes and
+        runs grew since): use half that size from now on, for this run."""
+        self.oom_limit = max(1, failed_size // 2)
+        log.warning("%s: out of device memory at batch %d; continuing at batch %d (%s)", self.name, failed_size,
+                    self.oom_limit, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if self.uses_torch:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the failed batch's cached blocks back before retrying

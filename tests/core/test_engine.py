@@ -14,7 +14,7 @@ from stratum_core import passes as pass_registry
 from stratum_core.cli import main
 from stratum_core.discover import discover
 from stratum_core.engine import Engine, RunConfig
-from stratum_core.errors import InfrastructureError
+from stratum_core.errors import InfrastructureError, is_out_of_memory
 from stratum_core.intake import decode
 from stratum_core.outcomes import Outcome
 from stratum_core.passes.base import Pass, PassOptions
@@ -163,6 +163,50 @@ def test_a_pass_error_fails_its_batch_and_the_run_goes_on(input_dir, tmp_path):
     assert summary.passes["pixel"].done == 2
     assert json.loads((tmp_path / "out" / "square" / ".failed-pixel.json").read_text())["message"] == \
         "RuntimeError: boom"
+
+
+TORCHSCRIPT_OOM = ("The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript "
+                   "(most recent call last):\nRuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class OutOfMemoryAbovePixelPass(PixelPass):
+    """Runs out of device memory on batches larger than `fits` (as a TorchScript model reports it)."""
+
+    def __init__(self, options, fits: int):
+        super().__init__(options)
+        self.fits, self.sizes = fits, []
+
+    def forward(self, batch):
+        self.sizes.append(len(batch))
+        if len(batch) > self.fits:
+            raise RuntimeError(TORCHSCRIPT_OOM)
+        return super().forward(batch)
+
+
+def test_out_of_memory_halves_the_batch_and_the_run_completes(input_dir, tmp_path):
+    for i in range(9):
+        images.write_gradient(input_dir / "more" / f"{i}.png", 50, 50, seed=i)
+    oom = OutOfMemoryAbovePixelPass(PassOptions(), fits=2)
+    summary = engine_run(input_dir, tmp_path / "out", [oom], batch_size=8)
+    assert summary.failures == [] and summary.passes["pixel"].done == 12
+    # 8 square images: 8 fails, 4 fails, then 2s; the limit holds for the rest of the run.
+    assert oom.sizes[:6] == [8, 4, 2, 2, 2, 2] and max(oom.sizes[6:]) <= 2
+    assert oom.provenance()["batch_size_after_out_of_memory"] == 2
+
+
+def test_out_of_memory_at_batch_one_stops_the_run(input_dir, tmp_path):
+    with pytest.raises(InfrastructureError, match="out of GPU memory even at batch 1"):
+        engine_run(input_dir, tmp_path / "out", [OutOfMemoryAbovePixelPass(PassOptions(), fits=0)])
+
+
+@pytest.mark.parametrize("message, expected", [
+    (TORCHSCRIPT_OOM, True),
+    ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory", True),
+    ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer", True),
+    ("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)", False),
+])
+def test_out_of_memory_is_recognised_however_it_is_reported(message, expected):
+    assert is_out_of_memory(RuntimeError(message)) is expected
 
 
 class DeadServerPass(PixelPass):
