@@ -40,8 +40,9 @@ NUM_CLASSES = len(SEG_CLASSES)  # 28, index 0 = Background
 CHANNELS_MEANING = {"seg": "class logits", "depth": "depth", "normal": "x, y, z"}
 
 # Peak activation memory of one 1024×768 image in the widest head (768 channels at
-# 512×384, two buffers alive) plus the fp32 logits at bucket size; used for auto batch size.
-BYTES_PER_ITEM = 3 * 2**29
+# 512×384, two buffers alive) plus the fp32 logits at bucket size, at 2 bytes per element
+# (bf16/fp16); used for auto batch size, scaled by `bytes_per_item` to the run's precision.
+BYTES_PER_ITEM_HALF = 3 * 2**29
 MAX_AUTO_BATCH = 32
 
 SEG_MODEL = ModelSpec("facebook/sapiens-seg-1b-torchscript",
@@ -107,6 +108,11 @@ def unit_normals(normals: Any, foreground: Any) -> Any:
     keep = foreground.unsqueeze(1) & (norm > 1e-6)
     unit = torch.where(keep, normals / norm.clamp_min(1e-6), torch.zeros_like(normals))
     return unit.permute(0, 2, 3, 1)
+
+
+def bytes_per_item(precision: str) -> int:
+    """One image's peak memory estimate at a resolved precision: activations grow with the element size."""
+    return BYTES_PER_ITEM_HALF * torch_utils.bytes_per_element(precision) // 2
 
 
 def load_torchscript(path: Path, device: str) -> Any:
@@ -217,8 +223,9 @@ class SapiensPass(Pass):
             raise InfrastructureError(f"{self.name}: {path} fails on a (1, 3, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}) "
                                       f"input: {first_line(exc)}") from exc
         check_channels(self.name, path, output, self.channels)
-        self.chosen_batch = torch_utils.auto_batch_size(self.options.device, BYTES_PER_ITEM,
-                                                  requested=self.options.batch_size, cap=MAX_AUTO_BATCH)
+        self.chosen_batch = torch_utils.auto_batch_size(self.options.device,
+                                                        bytes_per_item(self.options.resolved_precision),
+                                                        requested=self.options.batch_size, cap=MAX_AUTO_BATCH)
         log.info("%s: %s on %s (%s, batch %d)", self.name, path, self.options.device,
                  self.options.resolved_precision, self.chosen_batch)
 

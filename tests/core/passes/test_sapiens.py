@@ -143,6 +143,16 @@ def test_bf16_falls_back_to_autocast_when_cast_weights_fail(input_dir, tmp_path)
     assert seg_pass.provenance()["autocast"] is True
 
 
+def test_the_auto_batch_estimate_doubles_at_fp32(model_dir, monkeypatch):
+    monkeypatch.setattr(sapiens.torch_utils, "free_device_memory", lambda device: 30 * 2**30)
+    chosen = {}
+    for precision in ("bf16", "fp32"):
+        seg_pass = SapiensSegPass(PassOptions(model_dir=model_dir, precision=precision))
+        seg_pass.load()
+        chosen[precision] = seg_pass.chosen_batch
+    assert chosen == {"bf16": 14, "fp32": 7}  # 70% of 30 GiB over 1.5 GiB and 3 GiB per image
+
+
 # ---------------------------------------------------------------------- depth and normal
 @pytest.mark.parametrize("bucket", [SQUARE, TALL], ids=lambda b: b.label)
 def test_depth_and_normal_are_zero_exactly_where_seg_is_background(bucket, full_run):
