@@ -16,6 +16,7 @@ torch is imported inside functions: the CLI imports every pass module, torch or 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ STD = (58.5, 57.0, 57.5)
 SCRATCH_KEY = "sapiens_input"  # item.scratch key of the shared normalised input
 NUM_CLASSES = len(SEG_CLASSES)  # 28, index 0 = Background
 CHANNELS_MEANING = {"seg": "class logits", "depth": "depth", "normal": "x, y, z"}
+TORCHSCRIPT_TRACEBACK = "The following operation failed in the TorchScript interpreter"
 
 # Peak activation memory of one 1024×768 image in the widest head (768 channels at
 # 512×384, two buffers alive) plus the fp32 logits at bucket size, at 2 bytes per element
@@ -154,15 +156,30 @@ def lower_precision(model: Any, path: Path, device: str, dtype: Any) -> tuple[An
 
     A traced graph can hold float32 constants baked in at trace time, so a cast model may
     reject bf16 inputs. Then the fp32 weights are reloaded and run under autocast instead.
+    Any other error (CUDA out of memory above all: a second copy would make it worse) raises.
     """
     try:
         model = model.to(dtype)
         return model, False, probe(model, device, dtype)
     except RuntimeError as exc:
+        if not is_dtype_mismatch(exc):
+            raise
         log.warning("%s: weights cast to %s fail (%s); running fp32 weights under autocast", path.name,
                     dtype, first_line(exc))
         model = load_torchscript(path, device)
         return model, True, probe(model, device, dtype, autocast=True)
+
+
+# torch's wording when operands' dtypes differ: "Input type (float) and bias type (c10::BFloat16)
+# should be the same", "must have the same dtype", "expected scalar type Float but found BFloat16".
+_DTYPE_MISMATCH = re.compile(r"dtype|scalar type|type \(.*\) should be the same", re.IGNORECASE)
+
+
+def is_dtype_mismatch(exc: Exception) -> bool:
+    """Whether a RuntimeError is torch refusing mixed dtypes (judged on the error itself, never the
+    TorchScript source lines quoted above it, which often mention dtypes), and not out of memory."""
+    message = first_line(exc)
+    return "out of memory" not in message.lower() and _DTYPE_MISMATCH.search(message) is not None
 
 
 def check_channels(pass_name: str, path: Path, output: Any, expected: int) -> None:
@@ -177,8 +194,12 @@ def check_channels(pass_name: str, path: Path, output: Any, expected: int) -> No
 
 
 def first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The error's own message line: for a TorchScript interpreter error, the last line (the
+    original "RuntimeError: …" below the quoted traceback), else the first."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if lines[0].startswith(TORCHSCRIPT_TRACEBACK) else lines[0]
 
 
 # ---------------------------------------------------------------------- passes

@@ -143,6 +143,44 @@ def test_bf16_falls_back_to_autocast_when_cast_weights_fail(input_dir, tmp_path)
     assert seg_pass.provenance()["autocast"] is True
 
 
+class Raises:
+    """A stand-in TorchScript model whose every call raises `error` (its `.to` keeps it)."""
+
+    def __init__(self, error: RuntimeError):
+        self.error = error
+
+    def to(self, dtype):
+        return self
+
+    def __call__(self, x):
+        raise self.error
+
+
+WRAPPED_OOM = ("The following operation failed in the TorchScript interpreter.\n"
+               "Traceback of TorchScript (most recent call last):\n"
+               "    x = torch.to(input, dtype=6)  # quoted model code mentions dtypes\n"
+               "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("message", ["CUDA out of memory. Tried to allocate 2.00 GiB", WRAPPED_OOM,
+                                     "shape '[1, 3, 64, 48]' is invalid for input of size 9216"],
+                         ids=["oom", "torchscript-oom", "shape"])
+def test_an_error_that_is_not_a_dtype_mismatch_propagates_without_a_second_copy(message, tmp_path,
+                                                                               monkeypatch):
+    reloads = []
+    monkeypatch.setattr(sapiens, "load_torchscript", lambda *a: reloads.append(a))
+    with pytest.raises(RuntimeError) as error:
+        sapiens.lower_precision(Raises(RuntimeError(message)), tmp_path / "seg.pt2", "cpu", torch.bfloat16)
+    assert str(error.value) == message and reloads == []
+
+
+def test_a_dtype_mismatch_quoted_by_torchscript_is_recognised():
+    error = RuntimeError("The following operation failed in the TorchScript interpreter.\n"
+                         "    return self.conv(x)\n"
+                         "RuntimeError: Input type (float) and bias type (c10::BFloat16) should be the same")
+    assert sapiens.is_dtype_mismatch(error)
+
+
 def test_the_auto_batch_estimate_doubles_at_fp32(model_dir, monkeypatch):
     monkeypatch.setattr(sapiens.torch_utils, "free_device_memory", lambda device: 30 * 2**30)
     chosen = {}
