@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
+from stratum_core.artifacts import ARTIFACTS
 from stratum_core.errors import ConfigError
 
+ARTIFACT_FILENAMES = frozenset(a.filename for a in ARTIFACTS)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
@@ -186,8 +188,9 @@ def discover(input_dir: Path, image_list: Path | None = None, shard: str | None 
 def iter_image_dirs(output_dir: Path) -> Iterator[tuple[str, set[str]]]:
     """Yield (image_id, file names) for every image directory under `output_dir`.
 
-    An image directory is one holding `metadata.json` or a failure record; one
-    `os.scandir` per directory, so this costs about the same as a bare walk.
+    An image directory is one holding `metadata.json`, a failure record or any artifact (one
+    whose metadata.json was deleted, say); one `os.scandir` per directory, so this costs about
+    the same as a bare walk.
     """
     def walk(directory: str, rel: str) -> Iterator[tuple[str, set[str]]]:
         try:
@@ -203,7 +206,8 @@ def iter_image_dirs(output_dir: Path) -> Iterator[tuple[str, set[str]]]:
                     subdirs.append(entry)
             else:
                 names.add(entry.name)
-        if rel and (("metadata.json" in names) or any(n.startswith(".failed-") for n in names)):
+        if rel and ("metadata.json" in names or any(n.startswith(".failed-") for n in names)
+                    or not names.isdisjoint(ARTIFACT_FILENAMES)):
             yield rel, names
         for sub in sorted(subdirs, key=lambda e: e.name):
             yield from walk(sub.path, f"{rel}/{sub.name}" if rel else sub.name)

@@ -25,6 +25,7 @@ class DatasetStatus:
     # pass → (image id, reason, message) of failed images, at most MAX_LISTED per pass
     failed_images: dict[str, list[tuple[str, str, str]]] = field(default_factory=lambda: defaultdict(list))
     image_dirs: int = 0
+    without_metadata: int = 0  # folders holding artifacts but no metadata.json (the next process rebuilds it)
     # Sources the latest run refused (collisions, outside the input, bad list lines): they have no
     # image directory, so only the run record knows them.
     refused_sources: list[dict] = field(default_factory=list)
@@ -42,6 +43,7 @@ class DatasetStatus:
                 "failures": {p: dict(c) for p, c in self.failures.items()},
                 "failed_images": {p: [{"image_id": i, "reason": r, "message": m} for i, r, m in listed]
                                   for p, listed in self.failed_images.items()},
+                "without_metadata": self.without_metadata,
                 "refused_sources": self.refused_sources, "refused_in": self.refused_in}
 
     def format(self) -> str:
@@ -59,6 +61,9 @@ class DatasetStatus:
                 lines.extend(f"    {i}: {r}: {m}" for i, r, m in self.failed_images[pass_name][:EXAMPLES])
                 if sum(reasons.values()) > EXAMPLES:
                     lines.append("    … (all of them: stratum status --json)")
+        if self.without_metadata:
+            lines.append(f"Folders with artifacts but no metadata.json: {self.without_metadata} "
+                         "(not counted above; `stratum process` rebuilds it)")
         if self.refused_sources:
             lines.append(f"Sources refused by the last run ({self.refused_in}): {len(self.refused_sources)}")
             lines.extend(f"  {e.get('source')}: {e.get('reason')}: {e.get('message')}"
@@ -75,8 +80,12 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
     store = Store(output_dir)
     for image_id, names in iter_image_dirs(Path(output_dir)):
         status.image_dirs += 1
-        if "metadata.json" in names:
+        has_metadata = "metadata.json" in names
+        if has_metadata:
             status.total_images += 1
+        elif not names.isdisjoint(filenames):
+            status.without_metadata += 1  # counted apart, so no artifact count exceeds the total
+            continue
         for name in names:
             artifact = filenames.get(name)
             if artifact is not None:

@@ -54,6 +54,9 @@ def check_image(store: Store, image_id: str, names: Iterable[str]) -> list[Probl
     problems: list[Problem] = []
     present = [a for a in ARTIFACTS if a.filename in names]
     bucket: Bucket | None = None
+    if present and BY_NAME["metadata"] not in present:
+        problems.append(Problem(image_id, "metadata.json", "missing, so the shapes of the other artifacts cannot be "
+                                                           "checked (`stratum process` rebuilds it)"))
     for artifact in present:
         try:
             value = store.read(image_id, artifact)

@@ -127,3 +127,11 @@ def test_status_shows_the_sources_the_last_run_refused(tmp_path, capsys):
 def test_status_reports_no_refused_sources_without_run_records(dataset):
     status = dataset_status(dataset)
     assert status.refused_sources == [] and "refused" not in status.format()
+
+
+def test_status_counts_a_folder_with_artifacts_but_no_metadata_apart(dataset):
+    (dataset / "b" / "metadata.json").unlink()  # b keeps its pixel.npy
+    status = dataset_status(dataset)
+    assert status.total_images == 3 and status.counts["pixel"] == 2 and status.without_metadata == 1
+    assert "Folders with artifacts but no metadata.json: 1 (not counted above; `stratum process` rebuilds it)" \
+        in status.format().splitlines()

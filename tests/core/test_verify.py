@@ -160,3 +160,10 @@ def test_verify_fix_then_process_redoes_the_artifact(tmp_path, capsys):
     assert "pixel     done 1, existing 0" in capsys.readouterr().out
     assert verify(out).ok
     assert np.array_equal(np.load(out / "x" / "pixel.npy"), good)
+
+
+def test_verify_reports_artifacts_whose_metadata_is_gone(dataset):
+    (dataset / "img" / "metadata.json").unlink()
+    (problem,) = verify(dataset).problems
+    assert (problem.image_id, problem.filename) == ("img", "metadata.json")
+    assert problem.message.startswith("missing, so the shapes of the other artifacts cannot be checked")
