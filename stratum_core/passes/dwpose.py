@@ -30,6 +30,10 @@ KEYPOINTS = 133
 DETECTOR_COLUMNS = 85  # cx, cy, w, h, objectness, 80 COCO classes
 POSE_INPUT_HW = (384, 288)  # used only when the file leaves the spatial dims symbolic
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+# The number of people per batch (the pose model's batch) changes from batch to batch: the
+# default EXHAUSTIVE cuDNN search would rerun for every new shape. The default arena grows in
+# powers of two and never shrinks, which crowds out torch passes in the same process.
+CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
 
 
 def providers_for(device: str, available: Sequence[str]) -> list[Any]:
@@ -42,7 +46,7 @@ def providers_for(device: str, available: Sequence[str]) -> list[Any]:
             f"(available: {', '.join(available) or 'none'}); install onnxruntime-gpu "
             "(`pip install 'stratum[pose]'` on Linux x86_64) or use --device cpu")
     index = int(device.split(":")[1]) if ":" in device else 0
-    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": index, **CUDA_PROVIDER_OPTIONS}), "CPUExecutionProvider"]
 
 
 def _static(dim: Any) -> int | None:

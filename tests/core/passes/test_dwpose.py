@@ -173,7 +173,14 @@ def test_cpu_device_uses_only_the_cpu_provider():
 
 def test_cuda_device_passes_its_index_to_the_cuda_provider():
     providers = providers_for("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert providers == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert providers[0][1]["device_id"] == 1 and providers[1:] == ["CPUExecutionProvider"]
+
+
+def test_the_cuda_provider_picks_convolutions_by_heuristic_and_grows_its_arena_only_as_needed():
+    [(name, options), _cpu] = providers_for("cuda:0", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert name == "CUDAExecutionProvider"
+    assert options == {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC",
+                       "arena_extend_strategy": "kSameAsRequested"}
 
 
 def test_cuda_asked_without_the_cuda_provider_is_a_clear_error():
