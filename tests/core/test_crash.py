@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,12 +70,29 @@ def test_sigkill_mid_run_then_rerun_is_clean_and_complete(input_dir, tmp_path):
     assert all(p.name in ("metadata.json", "pixel.npy") for p in final_names(output))
 
 
+# `stratum process` whose decodes take 50 ms each, so two runs started together are sure to overlap.
+SLOW_PROCESS = """
+import sys, time
+import stratum_core.engine as engine
+from stratum_core.cli import main
+real_decode = engine.decode
+def slow_decode(path):
+    time.sleep(0.05)
+    return real_decode(path)
+engine.decode = slow_decode
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_two_runs_at_once_leave_every_artifact_valid(input_dir, tmp_path):
     output = tmp_path / "out"
-    procs = [subprocess.Popen(process_cmd(input_dir, output, "--workers", "1"), stdout=subprocess.PIPE,
+    args = process_cmd(input_dir, output, "--workers", "1", "--batch-size", "1")[1:]
+    procs = [subprocess.Popen([sys.executable, "-c", SLOW_PROCESS, *args], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True) for _ in range(2)]
     results = [(p.wait(timeout=120), p.stdout.read()) for p in procs]
     assert [code for code, _ in results] == [0, 0], results
+    done = [int(re.search(r"pixel\s+done (\d+)", out).group(1)) for _, out in results]
+    assert min(done) > 0, f"the runs did not overlap: {done}"  # both wrote artifacts while the other ran
     report = verify(output)
     assert report.ok and report.images == N_IMAGES
     assert len(complete(output)) == N_IMAGES
