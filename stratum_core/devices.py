@@ -1,4 +1,8 @@
-"""Device choice: `auto` takes a GPU that no other stratum run on this machine holds."""
+"""Device choice: `auto` takes a GPU that no other stratum run on this machine holds.
+
+`auto` holds an exclusive flock on the GPU's lock file; an explicit `cuda:N` holds a shared one,
+so later `auto` runs avoid that GPU while explicit runs may still share it.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ _CUDA = re.compile(r"cuda(?::(\d+))?")
 
 @dataclass
 class DeviceClaim:
-    """A resolved device; for a GPU picked by `auto`, holds an flock until released."""
+    """A resolved device; for a GPU, holds an flock on its lock file (when it got one) until released."""
 
     device: str
     _lock_file: IO | None = None
@@ -36,15 +40,16 @@ def _lock_path(index: int, lock_dir: Path | None) -> Path:
     return Path(lock_dir or tempfile.gettempdir()) / f"stratum-gpu-{index}.lock"
 
 
-def _try_lock(index: int, lock_dir: Path | None) -> IO | None:
-    """An flock on the GPU's lock file, or None when another run holds it (or we may not open it)."""
+def _try_lock(index: int, lock_dir: Path | None, *, shared: bool = False) -> IO | None:
+    """An exclusive (or shared) flock on the GPU's lock file, or None when another run's lock
+    excludes it (or we may not open the file)."""
     try:
         fd = os.open(_lock_path(index, lock_dir), os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:  # another user's file in a sticky /tmp: treat the GPU as taken
         return None
     f = os.fdopen(fd, "r+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError:
         f.close()
         return None
@@ -126,5 +131,17 @@ def claim_device(spec: str, *, gpu_count: int | None = None, lock_dir: Path | No
         index = int(match.group(1) or 0)
         if index >= count:
             raise ConfigError(f"--device {spec}: {count} CUDA device(s) visible")
-        return DeviceClaim(f"cuda:{index}")
+        return _claim_explicit(index, lock_dir)
     raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+
+
+def _claim_explicit(index: int, lock_dir: Path | None) -> DeviceClaim:
+    """The GPU the user named: always used, with a shared lock so that `auto` runs pick another.
+
+    A GPU an `auto` run already holds is still used (the user asked for it), with a warning.
+    """
+    lock = _try_lock(index, lock_dir, shared=True)
+    if lock is None:
+        log.warning("--device cuda:%d: another stratum run holds this GPU (or its lock file %s cannot be "
+                    "opened); running on it anyway", index, _lock_path(index, lock_dir))
+    return DeviceClaim(f"cuda:{index}", lock)

@@ -70,6 +70,38 @@ def test_torch_passes_need_nothing_from_torch_on_the_cpu_or_a_gpu_it_sees(monkey
     require_torch_cuda("cuda:1")
 
 
+def test_an_explicit_gpu_claim_makes_auto_pick_another(tmp_path):
+    explicit = claim_device("cuda:0", gpu_count=2, lock_dir=tmp_path)
+    auto = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    assert (explicit.device, auto.device) == ("cuda:0", "cuda:1")
+    auto.release()
+    explicit.release()
+
+
+def test_explicit_runs_share_a_gpu_and_auto_avoids_it_until_the_last_ends(tmp_path):
+    first = claim_device("cuda", gpu_count=2, lock_dir=tmp_path)
+    second = claim_device("cuda:0", gpu_count=2, lock_dir=tmp_path)
+    assert (first.device, second.device) == ("cuda:0", "cuda:0")
+    first.release()
+    auto = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    assert auto.device == "cuda:1"
+    auto.release()
+    second.release()
+    freed = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    assert freed.device == "cuda:0"
+    freed.release()
+
+
+def test_an_explicit_gpu_held_by_an_auto_run_is_still_used_with_a_warning(tmp_path, caplog):
+    auto = claim_device("auto", gpu_count=1, lock_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="stratum.devices"):
+        explicit = claim_device("cuda:0", gpu_count=1, lock_dir=tmp_path)
+    assert explicit.device == "cuda:0"
+    assert "another stratum run holds this GPU" in caplog.text
+    explicit.release()
+    auto.release()
+
+
 def test_an_explicit_gpu_that_is_not_there_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="cuda:3"):
         claim_device("cuda:3", gpu_count=1, lock_dir=tmp_path)
