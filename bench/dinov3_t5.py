@@ -193,7 +193,7 @@ def main() -> None:
         store = Store(caption_dir / "out")
         texts = [store.read(s.image_id, BY_NAME["caption"]) for s in captions]
         label = "full-size" if args.full_size else "small (2 layers)"
-        name = torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} threads"
+        name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
         print(f"device: {name}; models: {label}; {n_images} images (1024x1024), {n_captions} captions")
 
         (root / "naive").mkdir()
