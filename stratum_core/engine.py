@@ -116,7 +116,9 @@ def plan_lanes(passes: Sequence[Pass]) -> list[list[Pass]]:
 class Engine:
     """Runs a list of passes over a list of images; see `run`."""
 
-    def __init__(self, config: RunConfig, passes: Sequence[Pass] | None = None):
+    def __init__(self, config: RunConfig, passes: Sequence[Pass] | None = None, preloaded: bool = False):
+        """`passes` default to those of `config`; `preloaded`: the caller already called their load()
+        (benchmarks warm models up before the clock starts)."""
         self.config = config
         self.store = Store(config.output_dir)
         self.passes = list(passes) if passes is not None else build_passes(
@@ -133,7 +135,10 @@ class Engine:
         self._pass_locks = {p.name: threading.Lock() for p in self.passes}
         # Artifacts a later pass reads; only these stay on the item (not every 8 MB patch array).
         self._needed = frozenset(n for p in self.passes for n in p.needs)
-        self._group_size = config.group_size  # grows to a loaded pass's chosen batch (see _ensure_loaded)
+        self._group_size = config.group_size  # grows to a loaded pass's chosen batch (see _note_loaded)
+        if preloaded:
+            for p in self.passes:
+                self._note_loaded(p)
 
     # ------------------------------------------------------------------ planning
     def plan(self, source: SourceImage) -> _Planned:
@@ -382,11 +387,14 @@ class Engine:
             if p.name not in self._loaded:
                 log.info("loading %s", p.name)
                 p.load()
-                self._loaded.add(p.name)
-                if self.config.batch_size is None and p.chosen_batch:
-                    # A pass that picked its batch from free GPU memory gets groups that large, so
-                    # the engine's default group never caps its choice.
-                    self._group_size = max(self._group_size, min(p.chosen_batch, MAX_AUTO_GROUP))
+                self._note_loaded(p)
+
+    def _note_loaded(self, p: Pass) -> None:
+        self._loaded.add(p.name)
+        if self.config.batch_size is None and p.chosen_batch:
+            # A pass that picked its batch from free GPU memory gets groups that large, so
+            # the engine's default group never caps its choice.
+            self._group_size = max(self._group_size, min(p.chosen_batch, MAX_AUTO_GROUP))
 
     # ------------------------------------------------------------------ writer
     def _write_loop(self, write_queue: queue.Queue, summary: RunSummary) -> None:
