@@ -13,7 +13,6 @@ calls with a cursor (`register_new(..., start_after=..., time_budget=...)`).
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -29,7 +28,7 @@ from typing import Iterator
 from stratum_core.artifacts import pass_files, pass_names
 from stratum_core.discover import DiscoveryError, SourceImage, image_id_for, is_image_name, scan, split_collisions
 from stratum_core.errors import ConfigError
-from stratum_core.store import FAILURE_PREFIX, STATE_DIR, Store
+from stratum_core.store import FAILURE_PREFIX, STATE_DIR, Store, write_atomic
 
 log = logging.getLogger("stratum.shards")
 
@@ -40,7 +39,6 @@ SHARDS_DIR = "shards"
 _SLUG_MAX = 48
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _KEY = re.compile(r"^[A-Za-z0-9_-]+-\d{4,}$")
-_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP}  # os.link on filesystems without links
 
 
 @dataclass(frozen=True)
@@ -277,27 +275,11 @@ def _create_record(output_dir: Path, shard: Shard) -> None:
     as another's (a folder literally named `x_y-1a2b3c` next to `x y`) must never replace that shard."""
     path = shards_dir(output_dir) / f"{shard.key}.json"
     try:
-        _create_exclusive(path, shard.to_json())
+        write_atomic(path, shard.to_json(), replace=False)
     except FileExistsError:
         other = load_shard(output_dir, shard.key)
         raise ConfigError(f"shard key {shard.key} of folder {shard.group or ROOT_SLUG!r} is already taken by "
                           f"folder {other.group or ROOT_SLUG!r} ({path}); rename one of the two folders") from None
-
-
-def _create_exclusive(path: Path, data: bytes) -> None:
-    """Create `path` holding `data`; FileExistsError when it exists. A hard link of a finished temp file
-    is atomic and never replaces (a rename would); where links are refused, an exclusive create."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_bytes(data)
-    try:
-        os.link(tmp, path)
-    except OSError as exc:
-        if exc.errno not in _NO_HARD_LINKS:
-            raise
-        with open(path, "xb") as f:  # a crash while writing may leave this one record partial
-            f.write(data)
-    finally:
-        tmp.unlink()
 
 
 @contextmanager

@@ -7,10 +7,12 @@ later run succeeds.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -103,9 +105,17 @@ def decode_bytes(artifact: Artifact, data: bytes) -> Any:
     return load_json_bytes(data)
 
 
-def write_atomic(target: Path, data: bytes | Callable[[BinaryIO], Any]) -> None:
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP}  # os.link on filesystems without links
+
+
+def write_atomic(target: Path, data: bytes | Callable[[BinaryIO], Any], replace: bool = True) -> None:
     """Write `data` (bytes, or a function writing to the open file) to a hidden temp file beside
-    `target`, fsync-free, then rename it over `target`."""
+    `target`, fsync-free, then rename it over `target`.
+
+    With `replace=False`, `target` is only created, never replaced (FileExistsError if it exists):
+    the finished temp file is hard-linked to it, or where links are refused, copied into an
+    exclusively created file (which a crash mid-copy may leave partial).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(target)
     try:
@@ -114,13 +124,32 @@ def write_atomic(target: Path, data: bytes | Callable[[BinaryIO], Any]) -> None:
                 data(f)
             else:
                 f.write(data)
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            _link_exclusive(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(tmp)
         raise
+    if not replace:
+        _unlink_quietly(tmp)
+
+
+def _link_exclusive(tmp: str, target: Path) -> None:
+    try:
+        os.link(tmp, target)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        with open(tmp, "rb") as src, open(target, "xb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _create_temp(target: Path) -> tuple[int, str]:

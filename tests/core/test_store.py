@@ -84,3 +84,22 @@ def test_ids_that_escape_or_hit_the_state_dir_are_refused(tmp_path, image_id):
 
 def test_listing_of_a_missing_image_is_empty(tmp_path):
     assert Store(tmp_path).listing("nope") == set()
+
+
+def test_write_atomic_without_replace_never_replaces_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "record.json"
+    write_atomic(target, b"first", replace=False)
+    with pytest.raises(FileExistsError):
+        write_atomic(target, b"second", replace=False)
+    assert target.read_bytes() == b"first"
+    assert sorted(os.listdir(tmp_path)) == ["record.json"]
+
+
+def test_write_atomic_without_replace_leaves_no_temp_file_when_the_write_fails(tmp_path):
+    def half_then_disk_full(f):
+        f.write(b"par")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(tmp_path / "record.json", half_then_disk_full, replace=False)
+    assert os.listdir(tmp_path) == []
