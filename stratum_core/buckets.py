@@ -24,8 +24,13 @@ class Bucket:
 
     @classmethod
     def parse(cls, label: str) -> Bucket:
+        """`"832x1216"` → Bucket(832, 1216); ValueError unless it is one of the seven buckets (a made-up
+        size would let arrays of any shape pass as valid)."""
         w, h = label.lower().split("x")
-        return cls(int(w), int(h))
+        bucket = cls(int(w), int(h))
+        if bucket not in BUCKETS:
+            raise ValueError(f"{label!r} is not one of the 7 buckets")
+        return bucket
 
 
 # Order matters: ties are won by the earlier bucket.

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
-from stratum_core.artifacts import ARTIFACTS
+from stratum_core.artifacts import BY_FILENAME
 from stratum_core.errors import ConfigError
 
-ARTIFACT_FILENAMES = frozenset(a.filename for a in ARTIFACTS)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
@@ -206,8 +205,7 @@ def iter_image_dirs(output_dir: Path) -> Iterator[tuple[str, set[str]]]:
                     subdirs.append(entry)
             else:
                 names.add(entry.name)
-        if rel and ("metadata.json" in names or any(n.startswith(".failed-") for n in names)
-                    or not names.isdisjoint(ARTIFACT_FILENAMES)):
+        if rel and (not names.isdisjoint(BY_FILENAME) or any(n.startswith(".failed-") for n in names)):
             yield rel, names
         for sub in sorted(subdirs, key=lambda e: e.name):
             yield from walk(sub.path, f"{rel}/{sub.name}" if rel else sub.name)

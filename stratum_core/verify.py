@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from stratum_core.artifacts import ARTIFACTS, BY_NAME, validate_value
-from stratum_core.buckets import BUCKETS, Bucket
+from stratum_core.buckets import Bucket
 from stratum_core.discover import iter_image_dirs
 from stratum_core.store import Store, is_temp_file
 
@@ -74,14 +74,11 @@ def check_image(store: Store, image_id: str, names: Iterable[str]) -> list[Probl
 def _bucket_of(metadata: dict, image_id: str, problems: list[Problem]) -> Bucket | None:
     """The image's bucket, or None (a problem: the other artifacts' shapes cannot be checked)."""
     try:
-        bucket = Bucket.parse(metadata["aspect_bucket"])
+        return Bucket.parse(metadata["aspect_bucket"])
     except (KeyError, ValueError, AttributeError):
-        bucket = None
-    if bucket not in BUCKETS:
         problems.append(Problem(image_id, "metadata.json",
                                 f"no valid aspect_bucket ({metadata.get('aspect_bucket')!r} is not one of the 7 buckets)"))
         return None
-    return bucket
 
 
 def verify(output_dir: Path, fix: bool = False, image_ids: set[str] | None = None) -> VerifyReport:

@@ -98,3 +98,13 @@ def test_cover_crop_box_never_leaves_the_source():
 def test_size_whose_float_box_went_negative_decodes(tmp_path):
     decoded = decode(save_rgb(tmp_path / "x.png", gradient(77, 48)))  # once "box offset can't be negative"
     assert decoded.crop.shape == (768, 1280, 3)
+
+
+def test_parse_reads_a_bucket_label():
+    assert Bucket.parse("832x1216") == Bucket(832, 1216)
+
+
+@pytest.mark.parametrize("label", ["100x100", "1216x1216", "x", "832"])
+def test_parse_refuses_a_size_that_is_not_one_of_the_seven(label):
+    with pytest.raises(ValueError):
+        Bucket.parse(label)
