@@ -205,25 +205,29 @@ class Pass:
         start = 0
         while start < len(prepared):
             chunk = prepared[start:start + max(1, min(self.max_batch, self.oom_limit or self.max_batch))]
+            out_of_memory = None
             try:
                 with self.inference_context():
                     outputs = self.forward([p for _, p in chunk])
             except Exception as exc:
                 if len(chunk) == 1 or not is_out_of_memory(exc):
                     raise
-                self._halve_batch(len(chunk), exc)
+                out_of_memory = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if out_of_memory is not None:
+                # Out here the exception is gone, and with it the traceback holding the batch's tensors.
+                self._halve_batch(len(chunk), out_of_memory)
                 continue  # the same images again, in smaller chunks
             for (i, _), outcome in zip(chunk, self.postprocess(outputs, [items[i] for i, _ in chunk])):
                 outcomes[i] = outcome
             start += len(chunk)
         return [o if o is not None else Outcome.failed("inference_error", "no outcome") for o in outcomes]
 
-    def _halve_batch(self, failed_size: int, exc: Exception) -> None:
+    def _halve_batch(self, failed_size: int, reason: str) -> None:
         """A batch ran out of device memory (the free-memory estimate was too high, or other passes and
         runs grew since): use half that size from now on, for this run."""
         self.oom_limit = max(1, failed_size // 2)
         log.warning("%s: out of device memory at batch %d; continuing at batch %d (%s)", self.name, failed_size,
-                    self.oom_limit, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    self.oom_limit, reason)
         if self.uses_torch:
             import torch
 
