@@ -105,10 +105,6 @@ class PayloadPool:
         self._idle: int | None = None
         self._closed = False
 
-    def take(self, name: str) -> Payload:
-        """A payload for chunk `name`: the idle memfd when there is one, else a new one (or a spill file)."""
-        return Payload(name, self.spill_dir, self)
-
     def lend(self) -> int | None:
         """The idle memfd rewound to 0, else a new one; None without memfd (the caller spills)."""
         fd, self._idle = self._idle, None
@@ -255,7 +251,7 @@ def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], path_
         "pose": _fixed_list(poses, POSE_SHAPE, schema.field("pose").type),
         "dinov3_cls": _fixed_list(cls, (CLS_DIM,), schema.field("dinov3_cls").type),
     }, schema=schema)
-    payload = _new_payload(path_in_repo, spill_dir, pool)
+    payload = Payload(path_in_repo, pool.spill_dir if pool else spill_dir, pool)
     try:
         with open(payload.fd, "wb", closefd=False) as sink:
             pq.write_table(table, sink, compression="zstd")
@@ -270,10 +266,6 @@ def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], path_
              "layers": sorted(layer for layer in layers if counts.get(layer)),
              "counts": {k: v for k, v in counts.items() if k in layers}}
     return PackedChunk("data", path_in_repo, payload, index, payload.size)
-
-
-def _new_payload(path_in_repo: str, spill_dir: Path | None, pool: PayloadPool | None) -> Payload:
-    return pool.take(path_in_repo) if pool is not None else Payload(path_in_repo, spill_dir)
 
 
 def _read_text(path: Path) -> str | None:
@@ -298,7 +290,7 @@ def pack_tar(root: Path, layer: str, image_ids: Sequence[str], path_in_repo: str
     """
     artifacts = tar_artifacts(layer)
     sources = [(member_name(i, a), root / i / a.filename) for i in image_ids for a in artifacts]
-    payload = _new_payload(path_in_repo, spill_dir, pool)
+    payload = Payload(path_in_repo, pool.spill_dir if pool else spill_dir, pool)
     try:
         _write_members(payload, sources)
         payload.finish()
