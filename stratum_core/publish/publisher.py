@@ -137,9 +137,12 @@ def check_positions(hub: HubClient, dataset: DatasetView, state: RepoState, jobs
     if not cells:
         return
     existing = sorted(_existing_ranges(state, DATA_DIR))
-    checked = [chunk for chunk in existing if any(chunk.overlaps(c) for c in cells)]
-    checked += [chunk for chunk in existing if chunk.last < cells[0].first][-1:]
-    for chunk in checked:
+    overlapped = [chunk for chunk in existing if any(chunk.overlaps(c) for c in cells)]
+    before = [chunk for chunk in existing if chunk.last < cells[0].first][-1:]
+    # An added or removed image shifts every later position, so the last chunk it precedes shows it: the
+    # first and last overlapped chunks and the one before them are enough (one index download each,
+    # not one per chunk of a large republish).
+    for chunk in dict.fromkeys(before + overlapped[:1] + overlapped[-1:]):
         path = chunk_path(DATA_DIR, chunk)
         published = _published_ids(hub, state, path)
         if published is None:
