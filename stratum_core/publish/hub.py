@@ -150,6 +150,19 @@ class HubClient:
         with open(local, "rb") as f:
             return f.read()
 
+    def read_json(self, state: "RepoState", path: str) -> dict | None:
+        """The JSON object stored at `path` in `state`; None when absent or not a JSON object (logged)."""
+        if path not in state.files:
+            return None
+        try:
+            value = json.loads(self.download(path, state.sha))
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            log.warning("publish: %s in %s is not a JSON object; ignored", path, self.repo_id)
+            return None
+        return value
+
     def preupload(self, additions: Sequence) -> None:
         """Upload large files to LFS storage ahead of the commit (huggingface_hub shows progress bars)."""
         self._call("preupload", self.api.preupload_lfs_files, self.repo_id, additions=list(additions),

@@ -11,7 +11,6 @@ the union of both publishers' work; chunks whose job and remote copy did not cha
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -160,13 +159,7 @@ def check_positions(hub: HubClient, dataset: DatasetView, state: RepoState, jobs
 
 def _published_ids(hub: HubClient, state: RepoState, path: str) -> list[str] | None:
     """The ids a chunk's index lists; None when it has no (readable) index, so it cannot be checked."""
-    if index_path(path) not in state.files:
-        return None
-    try:
-        return json.loads(hub.download(index_path(path), state.sha)).get("ids")
-    except ValueError:
-        log.warning("publish: %s is not valid JSON; its ids cannot be checked", index_path(path))
-        return None
+    return (hub.read_json(state, index_path(path)) or {}).get("ids")
 
 
 def _cells(dataset: DatasetView, selection: range, size: int, existing: list[ChunkRange]) -> list[ChunkRange]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from stratum_core.publish.card import build_card
@@ -29,23 +28,13 @@ def chunk_info_from_repo(hub: HubClient, state: RepoState) -> tuple[dict, list[s
         if parsed is None:
             problems.append(f"{path}: not part of the stratum layout (ignored)")
             continue
-        index = _read_index(hub, state, index_path(path))
+        index = hub.read_json(state, index_path(path))
         if index is None:
             info[path] = {"count": None, "exact": False}
         else:
             info[path] = {"count": int(index.get("count", len(index.get("ids", [])))),
                           "counts": index.get("counts", {}), "exact": True}
     return info, problems
-
-
-def _read_index(hub: HubClient, state: RepoState, path: str) -> dict | None:
-    if path not in state.files:
-        return None
-    try:
-        return json.loads(hub.download(path, state.sha))
-    except ValueError:
-        log.warning("reconcile: %s is not valid JSON; counting from the range label", path)
-        return None
 
 
 def _repo_text(hub: HubClient, state: RepoState, path: str) -> str | None:
