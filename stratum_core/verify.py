@@ -49,10 +49,16 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def check_image(store: Store, image_id: str, names: Iterable[str]) -> list[Problem]:
-    """Problems of one image directory (its metadata gives the bucket for shape checks)."""
+def check_image(store: Store, image_id: str, names: Iterable[str],
+                only: Iterable[str] | None = None) -> list[Problem]:
+    """Problems of one image directory (its metadata gives the bucket for shape checks).
+
+    `only`: check just these file names (and metadata.json, for the bucket), e.g. one pass's
+    artifacts; the others are not even read.
+    """
     problems: list[Problem] = []
-    present = [a for a in ARTIFACTS if a.filename in names]
+    wanted = None if only is None else {*only, BY_NAME["metadata"].filename}
+    present = [a for a in ARTIFACTS if a.filename in names and (wanted is None or a.filename in wanted)]
     bucket: Bucket | None = None
     if present and BY_NAME["metadata"] not in present:
         problems.append(Problem(image_id, "metadata.json", "missing, so the shapes of the other artifacts cannot be "

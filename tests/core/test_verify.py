@@ -11,7 +11,7 @@ import pytest
 from stratum_core.artifacts import BY_NAME
 from stratum_core.cli import main
 from stratum_core.store import Store
-from stratum_core.verify import STALE_TEMP_SECONDS, verify
+from stratum_core.verify import STALE_TEMP_SECONDS, check_image, verify
 from tests.fakes import images
 
 BUCKET = (1024, 1024)  # H, W of the test image's bucket
@@ -167,3 +167,20 @@ def test_verify_reports_artifacts_whose_metadata_is_gone(dataset):
     (problem,) = verify(dataset).problems
     assert (problem.image_id, problem.filename) == ("img", "metadata.json")
     assert problem.message.startswith("missing, so the shapes of the other artifacts cannot be checked")
+
+
+def test_check_image_of_one_pass_reads_only_its_artifacts_and_the_metadata(dataset, monkeypatch):
+    # Each Dagster asset check verifies one pass: it must not read the other 20 MB of the image.
+    read: list[str] = []
+    real_read = Store.read
+
+    def recording_read(self, image_id, artifact):
+        read.append(artifact.filename)
+        return real_read(self, image_id, artifact)
+
+    monkeypatch.setattr(Store, "read", recording_read)
+    (dataset / "img" / "seg.npy").write_bytes(b"broken")
+    names = set(os.listdir(dataset / "img"))
+    problems = check_image(Store(dataset), "img", names, only={"seg.npy"})
+    assert sorted(read) == ["metadata.json", "seg.npy"]
+    assert [p.filename for p in problems] == ["seg.npy"]

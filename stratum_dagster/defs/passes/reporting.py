@@ -105,7 +105,7 @@ def verify_shard(stratum: StratumResource, pass_name: str, key: str) -> dg.Asset
         if not filenames & names:
             continue
         checked += 1
-        problems = [p for p in check_image(store, image_id, names) if p.filename in filenames]
+        problems = [p for p in check_image(store, image_id, names, only=filenames) if p.filename in filenames]
         if problems:
             bad[image_id] = [f"{p.filename}: {p.message}" for p in problems]
     return dg.AssetCheckResult(
