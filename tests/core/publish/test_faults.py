@@ -66,20 +66,26 @@ def test_dropped_connection_mid_commit_leaves_repo_unchanged_and_rerun_completes
     assert manifest["total_images"] == 6 and manifest["layers"]["dinov3"]["count"] == 6
 
 
-def test_losing_a_race_rereads_and_keeps_the_other_publishers_files(tmp_path, hub, monkeypatch):
+def rival_before_our_first_commit(monkeypatch, rival) -> None:
+    """Run `rival()` once, between our plan and our first commit (so that commit's parent has moved)."""
     from stratum_core.publish import hub as hub_module
 
-    make_dataset(tmp_path / "ds")
-    hub.create_repo(REPO)
     real_commit = hub_module.HubClient.commit
     raced = []
 
     def commit_after_a_rival(self, operations, message, parent):
-        if not raced:  # a rival commits between our read and our commit
-            raced.append(hub.put_files(REPO, {"notes/rival.txt": b"rival"}))
+        if not raced:
+            raced.append(message)  # first, so a rival that publishes through this same patch commits plainly
+            rival()
         return real_commit(self, operations, message, parent)
 
     monkeypatch.setattr(hub_module.HubClient, "commit", commit_after_a_rival)
+
+
+def test_losing_a_race_rereads_and_keeps_the_other_publishers_files(tmp_path, hub, monkeypatch):
+    make_dataset(tmp_path / "ds")
+    hub.create_repo(REPO)
+    rival_before_our_first_commit(monkeypatch, lambda: hub.put_files(REPO, {"notes/rival.txt": b"rival"}))
     publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
     assert files["notes/rival.txt"] == b"rival" and "data/00000-00005.parquet" in files
@@ -87,20 +93,11 @@ def test_losing_a_race_rereads_and_keeps_the_other_publishers_files(tmp_path, hu
 
 
 def test_a_rival_adding_a_layer_to_the_same_range_keeps_both_layers(tmp_path, hub, monkeypatch):
-    from stratum_core.publish import hub as hub_module
-
     make_dataset(tmp_path / "ds")
     hub.create_repo(REPO)
-    real_commit = hub_module.HubClient.commit
-    raced = []
-
-    def commit_after_a_rival(self, operations, message, parent):
-        if not raced:  # between our plan and our commit, a rival publishes caption for the same range
-            raced.append(message)
-            publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
-        return real_commit(self, operations, message, parent)
-
-    monkeypatch.setattr(hub_module.HubClient, "commit", commit_after_a_rival)
+    # A rival publishes caption for the same range while we publish dinov3.
+    rival_before_our_first_commit(
+        monkeypatch, lambda: publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url))
     publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
     table = pq.read_table(io.BytesIO(files["data/00000-00005.parquet"]))
