@@ -19,7 +19,7 @@ from pydantic import Field
 
 from stratum_core.discover import SourceImage
 from stratum_core.errors import ConfigError
-from stratum_core.publish.config import DEFAULT_LICENSE, PublishConfig
+from stratum_core.publish.config import PublishConfig
 from stratum_core.summary import RunSummary
 
 log = logging.getLogger("stratum.dagster")
@@ -140,12 +140,12 @@ class HubResource(dg.ConfigurableResource):
         default=None, description="write token (default: $HF_TOKEN at run time, else huggingface_hub's saved login)")
     endpoint: Optional[str] = Field(default=None, description="Hub URL (default huggingface.co)")
     layers: list[str] = Field(default_factory=lambda: ["caption"], description="passes to publish")
-    offset: int = Field(default=0, description="first image (position in sorted order)")
-    limit: Optional[int] = Field(default=None, description="images from offset (default: all)")
-    license: str = Field(default=DEFAULT_LICENSE, description="license id for the card")
+    offset: int = Field(default=_PUBLISH_DEFAULTS["offset"], description="first image (position in sorted order)")
+    limit: Optional[int] = Field(default=_PUBLISH_DEFAULTS["limit"], description="images from offset (default: all)")
+    license: str = Field(default=_PUBLISH_DEFAULTS["license"], description="license id for the card")
     attribution_file: Optional[str] = Field(
-        default=None, description="text file credited in the card and ATTRIBUTION.md")
-    private: bool = Field(default=False, description="create the repo private (when it does not exist)")
+        default=_PUBLISH_DEFAULTS["attribution_file"], description="text file credited in the card and ATTRIBUTION.md")
+    private: bool = Field(default=_PUBLISH_DEFAULTS["private"], description="create the repo private (when it does not exist)")
     rows_per_parquet: int = Field(default=_PUBLISH_DEFAULTS["rows_per_parquet"], description="images per parquet file")
     images_per_tar: int = Field(default=_PUBLISH_DEFAULTS["images_per_tar"], description="images per tar")
     max_tar_mb: float = Field(default=_PUBLISH_DEFAULTS["max_tar_mb"], description="split a tar above this size")
