@@ -10,6 +10,7 @@ import dagster as dg
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import verify_shard
 from stratum_dagster.defs.passes.step import run_step
+from stratum_dagster.failures import dagster_failures
 from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.resources import CaptionServerResource, StratumResource
 
@@ -99,7 +100,8 @@ def build_verify_check(name: str) -> dg.AssetChecksDefinition:
     """`verify` over the shard's artifacts of this pass."""
 
     def _verify_check(context: dg.AssetCheckExecutionContext, stratum: StratumResource) -> dg.AssetCheckResult:
-        return verify_shard(stratum, name, context.partition_key)
+        with dagster_failures():  # an unknown shard key fails at once, the cause as headline
+            return verify_shard(stratum, name, context.partition_key)
 
     # Partitioned checks are a preview feature in Dagster 1.13; the check must be per shard, so we use it.
     with warnings.catch_warnings():
