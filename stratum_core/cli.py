@@ -116,10 +116,9 @@ def _write(text: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from stratum_core.status import dataset_status
+    from stratum_core.status import dataset_status, require_dataset
 
-    if not args.output_dir.is_dir():
-        raise StratumError(f"no dataset at {args.output_dir}")
+    require_dataset(args.output_dir)  # a missing folder, or the input folder given by mistake: exit 2
     status = dataset_status(args.output_dir)
     _write(json.dumps(status.to_dict(), indent=1) if args.json else status.format())
     return 0
