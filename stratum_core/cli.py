@@ -179,12 +179,24 @@ def cmd_process(args: argparse.Namespace) -> int:
         if not images and not errors:
             raise ConfigError(f"no images found under {args.input_dir} "
                               f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
+        require_ready(config)
         log.info("stratum: %d images, passes %s, device %s", len(images), ",".join(names), claim.device)
         summary = run(config, images, errors)
     finally:
         claim.release()
     _write(summary.format())
     return summary.exit_code
+
+
+def require_ready(config) -> None:
+    """Every setup problem of the run at once (weights, packages, caption server), before any work."""
+    from stratum_core.passes import build_passes
+    from stratum_core.preflight import check_passes, setup_problems
+
+    passes = build_passes(config.passes, config.options, config.pass_configs)
+    problems = setup_problems(check_passes(passes, download=not config.options.offline))
+    if problems:
+        raise ConfigError(f"these passes cannot run here; nothing was processed:\n{problems}")
 
 
 def console_main() -> None:

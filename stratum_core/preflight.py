@@ -72,7 +72,11 @@ def setup_problems(readiness: Sequence[Readiness]) -> str:
 
 
 def _weights_advice(p: Pass, message: str) -> str:
+    """`weights missing (<hub id>) — stratum models download --passes <name> (looked in …)`."""
     if "not found" not in message:
         return message  # an explicit --model path that does not hold the files: say exactly that
+    from stratum_core.models import candidate_dirs, hf_cache_folder
+
+    looked = [str(d) for d in candidate_dirs(p.model, p.options.model_dir)] or ["$STRATUM_MODEL_DIR (not set)"]
     return (f"weights missing ({p.model.hub_id}) — stratum models download --passes {p.name} "
-            f"(or put them under $STRATUM_MODEL_DIR/{p.model.hub_id}/)")
+            f"(looked in {', '.join(looked)} and the HuggingFace cache {hf_cache_folder(None)})")
