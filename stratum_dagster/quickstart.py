@@ -129,7 +129,7 @@ def run_quickstart(args: argparse.Namespace, input_dir: Path, output_dir: Path, 
     from stratum_core.shards import register_all, shard_keys
     from stratum_core.status import dataset_status
     from stratum_dagster.definitions import defs
-    from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
+    from stratum_dagster.partitions import add_registered_shards
     from stratum_dagster.resources import CaptionServerResource, StratumResource
 
     registration = register_all(input_dir, output_dir)
@@ -150,8 +150,7 @@ def run_quickstart(args: argparse.Namespace, input_dir: Path, output_dir: Path, 
              ", ".join(keys))
 
     instance = dg.DagsterInstance.get()
-    instance.add_dynamic_partitions(SHARD_PARTITIONS_NAME,
-                                    [k for k in keys if not instance.has_dynamic_partition(SHARD_PARTITIONS_NAME, k)])
+    add_registered_shards(instance, output_dir)
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     if caption_settings:
         run_config["resources"] = {"caption_server": {"config": caption_settings}}

@@ -153,3 +153,20 @@ def test_status_sensor_does_not_report_shards_dagster_already_materialised(tmp_p
     materialize(["metadata"], key, instance, stratum)
     result = tick(shard_status_sensor, instance, stratum, None)
     assert not result.asset_events and not result.run_requests
+
+
+def test_partitions_command_adds_the_registered_shards_to_the_instance_without_a_daemon(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from stratum_dagster.partitions import main as partitions_main
+
+    src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    write_tree(src, ["ffhq/a.png", "celeb/b.png"])
+    assert cli_main(["shards", "register", str(src), "-o", str(out)]) == 0
+    assert partitions_main([str(out)]) == 0
+    assert partitions_main([str(out)]) == 0  # again: nothing new
+    assert capsys.readouterr().out.splitlines()[-2:] == ["2 shards added as partitions, 2 in all",
+                                                         "0 shards added as partitions, 2 in all"]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert sorted(instance.get_dynamic_partitions("shards")) == ["celeb-0000", "ffhq-0000"]
