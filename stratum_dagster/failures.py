@@ -43,3 +43,21 @@ def setup_failure(blocked: Sequence[Readiness], materialized: Sequence[str]) -> 
     return dg.Failure(description=headline,
                       metadata={"could_not_run": dg.MetadataValue.json({r.pass_name: r.advice for r in blocked})},
                       allow_retries=False)
+
+
+@contextlib.contextmanager
+def terminations_stop(context: dg.AssetExecutionContext) -> Iterator[None]:
+    """A run terminated from the UI (or `dagster run terminate`) stops: its step gets the interrupt and
+    the engine finishes the writes in flight, but Dagster would then retry an interrupted step under a
+    retry policy and carry on. So when the run is being canceled, fail without a retry instead; any
+    other interrupt (a preempted worker's SIGTERM) keeps Dagster's retry."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    try:
+        yield
+    except (KeyboardInterrupt, DagsterExecutionInterruptedError) as exc:
+        run = context.instance.get_run_by_id(context.run_id)
+        if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+            raise dg.Failure(description="the run was terminated: this step stopped after the writes in flight",
+                             allow_retries=False) from exc
+        raise

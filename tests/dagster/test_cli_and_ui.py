@@ -134,6 +134,33 @@ def test_two_runs_of_one_shard_launched_together_run_one_after_the_other(dagster
     assert later["startTime"] >= earlier["endTime"]
 
 
+def test_terminating_a_run_stops_its_step_before_the_next_image(dagster_dev, site):
+    """Terminate (as the UI's button does) while the first caption request is in flight: the run is
+    canceled and the engine sends no further request."""
+    from tests.fakes.ollama import FakeOllama
+
+    fake = FakeOllama(captions="A person.", latency=20)
+    with fake as url:
+        one_at_a_time = {"input_root": {"env": "STRATUM_INPUT_DIR"}, "output_root": {"env": "STRATUM_OUTPUT_DIR"},
+                         "batch_size": 1}
+        config = {"resources": {"stratum": {"config": one_at_a_time},
+                                "caption_server": {"config": {"url": f"{url}/api/generate", "concurrency": 1}}}}
+        run_id = _launch(dagster_dev, "caption_job", site["key"], config)
+        deadline = time.monotonic() + 180
+        while fake.generate_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert fake.generate_count == 1
+        terminated = _graphql(dagster_dev, """mutation($id: String!) { terminateRun(runId: $id) { __typename } }""",
+                              {"id": run_id})["terminateRun"]
+        assert terminated["__typename"] == "TerminateRunSuccess", terminated
+        while _runs(dagster_dev, run_ids=[run_id])[0]["status"] not in ("CANCELED", "FAILURE", "SUCCESS"):
+            assert time.monotonic() < deadline + 60, "the run did not stop"
+            time.sleep(0.5)
+        assert _runs(dagster_dev, run_ids=[run_id])[0]["status"] == "CANCELED"
+        assert fake.generate_count == 1  # the second image was never sent
+    assert not (site["out"] / "people" / "b" / "caption.txt").exists()
+
+
 def test_the_asset_catalog_shows_every_asset_with_its_partitions_and_no_dialog_over_it(dagster_dev, site, tmp_path):
     """What a user sees in headless Chromium after the page's scripts ran: the rendered DOM."""
     if CHROMIUM is None:
@@ -183,13 +210,14 @@ def _wait_for_partition(url: str, key: str, timeout: float = 90) -> list[str]:
         time.sleep(1)
 
 
-def _launch(url: str, job: str, partition: str) -> str:
+def _launch(url: str, job: str, partition: str, run_config: dict | None = None) -> str:
     """launchRun as the launchpad does; returns the run id (the run is queued by the instance)."""
     mutation = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
                     ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
     params = {"selector": {"repositoryLocationName": "stratum_dagster.definitions",
                            "repositoryName": "__repository__", "jobName": job},
-              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]}}
+              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+              "runConfigData": run_config or {}}
     launched = _graphql(url, mutation, {"p": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]

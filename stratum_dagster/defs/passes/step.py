@@ -11,7 +11,7 @@ from stratum_core.passes import REGISTRY, upstream_passes
 from stratum_core.preflight import Readiness
 from stratum_core.shards import load_shard
 from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata
-from stratum_dagster.failures import dagster_failures, setup_failure
+from stratum_dagster.failures import dagster_failures, setup_failure, terminations_stop
 from stratum_dagster.resources import CaptionServerResource, StratumResource
 
 
@@ -29,7 +29,7 @@ def run_step(context: dg.AssetExecutionContext, names: Sequence[str], stratum: S
     for r in blocked:
         context.log.error(f"not run: {r.line()}")
     if runnable:
-        with dagster_failures():
+        with terminations_stop(context), dagster_failures():
             shard_run = stratum.run_passes(runnable, key, caption_server)
         # One preview per step run, on its first asset: it is the same sheet for all of them, and every
         # copy would stay in the event log for good.
