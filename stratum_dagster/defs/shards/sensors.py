@@ -53,15 +53,25 @@ def _unknown_shards(context: dg.SensorEvaluationContext, stratum: StratumResourc
 @dg.sensor(job=enrich_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Registers new images under the input root as new shards and runs enrich_job on them.")
 def new_images_sensor(context: dg.SensorEvaluationContext, stratum: StratumResource) -> dg.SensorResult:
+    started = time.monotonic()
     cursor = _load_cursor(context, {"after": None})
     registration = shards.register_new(stratum.input_dir, stratum.output_dir, start_after=cursor["after"],
                                        time_budget=TICK_BUDGET_S, shard_size=stratum.shard_size)
-    # Every registered shard Dagster does not know yet: new ones, and any a crashed tick left behind.
-    to_add = _unknown_shards(context, stratum)
     fresh = [s.key for s in registration.new_shards]
-    # Runs for the shards registered now, and for unknown ones (a crashed tick's) that are not finished:
-    # never for shards another tool registered and already completed.
-    to_run = fresh + [k for k in to_add if k not in fresh and not _finished(stratum, k)]
+    # Runs for the shards registered now, and for other shards Dagster does not know yet (a crashed
+    # tick's, the CLI's) that are not finished: never for a shard that is already complete on disk.
+    # Those are checked while the tick's budget lasts; the rest stay unknown until the next tick.
+    unknown, fresh_set = _unknown_shards(context, stratum), set(fresh)
+    unknown_set = set(unknown)
+    to_add, to_run = [k for k in fresh if k in unknown_set], list(fresh)
+    for key in unknown:
+        if key in fresh_set:
+            continue
+        if time.monotonic() - started > TICK_BUDGET_S:
+            break
+        to_add.append(key)
+        if not _finished(stratum, key):
+            to_run.append(key)
     next_cursor = json.dumps({"after": registration.cursor})
     if not to_add and not to_run:
         return dg.SensorResult(cursor=next_cursor,
