@@ -37,7 +37,7 @@ def site(tmp_path_factory) -> dict:
     src, out, home = root / "in", root / "out", root / "dagster_home"
     home.mkdir()
     shutil.copyfile(Path(__file__).parents[2] / "dagster.yaml.example", home / "dagster.yaml")
-    write_tree(src, ["people/a.png", "people/b.png", "later/c.png"])
+    write_tree(src, ["people/a.png", "people/b.png", "later/c.png", "later/d.png"])
     with dg.DagsterInstance.from_config(str(home)) as instance:
         [key] = register(src, out, instance, "people")
     assert cli_main(["shards", "register", str(src), "-o", str(out)]) == 0  # adds later-0000, on disk only
@@ -145,7 +145,8 @@ def test_terminating_a_run_stops_its_step_before_the_next_image(dagster_dev, sit
                          "batch_size": 1}
         config = {"resources": {"stratum": {"config": one_at_a_time},
                                 "caption_server": {"config": {"url": f"{url}/api/generate", "concurrency": 1}}}}
-        run_id = _launch(dagster_dev, "caption_job", site["key"], config)
+        _wait_for_partition(dagster_dev, site["cli_key"])  # a shard no other test runs: no captions yet
+        run_id = _launch(dagster_dev, "caption_job", site["cli_key"], config)
         deadline = time.monotonic() + 180
         while fake.generate_count == 0 and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -158,7 +159,7 @@ def test_terminating_a_run_stops_its_step_before_the_next_image(dagster_dev, sit
             time.sleep(0.5)
         assert _runs(dagster_dev, run_ids=[run_id])[0]["status"] == "CANCELED"
         assert fake.generate_count == 1  # the second image was never sent
-    assert not (site["out"] / "people" / "b" / "caption.txt").exists()
+    assert not (site["out"] / "later" / "d" / "caption.txt").exists()
 
 
 def test_the_asset_catalog_shows_every_asset_with_its_partitions_and_no_dialog_over_it(dagster_dev, site, tmp_path):
