@@ -42,9 +42,11 @@ def expected_pose(box: FakeBox, bucket: Bucket, peaks=None) -> np.ndarray:
     return np.stack([2 * px / bucket.width - 1, 2 * py / bucket.height - 1, conf], axis=1)
 
 
-def make_item(bucket: Bucket, name: str = "img", corner: int = 255) -> Item:
+def make_item(bucket: Bucket, name: str = "img", corner: int = 255, channel: int = 2) -> Item:
+    """A flat grey crop whose top-left pixel has `corner` in RGB `channel` (blue by default: the
+    detector's channel 0, since it is fed BGR, and what a `gate_on_corner` fake detector reads)."""
     crop = np.full((bucket.height, bucket.width, 3), 90, np.uint8)
-    crop[0, 0, 0] = corner
+    crop[0, 0, channel] = corner
     return Item(SourceImage(f"{name}.png", Path(f"/nowhere/{name}.png")),
                 Decoded(crop, bucket.width, bucket.height, bucket))
 
