@@ -242,7 +242,7 @@ def _gather(x, indices, *, attrs):
     axis = axis + x.dim() if axis < 0 else axis
     index = torch.as_tensor(indices, device=x.device).long()
     index = torch.where(index < 0, index + x.shape[axis], index)
-    return x.index_select(axis, index.flatten()).reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1:])
+    return x.index_select(axis, index.flatten()).reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1:]))
 
 
 def _cast(x, *, attrs):

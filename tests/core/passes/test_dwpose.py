@@ -234,3 +234,28 @@ def test_stratum_process_writes_pose_through_the_engine_and_verifies(tmp_path):
         assert pose.dtype == np.float16
         np.testing.assert_allclose(pose.astype(np.float64), expected_pose(box, SQUARE), atol=2e-3, rtol=1e-3)
     assert main(["verify", str(out)]) == 0
+
+
+def corner_item(channel: int) -> Item:
+    """A black crop with a bright 16×16 top-left block in RGB `channel` alone."""
+    item = make_item(SQUARE, corner=0)
+    crop = np.zeros_like(item.crop)
+    crop[:16, :16, channel] = 255
+    return Item(item.source, Decoded(crop, SQUARE.width, SQUARE.height, SQUARE))
+
+
+@pytest.mark.parametrize("channel, person", [(2, True), (0, False)], ids=["blue-corner", "red-corner"])
+def test_the_detector_is_fed_bgr(tmp_path, channel, person):
+    """The gated fake detector reads channel 0 of its input's top-left pixel: with BGR input that is
+    the image's blue, so only a blue corner lets it find the person."""
+    folder = build_dwpose_folder(tmp_path / "m", gate_on_corner=True)
+    pose = loaded_pass(folder).run_batch([corner_item(channel)])[0].values["pose"]
+    assert (pose != 0).any() == person
+
+
+def test_the_pose_model_is_fed_the_rgb_crop(tmp_path):
+    p = loaded_pass(build_dwpose_folder(tmp_path / "m"))
+    item = corner_item(0)  # red block
+    prepared = p.preprocess(item)
+    assert prepared.image is item.crop  # RGB, as mmpose's bgr_to_rgb=True model expects
+    assert prepared.letterboxed[2, 0, 0] == 255 and prepared.letterboxed[0, 0, 0] == 0  # the detector's: BGR
