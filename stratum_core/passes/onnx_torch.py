@@ -460,6 +460,17 @@ def _module_class():
                     self._add_constant(node.output[0], np.asarray(value), len(graph.initializer) + j)
                     continue
                 self._nodes.append((node.op_type, list(node.input), list(node.output), attrs))
+            # Values die after their last reader: an interpreter that kept every intermediate would hold
+            # a whole forward's activations at once (GBs per image for YOLOX-L), not the live ones.
+            last_use: dict[str, int] = {}
+            for j, (_op, names, _outputs, _attrs) in enumerate(self._nodes):
+                for n in names:
+                    last_use[n] = j
+            keep = set(self.output_names) | set(self._consts) | set(self._cpu)
+            self._free_after: list[list[str]] = [[] for _ in self._nodes]
+            for n, j in last_use.items():
+                if n and n not in keep:
+                    self._free_after[j].append(n)
 
         def _add_constant(self, name: str, array: np.ndarray, index: int) -> None:
             tensor = torch.from_numpy(np.array(array, copy=True))
@@ -474,14 +485,17 @@ def _module_class():
             env: dict[str, Any] = dict(self._cpu)
             env.update({name: getattr(self, attr) for name, attr in self._consts.items()})
             env.update(zip(self.input_names, inputs))
-            for op, names, outputs, attrs in self._nodes:
+            for (op, names, outputs, attrs), dead in zip(self._nodes, self._free_after):
                 args = [env[n] if n else None for n in names]
                 while args and args[-1] is None:
                     args.pop()
                 fn = self._ops[op]
                 result = fn(*args, attrs=attrs, outputs=len(outputs)) if op == "Split" else fn(*args, attrs=attrs)
+                del args
                 for name, value in zip(outputs, result if isinstance(result, list) else [result]):
                     env[name] = value
+                for name in dead:
+                    env.pop(name, None)
             return tuple(env[n] for n in self.output_names)
 
     return OnnxModule

@@ -236,3 +236,10 @@ def test_auto_on_cuda_without_onnxruntime_cuda_runs_on_torch_on_the_gpu(tmp_path
     assert p.backend == "torch" and p.provenance()["providers"][0].startswith("torch (cuda:0")
     reference = loaded(folder, "onnxruntime").run_batch([make_item(SQUARE)])[0].values["pose"]
     np.testing.assert_array_equal(p.run_batch([make_item(SQUARE)])[0].values["pose"], reference)
+
+
+def test_intermediate_values_are_released_after_their_last_reader():
+    nodes = [node("Relu", ["x"], "a"), node("Sigmoid", ["a"], "b"), node("Mul", ["a", "b"], "c"), node("Neg", ["c"])]
+    module = build_module(graph_model(nodes, {"x": list(X)}, {}, ["y"]))
+    # "a" is read last by Mul (node 2), "b" too; "c" by Neg (node 3); the input "x" by Relu (node 0).
+    assert [sorted(d) for d in module._free_after] == [["x"], [], ["a", "b"], ["c"]]
