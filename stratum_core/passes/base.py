@@ -25,7 +25,7 @@ from stratum_core.outcomes import Outcome
 
 log = logging.getLogger("stratum.passes")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")  # tf32: fp32 values, TF32 tensor-core matmuls on CUDA
 
 
 def parse_precision(spec: str) -> tuple[str, dict[str, str]]:
@@ -84,7 +84,7 @@ class PassOptions:
         default, per_pass = parse_precision(self.precision)
         precision = per_pass.get(name, default)
         if precision == "auto" and auto is not None:
-            precision = auto
+            precision = auto if self.is_cuda else "fp32"  # the CPU's auto is fp32 for every pass
         return replace(self, precision=precision)
 
 
@@ -223,6 +223,13 @@ class Pass:
         # the import lock makes this thread wait until the module is complete.
         import torch
 
+        if self.options.is_cuda and self.options.resolved_precision == "tf32":
+            from stratum_core.passes.torch_utils import tf32_matmuls
+
+            stack = contextlib.ExitStack()
+            stack.enter_context(tf32_matmuls())
+            stack.enter_context(torch.inference_mode())
+            return stack
         return torch.inference_mode()
 
     def run_batch(self, items: Sequence[Item]) -> list[Outcome]:

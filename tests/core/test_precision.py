@@ -36,9 +36,9 @@ def precisions(spec: str, device: str) -> dict[str, str]:
                                                                                          precision=spec))}
 
 
-def test_auto_on_cuda_is_bf16_except_depth_and_pose_which_need_fp32():
+def test_auto_on_cuda_is_bf16_except_depth_tf32_and_pose_fp32():
     assert precisions("auto", "cuda:0") == {"dinov3": "bf16", "t5": "bf16", "pose": "fp32", "seg": "bf16",
-                                            "depth": "fp32", "normal": "bf16"}
+                                            "depth": "tf32", "normal": "bf16"}
 
 
 def test_auto_on_the_cpu_is_fp32_everywhere():
@@ -54,3 +54,20 @@ def test_a_plain_value_applies_to_every_pass_and_an_entry_overrides_it():
 def test_an_entry_for_one_pass_leaves_the_others_on_their_own_auto():
     chosen = precisions("depth=bf16", "cuda:0")
     assert (chosen["depth"], chosen["seg"], chosen["pose"]) == ("bf16", "bf16", "fp32")
+
+
+def test_a_tf32_pass_turns_tf32_matmuls_on_for_its_forward_only():
+    torch = pytest.importorskip("torch")
+    from stratum_core.passes.sapiens import SapiensDepthPass, SapiensSegPass
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with SapiensDepthPass(PassOptions(device="cuda:0")).inference_context():  # auto: tf32 (flags only: no GPU used)
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+            assert torch.is_inference_mode_enabled()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        with SapiensSegPass(PassOptions(device="cuda:0")).inference_context():  # bf16: untouched
+            assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -374,9 +374,9 @@ def test_per_pass_precision_from_the_cli_is_recorded_in_the_run_record(input_dir
     output_dir = tmp_path / "out"
     code = cli.main(["process", str(input_dir), "-o", str(output_dir), "--passes", "seg,depth,normal",
                      "--model-dir", str(model_dir), "--device", "cpu", "--workers", "1",
-                     "--precision", "bf16,depth=fp32"])
+                     "--precision", "bf16,depth=tf32"])
     assert code == 0
     (record,) = (output_dir / ".stratum" / "runs").glob("*.json")
     provenance = json.loads(record.read_text())["provenance"]
     assert {n: provenance[n]["precision"] for n in ("seg", "depth", "normal")} == {
-        "seg": "bf16", "depth": "fp32", "normal": "bf16"}
+        "seg": "bf16", "depth": "tf32", "normal": "bf16"}
