@@ -274,7 +274,23 @@ def _expand(x, shape, *, attrs):
 
 
 def _softmax(x, *, attrs):
-    return _torch().softmax(x, dim=attrs.get("axis", -1))
+    """Opset 13+: along `axis`. Before 13 (default axis 1): over everything from `axis` on, as one row."""
+    torch = _torch()
+    if attrs.get("_opset", 13) >= 13:
+        return torch.softmax(x, dim=attrs.get("axis", -1))
+    axis = attrs.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
+    return torch.softmax(x.reshape(int(math.prod(x.shape[:axis])), -1), dim=1).reshape(x.shape)
+
+
+def _pad(x, pads=None, value=None, axes=None, *, attrs):
+    F = _torch().nn.functional
+    mode = _text(attrs.get("mode", "constant"))
+    if mode != "constant" or axes is not None:
+        raise InfrastructureError(f"Pad mode {mode} (or with axes) is not supported")
+    pads = _ints(pads) if pads is not None else list(attrs["pads"])
+    fill = float(value.item()) if value is not None and value.numel() else float(attrs.get("value", 0.0))
+    return F.pad(x, _f_pad_args(pads, x.dim()), value=fill)
 
 
 def _flatten(x, *, attrs):
@@ -358,7 +374,8 @@ def _op_table() -> dict[str, Callable[..., Any]]:
         "Floor": _unary("floor"), "Ceil": _unary("ceil"), "Not": _unary("logical_not"),
         "LeakyRelu": lambda x, *, attrs: F.leaky_relu(x, attrs.get("alpha", 0.01)),
         "HardSigmoid": _hard_sigmoid, "HardSwish": lambda x, *, attrs: F.hardswish(x),
-        "Softmax": _softmax, "Identity": lambda x, *, attrs: x,
+        "Softmax": _softmax, "Identity": lambda x, *, attrs: x, "Dropout": lambda x, *args, attrs: x,
+        "Pad": _pad,
         "Conv": _conv, "ConvTranspose": _conv_transpose, "BatchNormalization": _batch_norm,
         "LayerNormalization": _layer_norm, "Gemm": _gemm,
         "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
@@ -383,7 +400,7 @@ SUPPORTED_OPS: frozenset[str] = frozenset({
     "LayerNormalization", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
     "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "Resize", "Upsample", "Concat", "Split", "Slice", "Reshape",
     "Flatten", "Transpose", "Unsqueeze", "Squeeze", "Clip", "Gather", "Cast", "Shape", "ConstantOfShape", "Expand",
-    "Where", "Range", "Constant",
+    "Where", "Range", "Constant", "Pad", "Dropout",
 })
 
 
@@ -443,6 +460,7 @@ def _module_class():
 
             graph = model.graph
             self._ops = _op_table()
+            opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
             self._consts: dict[str, Any] = {}  # name → buffer attribute name or CPU tensor
             self._cpu: dict[str, Any] = {}
             for i, init in enumerate(graph.initializer):
@@ -453,6 +471,8 @@ def _module_class():
             self._nodes: list[tuple[str, list[str], list[str], dict[str, Any]]] = []
             for j, node in enumerate(graph.node):
                 attrs = _attributes(node)
+                if node.op_type == "Softmax":
+                    attrs["_opset"] = opset  # its meaning changed at opset 13
                 if node.op_type == "Constant":
                     value = attrs.get("value")
                     if value is None:

@@ -113,6 +113,8 @@ CASES = [
                                  node("Greater", ["x", "k"], "m"), node("Neg", ["x"], "n"), node("Where", ["m", "x", "n"])],
      {}, ["y"]),
     ("two_outputs", [node("Tanh", ["x"], "y"), node("Erf", ["x"], "z")], {}, ["y", "z"]),
+    ("pad_constant_dropout", [node("Pad", ["x", "p", "v"], "q"), node("Dropout", ["q"])],
+     {"p": ints(0, 0, 1, 2, 0, 0, 2, 1), "v": np.array(0.5, np.float32)}, ["y"]),
 ]
 
 
@@ -133,6 +135,14 @@ def test_each_operator_pattern_of_the_dwpose_graphs_matches_onnxruntime(nodes, i
     for e, g in zip(expected, got):
         assert g.shape == e.shape
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_softmax_before_opset_13_runs_over_every_axis_from_its_axis_on():
+    nodes = [node("Softmax", ["x"], axis=1)]
+    x = RNG.standard_normal(X).astype(np.float32)
+    expected, got = run_both(graph_model(nodes, {"x": list(X)}, {}, ["y"], opset=11), x)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got[0].reshape(3, -1).sum(1), 1.0, rtol=1e-5)  # one row per image, not per channel
 
 
 def test_every_operator_the_cases_use_is_in_the_supported_list():
