@@ -289,14 +289,21 @@ class DWPosePass(Pass):
         if self.config.backend == "auto" and self.backend == "torch":
             log.warning("pose: onnxruntime has no CUDA provider here; running the ONNX files on torch (%s) "
                         "instead of the CPU (--pose-backend onnxruntime to insist)", self.options.device)
+        if self.backend == "onnxruntime":
+            try:
+                self._load_onnxruntime(location)
+            except InfrastructureError as exc:
+                if self.config.backend != "auto" or "could not start CUDA" not in str(exc):
+                    raise
+                # onnxruntime-gpu whose CUDA/cuDNN libraries do not match this machine's: torch can run it.
+                log.warning("pose: %s; running the ONNX files on torch (%s) instead", exc, self.options.device)
+                self.backend = "torch"
         if self.backend == "torch":
             from stratum_core.passes.onnx_torch import TorchOnnxModel
 
             precision = self.options.resolved_precision
             self.detector = Detector(TorchOnnxModel(location.file(DETECTOR_FILE), self.options.device, precision))
             self.pose_model = PoseModel(TorchOnnxModel(location.file(POSE_FILE), self.options.device, precision))
-        else:
-            self._load_onnxruntime(location)
         log.info("pose: %s (batch %s) and %s (batch %s) on %s", DETECTOR_FILE,
                  self.detector.model.fixed_batch or "dynamic", POSE_FILE,
                  self.pose_model.model.fixed_batch or "dynamic", self.detector.model.providers[0])

@@ -253,3 +253,23 @@ def test_intermediate_values_are_released_after_their_last_reader():
     module = build_module(graph_model(nodes, {"x": list(X)}, {}, ["y"]))
     # "a" is read last by Mul (node 2), "b" too; "c" by Neg (node 3); the input "x" by Relu (node 0).
     assert [sorted(d) for d in module._free_after] == [["x"], [], ["a", "b"], ["c"]]
+
+
+class CudaWontStart:
+    """Stands in for onnxruntime-gpu built against other CUDA/cuDNN libraries than the machine's."""
+
+    def __init__(self, path, providers):
+        raise InfrastructureError(f"{path}: onnxruntime could not start CUDA (it fell back to CPUExecutionProvider)")
+
+
+def test_auto_moves_to_torch_when_onnxruntime_cannot_start_cuda(tmp_path, monkeypatch):
+    from stratum_core.passes import dwpose
+
+    folder = build_dwpose_folder(tmp_path / "m")
+    reference = loaded(folder, "onnxruntime").run_batch([make_item(SQUARE)])[0].values["pose"]
+    monkeypatch.setattr(dwpose, "OnnxModel", CudaWontStart)
+    p = loaded(folder, "auto")
+    assert p.backend == "torch" and p.provenance()["backend"] == "torch"
+    np.testing.assert_array_equal(p.run_batch([make_item(SQUARE)])[0].values["pose"], reference)
+    with pytest.raises(InfrastructureError, match="could not start CUDA"):
+        loaded(folder, "onnxruntime")  # asked for by name: no switching
