@@ -80,7 +80,7 @@ class PassOptions:
 
     def for_pass(self, name: str, auto: str | None = None) -> "PassOptions":
         """These options as pass `name` sees them: its own precision (its entry, else the plain value),
-        with `auto` replaced by the pass's `auto` when it has one (depth: fp32)."""
+        with `auto` replaced by the pass's `auto` on CUDA when it has one (depth: tf32, pose: fp32)."""
         default, per_pass = parse_precision(self.precision)
         precision = per_pass.get(name, default)
         if precision == "auto" and auto is not None:
@@ -137,7 +137,7 @@ class Pass:
     model: ClassVar[ModelSpec | None] = None
     config_class: ClassVar[type] = NoConfig
     # What `--precision auto` means for this pass; None: bf16 on CUDA, fp32 on the CPU. A pass whose
-    # artifact needs more than bf16 resolution (depth) says fp32 here.
+    # artifact needs more than bf16 resolution says so here (depth: tf32, pose: fp32).
     auto_precision: ClassVar[str | None] = None
 
     def __init__(self, options: PassOptions, config: Any = None):
