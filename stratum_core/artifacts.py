@@ -70,7 +70,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
              lambda b: (b.patch_grid[0] * b.patch_grid[1], 1024),
              description="DINOv3 patch tokens, row-major grid, registers excluded"),
     Artifact("t5_hidden", "t5_hidden.npy", "t5", "npy", "float16", lambda b: (512, 1024),
-             description="T5-large encoder hidden states of the caption"),
+             description="T5-large encoder hidden states of the caption, encoded with the attention mask "
+                         "(padding masked out, as transformers does; SD3/Flux pipelines encode unmasked)"),
     Artifact("t5_mask", "t5_mask.npy", "t5", "npy", "uint8", lambda b: (512,), _binary,
              description="1 = valid token, 0 = padding"),
     Artifact("pose", "pose.npy", "pose", "npy", "float16", lambda b: (133, 3),

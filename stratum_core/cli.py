@@ -72,7 +72,9 @@ def _add_process(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated passes, or 'all' (caption,dinov3,t5,pose,seg,depth,normal); "
                         "'pixel' only when named")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--precision", default="auto",
+                   help="auto | fp32 | tf32 | bf16 | fp16, or per pass, e.g. bf16,depth=fp32 (auto: each pass's "
+                        "default on CUDA: bf16, depth tf32, pose fp32; fp32 on the CPU)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per model batch (default: chosen from free GPU memory, 8 on CPU)")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),

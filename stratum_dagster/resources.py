@@ -74,7 +74,7 @@ class StratumResource(dg.ConfigurableResource):
     model_dir: Optional[str] = Field(default=None, description="models as <hub id>/ (default $STRATUM_MODEL_DIR)")
     model_paths: dict[str, str] = Field(default_factory=dict, description="pass name → explicit weights path")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N; auto claims a free GPU")
-    precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16")
+    precision: str = Field(default="auto", description="auto | fp32 | tf32 | bf16 | fp16, or per pass: 'bf16,depth=fp32'")
     batch_size: Optional[int] = Field(default=None, description="images per batch (default: by device, as the CLI)")
     workers: Optional[int] = Field(default=None, description="decode threads (default: as the CLI, cores up to 8)")
     shard_size: int = Field(default=1000, description="images per new shard")
