@@ -59,8 +59,8 @@ def test_publish_job_writes_chunks_sized_by_the_resources_options(tmp_path, hub,
     result = _run("publish_job", instance, resource, tmp_path / "ds")
     assert result.success
     files = hub.files(REPO)
-    assert {"data/00000-00003.parquet", "data/00004-00005.parquet",
-            "dinov3/00000-00002.tar", "dinov3/00003-00005.tar"} <= set(files)
+    assert {"data/00000/00000-00003.parquet", "data/00000/00004-00005.parquet",
+            "dinov3/00000/00000-00002.tar", "dinov3/00000/00003-00005.tar"} <= set(files)
     assert "Photos by the Example Archive." in files["ATTRIBUTION.md"].decode()
     assert "Photos by the Example Archive." in files["README.md"].decode()
     assert _manifest(hub)["total_images"] == 6
@@ -72,7 +72,7 @@ def test_publish_job_writes_chunks_sized_by_the_resources_options(tmp_path, hub,
 def _publish_two_chunks_then_delete_one(tmp_path, hub) -> None:
     make_dataset(tmp_path / "ds")
     publish(tmp_path / "ds", config(layers=("caption", "dinov3"), images_per_tar=3), token=TOKEN, endpoint=hub.url)
-    hub.put_files(REPO, {}, delete=("dinov3/00003-00005.tar",))
+    hub.put_files(REPO, {}, delete=("dinov3/00000/00003-00005.tar",))
 
 
 def test_reconcile_job_rebuilds_the_manifest_from_the_repos_files(tmp_path, hub, instance):
@@ -81,7 +81,7 @@ def test_reconcile_job_rebuilds_the_manifest_from_the_repos_files(tmp_path, hub,
     assert result.success
     manifest = _manifest(hub)
     assert manifest["layers"]["dinov3"]["chunks"] == {"00000-00002": 3}
-    assert "dinov3/00003-00005.index.json" not in hub.files(REPO)
+    assert "dinov3/00000/00003-00005.index.json" not in hub.files(REPO)
     assert "| dinov3 | webdataset | 3 |" in hub.files(REPO)["README.md"].decode()
 
 
@@ -118,7 +118,7 @@ def _publish_through_the_code_location(tmp_path, hub, instance, monkeypatch) -> 
 def test_publish_job_runs_without_hf_token(tmp_path, hub, instance, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert _publish_through_the_code_location(tmp_path, hub, instance, monkeypatch).success
-    assert "data/00000-00005.parquet" in hub.files(REPO)
+    assert "data/00000/00000-00005.parquet" in hub.files(REPO)
     assert hub.auth_headers == set()  # no token, and no saved login in the tests' HF_HOME
 
 

@@ -33,7 +33,7 @@ def _tarfile_bytes(root, ids) -> bytes:
 
 def test_tar_is_byte_identical_to_python_tarfile(tmp_path):
     ids = make_dataset(tmp_path / "ds", patches=37)  # 37 rows: data not a multiple of 512 bytes
-    with pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/00000-00005.tar") as packed:
+    with pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/00000/00000-00005.tar") as packed:
         data = packed.payload.read()
         assert packed.size == len(data)
     assert data == _tarfile_bytes(tmp_path / "ds", ids)
