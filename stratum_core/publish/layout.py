@@ -28,6 +28,7 @@ exactly, so the true id of every member is recoverable from its key alone; the i
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -167,6 +168,8 @@ def list_chunks(files: Iterable[str], layer: str | None = None) -> list[ChunkFil
             flat.add(path)
         else:
             batch_indexes.setdefault((parsed[0], parsed[1]), []).append((parsed[2], path))
+    for spans in batch_indexes.values():
+        spans.sort()
     chunks = []
     for path in files:
         parsed = parse_chunk_path(path)
@@ -176,10 +179,17 @@ def list_chunks(files: Iterable[str], layer: str | None = None) -> list[ChunkFil
         if folder is None:
             index = index_path(path) if index_path(path) in flat else None
         else:
-            index = next((p for span, p in sorted(batch_indexes.get((parsed[0], folder), []))
-                          if span.first <= parsed[1].first and parsed[1].last <= span.last), None)
+            index = _containing(batch_indexes.get((parsed[0], folder), []), parsed[1])
         chunks.append(ChunkFile(parsed[0], parsed[1], path, index))
     return sorted(chunks, key=lambda c: (c.layer, c.range))
+
+
+def _containing(spans: list[tuple[ChunkRange, str]], chunk: ChunkRange) -> str | None:
+    """The path of the (sorted, non-overlapping) span that contains `chunk`."""
+    i = bisect.bisect_right(spans, (ChunkRange(chunk.first, 1 << 62), "")) - 1
+    if i >= 0 and spans[i][0].first <= chunk.first and chunk.last <= spans[i][0].last:
+        return spans[i][1]
+    return None
 
 
 def index_entry(index: Mapping | None, chunk: ChunkFile | ChunkRange) -> dict | None:
@@ -239,6 +249,24 @@ def widen(cell: ChunkRange, existing: Iterable[ChunkRange]) -> tuple[ChunkRange,
                 cell = ChunkRange(min(cell.first, chunk.first), max(cell.last, chunk.last))
                 changed = True
     return cell, sorted(covered)
+
+
+def widen_sorted(cell: ChunkRange, existing: list[ChunkRange]) -> tuple[ChunkRange, list[ChunkRange]]:
+    """`widen` over NON-OVERLAPPING ranges sorted by (first, last) (one layer's chunks), found by bisection:
+    a republish of 10M images plans tens of thousands of cells against as many chunks."""
+    while True:
+        # Ranges overlapping the cell start before its end; those that end before its start do not count.
+        hi = bisect.bisect_right(existing, ChunkRange(cell.last, 1 << 62))
+        lo = hi
+        while lo > 0 and existing[lo - 1].last >= cell.first:
+            lo -= 1
+        covered = [c for c in existing[lo:hi] if c.overlaps(cell)]
+        if not covered:
+            return cell, []
+        grown = ChunkRange(min(cell.first, covered[0].first), max(cell.last, max(c.last for c in covered)))
+        if grown == cell:
+            return cell, covered
+        cell = grown
 
 
 def split_by_size(positions: list[int], sizes: list[int], max_bytes: int) -> list[list[int]]:

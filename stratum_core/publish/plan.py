@@ -18,7 +18,7 @@ from stratum_core.errors import ConfigError
 from stratum_core.publish.config import PublishConfig
 from stratum_core.publish.layout import (CARD_PATH, DATA_DIR, MANIFEST_PATH, TEXT_LAYERS, ChunkFile, ChunkRange,
                                          batch_index_path, chunk_path, grid_cells, grid_folder, list_chunks,
-                                         parse_index_path, widen)
+                                         parse_index_path, widen, widen_sorted)
 
 MB = 1024 * 1024
 MAX_IMAGES_PER_TAR = 1_000_000  # tiny layers (pose: 800 B an image) would otherwise make one tar of millions
@@ -47,7 +47,7 @@ class PlannedChunk:
     path: str
     count: int  # images in the chunk
     nbytes: int  # planned file size
-    positions: tuple[int, ...] | None = None  # positions of the images in it when not all of the range
+    positions: np.ndarray | None = None  # positions of the images in it when not all of the range
 
 
 @dataclass
@@ -109,22 +109,26 @@ def choose_chunking(layer: str, config: PublishConfig, recorded: Mapping | None,
 def layer_cells(selection: range, total: int, grid: int, existing: list[ChunkRange]) -> list[ChunkRange]:
     """Grid cells of the selection, each grown over the chunks already in its grid cell (the partial last chunk
     of a growing dataset grows into its full cell) and widened over every chunk it overlaps."""
-    cells: list[ChunkRange] = []
+    existing = sorted(existing)
     by_cell: dict[int, list[ChunkRange]] = {}
     for chunk in existing:
         if chunk.first // grid == chunk.last // grid:
             by_cell.setdefault(chunk.first // grid, []).append(chunk)
+    cells: list[ChunkRange] = []
     for cell in grid_cells(selection, grid):
         inside = by_cell.get(cell.first // grid, [])
         if inside:
             cell = ChunkRange(min([cell.first] + [c.first for c in inside]),
                               max([cell.last] + [c.last for c in inside]))
-        cell, _ = widen(cell, existing + cells)
+        cell, _ = widen_sorted(cell, existing)
+        while cells and cells[-1].overlaps(cell):  # cells come in order: only the last ones can overlap
+            previous = cells.pop()
+            cell = ChunkRange(min(previous.first, cell.first), max(previous.last, cell.last))
         if cell.last >= total:
             raise ConfigError(f"the repo has chunks up to position {cell.last}, but the dataset has only "
                               f"{total} images; publish from the full dataset")
-        cells = [c for c in cells if not c.overlaps(cell)] + [cell]
-    return sorted(cells)
+        cells.append(cell)
+    return cells
 
 
 def split_cell(cell: ChunkRange, sizes: np.ndarray, max_bytes: int) -> list[tuple[ChunkRange, np.ndarray]]:
@@ -199,7 +203,7 @@ def _layer_chunks(layer: str, cells: list[ChunkRange], span: np.ndarray, lo: int
             nbytes = int(span[positions - lo].sum()) + (TAR_END if layer != DATA_DIR else 0)
             whole = positions.size == len(part)
             planned.append(PlannedChunk(layer, part, path, int(positions.size), nbytes,
-                                        None if whole else tuple(positions.tolist())))
+                                        None if whole else positions))
     return planned
 
 
@@ -224,9 +228,11 @@ def _summarise(plan: LayoutPlan, repo_files: list[str], existing: list[ChunkFile
     counts = _manifest_counts(manifest)
     new_paths = {c.path for c in plan.chunks}
     files = set(repo_files)
+    planned: dict[str, list[ChunkRange]] = {}
+    for c in plan.chunks:
+        planned.setdefault(c.layer, []).append(c.chunk)
     for chunk in existing:  # chunks the new ones overlap but do not replace go, with their flat indexes
-        if chunk.path not in new_paths and any(c.layer == chunk.layer and c.chunk.overlaps(chunk.range)
-                                               for c in plan.chunks):
+        if chunk.path not in new_paths and widen_sorted(chunk.range, planned.get(chunk.layer, []))[1]:
             files.discard(chunk.path)
             if chunk.index and not chunk.nested:
                 files.discard(chunk.index)

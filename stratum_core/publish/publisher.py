@@ -221,7 +221,7 @@ def plan_jobs(dataset: DatasetView, selection: range, config: PublishConfig,
     jobs: list[ChunkJob] = []
     for planned in layout.chunks:
         cell = planned.chunk
-        positions = planned.positions if planned.positions is not None else range(cell.first, cell.last + 1)
+        positions = planned.positions.tolist() if planned.positions is not None else range(cell.first, cell.last + 1)
         ids = [dataset.ids[p] for p in positions]
         fill: tuple[str, ...] = ()
         if planned.layer == DATA_DIR:
