@@ -207,12 +207,13 @@ class HubClient:
 
     def read_state_if_exists(self) -> RepoState | None:
         """`read_state`, or None when the repo does not exist (yet)."""
-        from huggingface_hub.errors import RepositoryNotFoundError
+        from huggingface_hub.errors import HfHubHTTPError
 
         try:
             self.api.dataset_info(self.repo_id, revision="main")
-        except RepositoryNotFoundError:
-            return None
+        except HfHubHTTPError as exc:  # RepositoryNotFoundError is one; a bare 404 from other servers too
+            if exc.response is not None and exc.response.status_code == 404:
+                return None
         except Exception:  # noqa: BLE001 - read_state's retries and messages handle the rest
             pass
         return self.read_state()
