@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from itertools import zip_longest
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -183,6 +184,18 @@ def publish_new(dataset_dir, config: PublishConfig, token: str | None = None, en
         return PublishResult(config.hub_repo, total_images=(state.manifest or {}).get("total_images", 0)
                              if state else 0)
     return publish(dataset_dir, replace(config, offset=done, limit=stop - done), token=token, endpoint=endpoint)
+
+
+def shard_ready(dataset_dir, layers) -> Callable[[str], bool]:
+    """`ready` for publish_new: a shard is ready when every image has finished metadata and each of `layers`
+    (an artifact or a failure record: a failed image never blocks the shards after it)."""
+    from stratum_core.shards import load_shard, shard_completion
+
+    def ready(key: str) -> bool:
+        completion = shard_completion(Path(dataset_dir), load_shard(Path(dataset_dir), key))
+        return all(completion.done.get(p, 0) + completion.failed.get(p, 0) >= completion.total
+                   for p in ("metadata", *layers))
+    return ready
 
 
 def published_end(state: RepoState) -> int:
