@@ -169,12 +169,13 @@ def publish_new(dataset_dir, config: PublishConfig, token: str | None = None, en
 
     `ready(shard_key) -> bool` says whether a shard is finished; publishing stops before the first one that
     is not (positions must stay contiguous). Without registered shards: every image after the last one.
+    `config.offset`/`limit` still bound what is published.
     """
     dataset = DatasetView.load(Path(dataset_dir))
     hub = HubClient(config.hub_repo, token=token, endpoint=endpoint, retry=config.retry)
     state = hub.read_state_if_exists()
-    done = published_end(state) if state else 0
-    stop = len(dataset.ids)
+    done = max(published_end(state) if state else 0, config.offset)  # --offset/--limit still bound it
+    stop = _selection(dataset, config).stop
     for key, first, shard_stop in dataset.shards:
         if shard_stop > done and ready is not None and not ready(key):
             stop = min(stop, max(first, done))

@@ -15,7 +15,7 @@ from stratum_dagster.resources import HubResource, StratumResource
 from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
 
 PUBLISH_OPTIONS = ("layers", "offset", "limit", "license", "attribution_file", "private", "rows_per_parquet",
-                   "images_per_tar", "max_tar_mb", "chunks_per_commit")
+                   "images_per_tar", "max_tar_mb", "chunks_per_commit", "folder_limit", "commits_per_hour")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def test_hub_resource_defaults_are_the_cli_publish_defaults():
     cli_config = PublishConfig(hub_repo=REPO, layers=args.layers, offset=args.offset, limit=args.limit,
                                license=args.license, attribution_file=args.attribution_file, private=args.private,
                                rows_per_parquet=args.rows_per_parquet, images_per_tar=args.images_per_tar,
-                               max_tar_mb=args.max_tar_mb, chunks_per_commit=args.chunks_per_commit)
+                               max_tar_mb=args.max_tar_mb, chunks_per_commit=args.chunks_per_commit,
+                               folder_limit=args.folder_limit, commits_per_hour=args.commits_per_hour)
     resource_config = HubResource(repo_id=REPO).publish_config()
     assert {o: getattr(resource_config, o) for o in PUBLISH_OPTIONS} == {o: getattr(cli_config, o)
                                                                          for o in PUBLISH_OPTIONS}
@@ -126,3 +127,23 @@ def test_publish_job_reads_hf_token_when_the_job_runs(tmp_path, hub, instance, m
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # set after the code location was imported
     assert _publish_through_the_code_location(tmp_path, hub, instance, monkeypatch).success
     assert hub.auth_headers == {f"Bearer {TOKEN}"}
+
+
+def test_hub_dataset_adds_only_the_shards_finished_since_the_last_publish(tmp_path, hub, instance):
+    from tests.core.publish.test_growing import add_group
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    add_group(src, out, "ffhq", ["img0", "img1", "img2", "img3"])
+    resource = HubResource(repo_id=REPO, token=TOKEN, endpoint=hub.url, layers=["caption", "dinov3"],
+                           rows_per_parquet=2, images_per_tar=2)
+    assert _run("publish_job", instance, resource, out).success
+    before = hub.files(REPO)
+    add_group(src, out, "aaa", ["x0", "x1"])  # a new folder that sorts first
+    result = _run("publish_job", instance, resource, out)
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert metadata["shards_added"] == {"aaa-0000": "00004-00005"}
+    assert metadata["ranges_added"] == ["00004-00005"] and metadata["total_images"] == 6
+    after = hub.files(REPO)
+    assert all(after[p] == data for p, data in before.items() if p not in ("manifest.json", "README.md"))
