@@ -69,7 +69,8 @@ class Pacer:
 
     def wait(self) -> float:
         now = self.clock()
-        self.times = [t for t in self.times if now - t < self.WINDOW_S]
+        # 1 ms of slack: commit dates read back from the Hub carry rounding of their own.
+        self.times = [t for t in self.times if now - t < self.WINDOW_S - 1e-3]
         if len(self.times) < self.per_hour:
             return 0.0
         wait = self.times[-int(self.per_hour)] + self.WINDOW_S - now
@@ -164,8 +165,9 @@ class HubClient:
         except PublishError as exc:
             log.warning("publish: cannot list the repo's commits (%s); pacing counts this run's only", exc)
             return
-        ages = sorted(now - c.created_at.timestamp() for c in commits if getattr(c, "created_at", None))
-        self.pacer.times = sorted(now - age for age in ages if 0 <= age < Pacer.WINDOW_S)
+        # A commit dated a little in our future is the Hub's clock running ahead (or rounding): it is recent.
+        ages = [max(0.0, now - c.created_at.timestamp()) for c in commits if getattr(c, "created_at", None)]
+        self.pacer.times = sorted(now - age for age in ages if age < Pacer.WINDOW_S)
 
     def _retry_after(self, exc) -> float | None:
         value = exc.response.headers.get("Retry-After") if exc.response is not None else None
