@@ -31,7 +31,7 @@ from stratum_core.publish.layout import (ATTRIBUTION_PATH, CARD_PATH, DATA_DIR, 
                                          parse_chunk_path, parse_index_path, range_label, tar_artifacts)
 from stratum_core.publish.manifest import build_manifest, chunk_counts_from_manifest, dumps, layer_ranges
 from stratum_core.publish.pack import PackedChunk, PayloadPool, pack_data, pack_tar, tar_member_bytes
-from stratum_core.publish.plan import LayoutPlan, merged_index_path, plan_layout
+from stratum_core.publish.planning import LayoutPlan, merged_index_path, plan_layout
 
 log = logging.getLogger("stratum.publish")
 

@@ -10,7 +10,7 @@ from stratum_core.artifacts import artifacts_of
 from stratum_core.buckets import Bucket
 from stratum_core.publish import PUBLISHABLE_LAYERS, PublishConfig
 from stratum_core.publish.layout import DATA_DIR, ChunkRange
-from stratum_core.publish.plan import layer_cells, plan_layout, split_cell
+from stratum_core.publish.planning import layer_cells, plan_layout, split_cell
 from stratum_core.publish.publisher import DATA_ROW_BYTES
 
 GB = 1024 ** 3
