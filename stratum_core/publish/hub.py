@@ -162,7 +162,7 @@ class HubClient:
         try:
             commits = self._call("list_repo_commits", lambda: list(self.api.list_repo_commits(
                 self.repo_id, repo_type=REPO_TYPE)))
-        except PublishError as exc:
+        except (PublishError, KeyError, TypeError, ValueError) as exc:
             log.warning("publish: cannot list the repo's commits (%s); pacing counts this run's only", exc)
             return
         # A commit dated a little in our future is the Hub's clock running ahead (or rounding): it is recent.

@@ -176,15 +176,17 @@ def plan_layout(selection: range, total: int, layers: Iterable[str], sizes: Size
         mine = [c for c in existing if c.layer == layer]
         sel_sizes = np.asarray(sizes(layer, selection.start, selection.stop), dtype=np.int64)
         present = sel_sizes[sel_sizes > 0]
-        grid = chunking[layer] = choose_chunking(layer, config, recorded.get(layer),
-                                                 float(present.mean()) if present.size else 1.0)
+        grid = choose_chunking(layer, config, recorded.get(layer), float(present.mean()) if present.size else 1.0)
         cells = layer_cells(selection, total, grid.images_per_chunk, [c.range for c in mine])
         if not cells:
             continue
         lo, hi = cells[0].first, cells[-1].last + 1
         span = sel_sizes if (lo, hi) == (selection.start, selection.stop) else \
             np.asarray(sizes(layer, lo, hi), dtype=np.int64)
-        chunks += _layer_chunks(layer, cells, span, lo, grid, mine, config)
+        planned = _layer_chunks(layer, cells, span, lo, grid, mine, config)
+        if planned or layer in recorded:  # a grid sized without a single image of the layer is not kept
+            chunking[layer] = grid
+        chunks += planned
     plan = LayoutPlan(chunks, chunking)
     _summarise(plan, repo_files, existing, manifest, config)
     return plan

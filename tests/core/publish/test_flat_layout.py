@@ -80,3 +80,12 @@ def test_load_dataset_reads_flat_and_nested_parquets_together(tmp_path, hub):
     assert sorted(ds["image_id"]) == ids
     table = pq.read_table(io.BytesIO(hub.files(REPO)["data/00000-00002.parquet"]))
     assert table.column("image_id").to_pylist() == ids[:3]
+
+
+def test_a_nested_chunk_covering_a_flat_one_replaces_it_and_its_index(tmp_path, hub):
+    ids = make_dataset(tmp_path / "ds")
+    flat_repo(tmp_path / "ds", hub, ids)
+    publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)  # one 10,000-row cell
+    data = sorted(p for p in hub.files(REPO) if p.startswith("data/"))
+    assert data == ["data/00000/00000-00005.index.json", "data/00000/00000-00005.parquet"]
+    assert json.loads(hub.files(REPO)["manifest.json"])["data"]["chunks"] == {"00000-00005": 6}
