@@ -213,12 +213,19 @@ def batches(chunks: list, per_commit: int) -> list[list]:
     return [chunks[i:i + per_commit] for i in range(0, len(chunks), per_commit)]
 
 
-def merged_index_path(layer: str, folder: str, new: list[ChunkRange], existing: dict[str, ChunkRange]) -> \
-        tuple[str, list[str]]:
+def merged_index_path(layer: str, folder: str, new: list[ChunkRange], existing: dict[str, ChunkRange],
+                      absorbable: Callable[[str], bool] = lambda path: False) -> tuple[str, list[str]]:
     """The batch index for the `new` chunk ranges of one folder, widened over the folder's index files whose
-    ranges it overlaps (`existing`: path → span); returns (its path, the index files it replaces)."""
+    spans it overlaps, and over the nearest one before it when `absorbable(path)` (it lists fewer chunks than
+    a commit carries: small appends would otherwise add an index file each). `existing`: path → span.
+    Returns (its path, the index files it replaces)."""
     span = ChunkRange(min(r.first for r in new), max(r.last for r in new))
     span, covered = widen(span, existing.values())
+    before = [(r, p) for p, r in existing.items() if r.last < span.first]
+    if before:
+        nearest, path = max(before)
+        if absorbable(path):
+            span, covered = widen(ChunkRange(nearest.first, span.last), existing.values())
     path = batch_index_path(layer, folder, span)
     return path, sorted(p for p, r in existing.items() if r in covered and p != path)
 
@@ -246,6 +253,7 @@ def _summarise(plan: LayoutPlan, repo_files: list[str], existing: list[ChunkFile
         parsed = parse_index_path(path)
         if parsed and parsed[1] is not None:
             indexes.setdefault((parsed[0], parsed[1]), {})[path] = parsed[2]
+    listed: dict[str, int] = {}  # chunks listed by the index files this plan writes (the repo's: unknown)
     for batch in batches(todo, config.chunks_per_commit):
         by_folder: dict[tuple[str, str], list[ChunkRange]] = {}
         for c in batch:
@@ -254,7 +262,10 @@ def _summarise(plan: LayoutPlan, repo_files: list[str], existing: list[ChunkFile
                 by_folder.setdefault((c.layer, folder), []).append(c.chunk)
         for (layer, folder), ranges in by_folder.items():
             current = indexes.setdefault((layer, folder), {})
-            path, replaced = merged_index_path(layer, folder, ranges, current)
+            path, replaced = merged_index_path(layer, folder, ranges, current,
+                                               lambda p: listed.get(p, config.chunks_per_commit) <
+                                               config.chunks_per_commit)
+            listed[path] = len(ranges) + sum(listed.get(p, 0) for p in replaced)
             for p in replaced:
                 current.pop(p)
                 files.discard(p)

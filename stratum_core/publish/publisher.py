@@ -464,7 +464,8 @@ def _commit_batch(hub: HubClient, config: PublishConfig, staged: list[Staged], s
         return state
     payload = [s.operation for s in staged if s.operation is not None]
     stale = _stale_paths(changed, state)
-    index_files, index_deletes = index_updates(hub, state, {p.path_in_repo: p.index for p in changed}, stale)
+    index_files, index_deletes = index_updates(hub, state, {p.path_in_repo: p.index for p in changed}, stale,
+                                               config.chunks_per_commit)
     operations = _operations(config, changed, index_files, payload, stale + index_deletes, state, attribution,
                              grids)
     label = f"{changed[0].index['range']}..{changed[-1].index['range']}"
@@ -478,14 +479,16 @@ def _commit_batch(hub: HubClient, config: PublishConfig, staged: list[Staged], s
     return hub.read_state()
 
 
-def index_updates(hub: HubClient, state: RepoState, entries: dict[str, dict],
-                  deleted: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+def index_updates(hub: HubClient, state: RepoState, entries: dict[str, dict], deleted: list[str],
+                  absorb_below: int = 0) -> tuple[list[tuple[str, bytes]], list[str]]:
     """Index files to write and to delete for a commit that adds `entries` (chunk path → index entry) and
     deletes the chunks `deleted`.
 
     A flat chunk keeps its own index beside it. Nested chunks share ONE index per folder and batch, named by
     the span of its chunks; it absorbs the folder's index files whose spans it overlaps, so spans never
-    overlap and every nested chunk has exactly one index. Entries of deleted chunks are dropped everywhere.
+    overlap and every nested chunk has exactly one index, and the folder's nearest index before it when that
+    lists fewer than `absorb_below` chunks (so publishing a few chunks at a time does not add an index file
+    each time; the absorbed entries are carried over unchanged). Entries of deleted chunks are dropped.
     """
     gone = set(deleted)
     writes: dict[str, dict] = {}
@@ -502,7 +505,8 @@ def index_updates(hub: HubClient, state: RepoState, entries: dict[str, dict],
         existing = {p: parsed[2] for p in state.files if (parsed := parse_index_path(p))
                     and parsed[:2] == (layer, folder)}
         ranges = [parse_chunk_path(p)[1] for p in mine]
-        path, replaced = merged_index_path(layer, folder, ranges, existing)
+        small = lambda p: len((hub.read_json(state, p) or {}).get("chunks") or {}) < absorb_below  # noqa: E731
+        path, replaced = merged_index_path(layer, folder, ranges, existing, small)
         chunks: dict[str, dict] = {}
         for old in replaced + ([path] if path in existing else []):
             chunks.update(live_entries(hub, state, old, live))

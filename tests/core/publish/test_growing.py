@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +11,7 @@ from PIL import Image
 from stratum_core import shards
 from stratum_core.errors import ConfigError
 from stratum_core.publish import publish, publish_new
+from stratum_core.publish.layout import index_entry, list_chunks
 from stratum_core.publish.publisher import DatasetView, shard_ready
 from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
 
@@ -49,11 +52,19 @@ def test_a_new_shard_that_sorts_first_appends_and_no_earlier_file_changes(sharde
     after = hub.files(REPO)
     assert sorted(result.uploaded_files) == ["data/00000/00004-00005.parquet", "dinov3/00000/00004-00005.tar"]
     assert result.shards == {"ffhq-0000": "00000-00001", "ffhq-0001": "00002-00003", "aaa-0000": "00004-00005"}
-    for path, data in before.items():
-        if path not in ("manifest.json", "README.md"):
-            assert after[path] == data, path  # byte-identical
-    assert set(after) - set(before) == {"data/00000/00004-00005.parquet", "data/00000/00004-00005.index.json",
-                                        "dinov3/00000/00004-00005.tar", "dinov3/00000/00004-00005.index.json"}
+    assert_earlier_chunks_unchanged(before, after)
+    # The folder's small index took the new entries (one index file per folder, not one per publish).
+    assert set(after) - set(before) == {"data/00000/00004-00005.parquet", "data/00000/00000-00005.index.json",
+                                        "dinov3/00000/00004-00005.tar", "dinov3/00000/00000-00005.index.json"}
+
+
+def assert_earlier_chunks_unchanged(before: dict, after: dict) -> None:
+    """Every chunk file published before is byte-identical, and so is every index entry that listed one."""
+    for chunk in list_chunks(before):
+        assert after[chunk.path] == before[chunk.path], chunk.path
+        now = [c for c in list_chunks(after) if c.path == chunk.path][0]
+        assert index_entry(json.loads(after[now.index]), now) == index_entry(json.loads(before[chunk.index]), chunk)
+    assert all(after[p] == before[p] for p in before if p.endswith(".gitattributes"))
 
 
 def test_publish_new_publishes_only_the_shards_after_the_last_published_position(sharded, hub):
