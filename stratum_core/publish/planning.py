@@ -22,6 +22,7 @@ from stratum_core.publish.layout import (CARD_PATH, DATA_DIR, MANIFEST_PATH, TEX
 
 MB = 1024 * 1024
 MAX_IMAGES_PER_TAR = 1_000_000  # tiny layers (pose: 800 B an image) would otherwise make one tar of millions
+GROW_FACTOR = 4  # a tail chunk is rewritten with the new images while at most this many times their bytes
 TAR_END = 2 * 512 + 20 * 512  # end-of-archive blocks plus at most one record of padding
 
 # bytes(layer, start, stop) → int64 array of the bytes each position adds to that layer's chunk (0: lacks it)
@@ -106,9 +107,12 @@ def choose_chunking(layer: str, config: PublishConfig, recorded: Mapping | None,
     return LayerChunking(min(MAX_IMAGES_PER_TAR, nice_floor(target / max(mean_bytes, 1.0))), per_folder)
 
 
-def layer_cells(selection: range, total: int, grid: int, existing: list[ChunkRange]) -> list[ChunkRange]:
-    """Grid cells of the selection, each grown over the chunks already in its grid cell (the partial last chunk
-    of a growing dataset grows into its full cell) and widened over every chunk it overlaps."""
+def layer_cells(selection: range, total: int, grid: int, existing: list[ChunkRange],
+                grow: Callable[[ChunkRange, ChunkRange], bool] = lambda tail, cell: True) -> list[ChunkRange]:
+    """Grid cells of the selection, widened over every chunk they overlap. A cell that starts after chunks
+    already in its grid cell grows over the last of them (the tail) when `grow(tail, cell)`: the partial
+    last chunk of a growing dataset grows into its full cell, as long as rewriting it stays cheap next to
+    what the publish adds (see `plan_layout`)."""
     existing = sorted(existing)
     by_cell: dict[int, list[ChunkRange]] = {}
     for chunk in existing:
@@ -116,10 +120,9 @@ def layer_cells(selection: range, total: int, grid: int, existing: list[ChunkRan
             by_cell.setdefault(chunk.first // grid, []).append(chunk)
     cells: list[ChunkRange] = []
     for cell in grid_cells(selection, grid):
-        inside = by_cell.get(cell.first // grid, [])
-        if inside:
-            cell = ChunkRange(min([cell.first] + [c.first for c in inside]),
-                              max([cell.last] + [c.last for c in inside]))
+        before = [c for c in by_cell.get(cell.first // grid, []) if c.last < cell.first]
+        if before and before[-1].last == cell.first - 1 and grow(before[-1], cell):
+            cell = ChunkRange(before[-1].first, cell.last)
         cell, _ = widen_sorted(cell, existing)
         while cells and cells[-1].overlaps(cell):  # cells come in order: only the last ones can overlap
             previous = cells.pop()
@@ -159,13 +162,18 @@ def split_cell(cell: ChunkRange, sizes: np.ndarray, max_bytes: int) -> list[tupl
 
 
 def plan_layout(selection: range, total: int, layers: Iterable[str], sizes: SizeFn, config: PublishConfig,
-                repo_files: Iterable[str] = (), manifest: Mapping | None = None) -> LayoutPlan:
+                repo_files: Iterable[str] | Mapping[str, object] = (), manifest: Mapping | None = None) -> LayoutPlan:
     """Plan the data table plus one tar series per array layer of `layers` for `selection` of `total` positions.
 
-    `repo_files`/`manifest`: the repo as it is (existing chunks keep their paths and widen the new cells).
+    `repo_files`/`manifest`: the repo as it is (existing chunks keep their paths and widen the new cells);
+    a mapping path → file with a `.size` also bounds regrowth: the tail chunk of a grid cell is rewritten
+    to take the new images only while it is at most GROW_FACTOR times what they add (publishing 1,000 images
+    at a time must not rewrite a 1.9 GB pose tar each time; the tail then stays and a new chunk follows it).
     Chunks come data first, then layer by layer, in position order: a commit batch then touches one or two
     folders, so it adds one or two index files.
     """
+    repo_sizes = {p: int(f.size) for p, f in repo_files.items() if hasattr(f, "size")} \
+        if isinstance(repo_files, Mapping) else {}
     repo_files = list(repo_files)
     existing = list_chunks(repo_files)
     recorded = (manifest or {}).get("chunking", {})
@@ -177,7 +185,13 @@ def plan_layout(selection: range, total: int, layers: Iterable[str], sizes: Size
         sel_sizes = np.asarray(sizes(layer, selection.start, selection.stop), dtype=np.int64)
         present = sel_sizes[sel_sizes > 0]
         grid = choose_chunking(layer, config, recorded.get(layer), float(present.mean()) if present.size else 1.0)
-        cells = layer_cells(selection, total, grid.images_per_chunk, [c.range for c in mine])
+        known = {c.range: repo_sizes[c.path] for c in mine if c.path in repo_sizes}
+
+        def grow(tail: ChunkRange, cell: ChunkRange) -> bool:
+            adds = int(sel_sizes[cell.first - selection.start:cell.last + 1 - selection.start].sum())
+            return tail not in known or known[tail] <= GROW_FACTOR * adds
+
+        cells = layer_cells(selection, total, grid.images_per_chunk, [c.range for c in mine], grow)
         if not cells:
             continue
         lo, hi = cells[0].first, cells[-1].last + 1

@@ -115,3 +115,16 @@ def test_split_cell_keeps_parts_under_the_cap_and_skips_images_lacking_the_layer
     parts = split_cell(ChunkRange(0, 5), np.array([400, 0, 400, 400, 400, 0]), 900 + 11264)
     assert [(p.first, p.last) for p, _ in parts] == [(0, 2), (3, 5)]
     assert [list(positions) for _, positions in parts] == [[0, 2], [3, 4]]
+
+
+def test_a_large_tail_chunk_is_not_rewritten_for_a_small_addition():
+    from types import SimpleNamespace
+
+    config = PublishConfig(hub_repo="me/faces", layers=("pose",), images_per_tar=1000, rows_per_parquet=1000)
+    sizes = lambda layer, a, b: np.full(b - a, 1000, np.int64)  # noqa: E731
+    small_tail = {"pose/00000/00000-00099.tar": SimpleNamespace(size=200_000)}
+    plan = plan_layout(range(100, 150), 200, config.layers, sizes, config, small_tail)
+    assert [c.path for c in plan.chunks if c.layer == "pose"] == ["pose/00000/00000-00149.tar"]  # grows
+    large_tail = {"pose/00000/00000-00099.tar": SimpleNamespace(size=100 * 1000)}
+    plan = plan_layout(range(100, 110), 200, config.layers, sizes, config, large_tail)
+    assert [c.path for c in plan.chunks if c.layer == "pose"] == ["pose/00000/00100-00109.tar"]  # follows it
