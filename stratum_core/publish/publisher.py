@@ -27,8 +27,9 @@ from stratum_core.publish.card import build_card
 from stratum_core.publish.config import PublishConfig, PublishResult
 from stratum_core.publish.hub import HubClient, ParentMoved, PublishError, RepoState
 from stratum_core.publish.layout import (ATTRIBUTION_PATH, CARD_PATH, DATA_DIR, MANIFEST_PATH, PARQUET_LAYERS,
-                                         ChunkFile, ChunkRange, folder_of, index_entry, index_path, list_chunks,
-                                         parse_chunk_path, parse_index_path, range_label, tar_artifacts)
+                                         TEXT_LAYERS, ChunkFile, ChunkRange, folder_of, index_entry, index_path,
+                                         list_chunks, parse_chunk_path, parse_index_path, range_label,
+                                         tar_artifacts)
 from stratum_core.publish.manifest import build_manifest, chunk_counts_from_manifest, dumps, layer_ranges
 from stratum_core.publish.pack import PackedChunk, PayloadPool, pack_data, pack_tar, tar_member_bytes
 from stratum_core.publish.planning import LayoutPlan, merged_index_path, plan_layout
@@ -174,7 +175,7 @@ def publish_new(dataset_dir, config: PublishConfig, token: str | None = None, en
     dataset = DatasetView.load(Path(dataset_dir))
     hub = HubClient(config.hub_repo, token=token, endpoint=endpoint, retry=config.retry)
     state = hub.read_state_if_exists()
-    done = max(published_end(state) if state else 0, config.offset)  # --offset/--limit still bound it
+    done = max(published_end(state, config.layers) if state else 0, config.offset)  # offset/limit still bound it
     stop = _selection(dataset, config).stop
     for key, first, shard_stop in dataset.shards:
         if shard_stop > done and ready is not None and not ready(key):
@@ -199,10 +200,19 @@ def shard_ready(dataset_dir, layers) -> Callable[[str], bool]:
     return ready
 
 
-def published_end(state: RepoState) -> int:
-    """One past the last position the repo's data chunks cover (0 for an empty repo)."""
-    data = list_chunks(state.files, DATA_DIR)
-    return max((c.range.last + 1 for c in data), default=0)
+def published_end(state: RepoState, layers=()) -> int:
+    """One past the last position that the repo's data chunks, and the chunks of each of `layers`, all cover
+    (0 for an empty repo, or for a layer not published yet: adding a layer publishes it from the start)."""
+    def end(ranges) -> int:
+        return max((r.last + 1 for r in ranges), default=0)
+
+    ends = [end(c.range for c in list_chunks(state.files, DATA_DIR))]
+    for layer in layers:
+        if layer in TEXT_LAYERS:
+            ends.append(end(layer_ranges(state.manifest, layer)))
+        else:
+            ends.append(end(c.range for c in list_chunks(state.files, layer)))
+    return min(ends)
 
 
 def _selection(dataset: DatasetView, config: PublishConfig) -> range:

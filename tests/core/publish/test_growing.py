@@ -95,3 +95,11 @@ def test_without_shards_an_image_sorting_first_is_still_refused(tmp_path, hub):
     make_dataset(tmp_path / "ds", ids=("a/early",))
     with pytest.raises(ConfigError, match="shift the positions"):
         publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
+
+
+def test_publish_new_with_a_layer_added_later_publishes_that_layer_from_the_start(sharded, hub):
+    src, out = sharded
+    publish(out, config(**dict(SMALL, layers=("caption",))), token=TOKEN, endpoint=hub.url)
+    result = publish_new(out, config(**SMALL), token=TOKEN, endpoint=hub.url, ready=shard_ready(out, SMALL["layers"]))
+    assert sorted(result.uploaded_files) == ["data/00000/00000-00001.parquet", "data/00000/00002-00003.parquet",
+                                             "dinov3/00000/00000-00001.tar", "dinov3/00000/00002-00003.tar"]
