@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--layers", default="caption",
                    help=f"comma-separated layers: {','.join(PUBLISHABLE_LAYERS)} (default caption)")
-    p.add_argument("--offset", type=int, default=0, help="first image (position in sorted order), default 0")
+    p.add_argument("--offset", type=int, default=0, help="first image (position: sorted order, or shard registration order), default 0")
     p.add_argument("--limit", type=int, default=None, help="number of images from --offset (default: all)")
     p.add_argument("--private", action="store_true", help="create the repo private (when it does not exist)")
     p.add_argument("--rows-per-parquet", type=int, default=10_000, help="images per parquet file (default 10000)")
