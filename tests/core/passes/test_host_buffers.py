@@ -1,0 +1,94 @@
+"""The GPU lane's handoff: reused host buffers for device-to-host copies, value checks left to the writer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from stratum_core.discover import SourceImage  # noqa: E402
+from stratum_core.engine import Engine, RunConfig  # noqa: E402
+from stratum_core.passes.base import PassOptions  # noqa: E402
+from stratum_core.passes.dinov3 import DINOv3Pass  # noqa: E402
+from stratum_core.passes.host_buffers import HostBuffers  # noqa: E402
+from stratum_core.passes.metadata import MetadataPass  # noqa: E402
+from tests.fakes import images  # noqa: E402
+
+
+def address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def test_cpu_tensors_come_back_as_views_without_a_copy():
+    t = torch.arange(12, dtype=torch.float16).reshape(3, 4)
+    (a,) = HostBuffers(pin=False).to_numpy(t)
+    assert address(a) == t.data_ptr()
+
+
+def test_a_copy_holds_the_tensor_values():
+    t = torch.randn(2, 5, 7).to(torch.float16)
+    (a,) = HostBuffers(pin=False).copy(t[:, 1:])  # a strided source, as DINOv3's patch slice
+    assert a.flags.c_contiguous and np.array_equal(a, t[:, 1:].numpy())
+
+
+def test_a_buffer_is_reused_only_once_every_array_from_it_is_gone():
+    pool = HostBuffers(pin=False)
+    t = torch.zeros(4, 8)
+    (first,) = pool.copy(t)
+    kept_row = first[2]  # a per-image view, as the writer holds until the file is written
+    first_address = address(first)
+    del first
+    (second,) = pool.copy(t + 1)
+    assert address(second) != first_address  # the row still in use pins its buffer
+    assert kept_row.sum() == 0  # and its values were not overwritten
+    del kept_row
+    (third,) = pool.copy(t + 2)
+    assert address(third) == first_address and third[0, 0] == 2
+    assert pool.buffers((4, 8), torch.float32) == 2
+
+
+def test_the_pool_keeps_at_most_its_limit_per_shape():
+    pool = HostBuffers(pin=False, per_shape=2)
+    held = [pool.copy(torch.full((3,), float(i)))[0] for i in range(5)]
+    assert [a[0] for a in held] == [0, 1, 2, 3, 4]
+    assert pool.buffers((3,), torch.float32) == 2
+
+
+@pytest.mark.gpu
+def test_cuda_outputs_land_in_pinned_reused_buffers():
+    pool = HostBuffers(pin=True)
+    t = torch.randn(16, 4096, 1024, device="cuda").to(torch.float16)
+    cls, patches = pool.to_numpy(t[:, 0], t)
+    assert np.array_equal(patches, t.cpu().numpy()) and np.array_equal(cls, t[:, 0].cpu().numpy())
+    assert torch.from_numpy(patches).is_pinned()
+    first = address(patches)
+    del cls, patches
+    (again,) = pool.to_numpy(t)
+    assert address(again) == first
+
+
+class NaNDINOv3(DINOv3Pass):
+    """The real DINOv3 postprocess on a model output whose one image went non-finite."""
+
+    def load(self):
+        self._registers = 4
+
+    def _forward_same_size(self, crops):
+        cls = np.zeros((len(crops), 1024), np.float16)
+        patches = np.zeros((len(crops), 4096, 1024), np.float16)
+        patches[0, 17, 3] = np.nan
+        return cls, patches
+
+
+def test_non_finite_dinov3_features_fail_the_image_in_the_writer_and_are_not_written(tmp_path):
+    for name in ("a", "b"):
+        images.write_gradient(tmp_path / "in" / f"{name}.png", 32, 32)
+    sources = [SourceImage(f"{n}.png", tmp_path / "in" / f"{n}.png") for n in ("a", "b")]
+    options = PassOptions()
+    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata", "dinov3"), workers=1, batch_size=2)
+    summary = Engine(config, [MetadataPass(options), NaNDINOv3(options)], preloaded=True).run(sources)
+    assert [(f.image, f.pass_name, f.reason) for f in summary.failures] == [("a", "dinov3", "inference_error")]
+    assert "dinov3_patches.npy: non-finite values" in summary.failures[0].message
+    assert not (tmp_path / "out" / "a" / "dinov3_patches.npy").exists()
+    assert (tmp_path / "out" / "b" / "dinov3_patches.npy").exists()
