@@ -91,11 +91,12 @@ def _unit_or_zero(a: np.ndarray) -> str | None:
 def _non_unit_halves(bits: np.ndarray) -> int:
     """How many xyz float16 vectors (flat uint16 bits) have a float32 norm neither 0 nor unit.
 
-    The same float32 arithmetic as np.linalg.norm ((x² + y²) + z², sqrt), chunked so it stays in
-    cache, with |x| converted from its bits by a shift and a multiply (numpy's float16 cast is slow).
+    The same float32 arithmetic as np.linalg.norm ((x² + y²) + z², then sqrt), chunked so it
+    stays in cache, with |x| converted from its bits by a shift and a multiply (numpy's float16
+    cast is slow). sqrt is monotone, so "sqrt within the tolerance of 1" is "the squared norm in
+    [_UNIT_LOW, _UNIT_HIGH]", one unsigned compare on the float32 bits.
     """
     work = np.empty(min(_NORMAL_CHUNK, bits.size), np.uint32)
-    tolerance = np.float32(NORMAL_TOLERANCE)
     bad = 0
     for start in range(0, bits.size, _NORMAL_CHUNK):
         chunk = bits[start:start + _NORMAL_CHUNK]
@@ -105,14 +106,34 @@ def _non_unit_halves(bits: np.ndarray) -> int:
         f = w.view(np.float32)
         f *= _F16_TO_F32
         f *= f
-        norms = f[0::3] + f[1::3]
-        norms += f[2::3]
-        np.sqrt(norms, out=norms)
-        nonzero = norms > 0
-        norms -= 1
-        np.abs(norms, out=norms)
-        bad += int(np.count_nonzero((norms > tolerance) & nonzero))
+        squared = f[0::3] + f[1::3]
+        squared += f[2::3]
+        ordered = squared.view(np.uint32)  # non-negative float32 bits sort as their values
+        zeros = ordered.size - np.count_nonzero(ordered)
+        ordered -= _UNIT_LOW  # below the band wraps around to above it
+        bad += int(np.count_nonzero(ordered > _UNIT_SPAN)) - zeros
     return bad
+
+
+def _unit_band() -> tuple[np.uint32, np.uint32]:
+    """float32 bits of the smallest squared norm whose sqrt is within NORMAL_TOLERANCE of 1, and the
+    span to the largest: np.linalg.norm's own arithmetic evaluated on every float32 near both edges."""
+    def within(low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+        squared = np.arange(np.float32(low).view(np.uint32), np.float32(high).view(np.uint32),
+                            dtype=np.uint32).view(np.float32)
+        ok = np.abs(np.sqrt(squared) - 1) <= np.float32(NORMAL_TOLERANCE)
+        assert ok[0] != ok[-1] and np.count_nonzero(ok[1:] != ok[:-1]) == 1  # one edge in the window
+        return squared, ok
+
+    edge = 1 + NORMAL_TOLERANCE
+    below, ok_below = within((2 - edge) ** 2 * 0.999, (2 - edge) ** 2 * 1.001)
+    above, ok_above = within(edge ** 2 * 0.999, edge ** 2 * 1.001)
+    low = below[np.argmax(ok_below)].view(np.uint32)
+    high = above[len(ok_above) - 1 - np.argmax(ok_above[::-1])].view(np.uint32)
+    return np.uint32(low), np.uint32(high - low)
+
+
+_UNIT_LOW, _UNIT_SPAN = _unit_band()
 
 
 @dataclass(frozen=True)
