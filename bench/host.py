@@ -101,6 +101,7 @@ class StandInDINOv3(DINOv3Pass):
         self._registers = 4
 
     def _forward_same_size(self, crops):
+        self._stage(crops)  # the real host side of the input: the one copy of the crops into the batch
         n = len(crops)
         out = self._outputs[crops[0].shape[1], crops[0].shape[0]]  # crops are (H, W, 3): key by (W, H)
         return out["dinov3_cls"][:n], out["dinov3_patches"][:n]

@@ -11,7 +11,7 @@ torch is imported inside functions: importing a pass module never imports torch.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,10 +19,11 @@ BUFFERS_PER_SHAPE = 8  # a batch being copied, a few queued for the writers, a f
 
 
 class HostBuffers:
-    """Copies tensors to the host into reused buffers (page-locked when `pin`)."""
+    """Host buffers for a pass on `device`, reused (and page-locked when it is a CUDA device)."""
 
-    def __init__(self, pin: bool, per_shape: int = BUFFERS_PER_SHAPE):
-        self.pin = pin
+    def __init__(self, device: str, per_shape: int = BUFFERS_PER_SHAPE):
+        self.device = device
+        self.pin = device.startswith("cuda")
         self.per_shape = per_shape
         # (shape, dtype) → [(array, the tensor sharing its memory)]
         self._pool: dict[tuple[tuple[int, ...], Any], list[tuple[np.ndarray, Any]]] = {}
@@ -46,6 +47,21 @@ class HostBuffers:
         for device in devices:  # non-blocking copies: the host must not read before they land
             torch.cuda.current_stream(device).synchronize()
         return tuple(arrays)
+
+    def stack(self, arrays: Sequence[Any]) -> Any:
+        """The arrays stacked into a reused (pinned) buffer, as a tensor for a non-blocking upload.
+
+        Waits for the device first when pinned: an upload still reading the buffer from a batch
+        that failed must not see it overwritten (after a normal batch the device is idle already).
+        """
+        import torch
+
+        first = np.asarray(arrays[0])
+        if self.pin:
+            torch.cuda.synchronize(torch.device(self.device))
+        owner, buffer = self._free_buffer((len(arrays), *first.shape), torch.from_numpy(np.empty(0, first.dtype)).dtype)
+        np.stack([np.asarray(a) for a in arrays], out=owner)
+        return buffer
 
     def buffers(self, shape: tuple[int, ...], dtype: Any) -> int:
         """How many buffers of this shape and dtype the pool holds."""

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from stratum_core.discover import SourceImage  # noqa: E402
 from stratum_core.engine import Engine, RunConfig  # noqa: E402
-from stratum_core.passes.base import PassOptions  # noqa: E402
+from stratum_core.passes.base import Item, PassOptions  # noqa: E402
 from stratum_core.passes.dinov3 import DINOv3Pass  # noqa: E402
 from stratum_core.passes.host_buffers import HostBuffers  # noqa: E402
 from stratum_core.passes.metadata import MetadataPass  # noqa: E402
@@ -22,18 +22,18 @@ def address(a: np.ndarray) -> int:
 
 def test_cpu_tensors_come_back_as_views_without_a_copy():
     t = torch.arange(12, dtype=torch.float16).reshape(3, 4)
-    (a,) = HostBuffers(pin=False).to_numpy(t)
+    (a,) = HostBuffers("cpu").to_numpy(t)
     assert address(a) == t.data_ptr()
 
 
 def test_a_copy_holds_the_tensor_values():
     t = torch.randn(2, 5, 7).to(torch.float16)
-    (a,) = HostBuffers(pin=False).copy(t[:, 1:])  # a strided source, as DINOv3's patch slice
+    (a,) = HostBuffers("cpu").copy(t[:, 1:])  # a strided source, as DINOv3's patch slice
     assert a.flags.c_contiguous and np.array_equal(a, t[:, 1:].numpy())
 
 
 def test_a_buffer_is_reused_only_once_every_array_from_it_is_gone():
-    pool = HostBuffers(pin=False)
+    pool = HostBuffers("cpu")
     t = torch.zeros(4, 8)
     (first,) = pool.copy(t)
     kept_row = first[2]  # a per-image view, as the writer holds until the file is written
@@ -49,15 +49,36 @@ def test_a_buffer_is_reused_only_once_every_array_from_it_is_gone():
 
 
 def test_the_pool_keeps_at_most_its_limit_per_shape():
-    pool = HostBuffers(pin=False, per_shape=2)
+    pool = HostBuffers("cpu", per_shape=2)
     held = [pool.copy(torch.full((3,), float(i)))[0] for i in range(5)]
     assert [a[0] for a in held] == [0, 1, 2, 3, 4]
     assert pool.buffers((3,), torch.float32) == 2
 
 
+def test_stacked_crops_land_in_one_reused_buffer():
+    pool = HostBuffers("cpu")
+    crops = [np.full((4, 6, 3), i, np.uint8) for i in range(3)]
+    for c in crops:
+        c.flags.writeable = False  # decoded crops are read-only
+    first = pool.stack(crops)
+    assert first.shape == (3, 4, 6, 3) and first.dtype == torch.uint8
+    assert [int(first[i].max()) for i in range(3)] == [0, 1, 2]
+    address = first.data_ptr()
+    del first
+    assert pool.stack(crops[::-1]).data_ptr() == address
+
+
+def test_dinov3_hands_the_crop_over_without_copying_it(tmp_path):
+    from stratum_core.intake import decode
+
+    path = images.write_gradient(tmp_path / "a.png", 32, 32)
+    item = Item(SourceImage("a.png", path), decode(path))
+    assert DINOv3Pass(PassOptions()).preprocess(item) is item.crop
+
+
 @pytest.mark.gpu
 def test_cuda_outputs_land_in_pinned_reused_buffers():
-    pool = HostBuffers(pin=True)
+    pool = HostBuffers("cuda")
     t = torch.randn(16, 4096, 1024, device="cuda").to(torch.float16)
     cls, patches = pool.to_numpy(t[:, 0], t)
     assert np.array_equal(patches, t.cpu().numpy()) and np.array_equal(cls, t[:, 0].cpu().numpy())
