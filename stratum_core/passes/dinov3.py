@@ -71,7 +71,7 @@ class DINOv3Pass(Pass):
         self._model = None
         self._dtype = None
         self._registers = 0
-        self._host = HostBuffers(options.device)  # outputs copied into reused (pinned) host buffers
+        self._host = HostBuffers(options.device)  # pinned, reused host buffers on CUDA
 
     def load(self) -> None:
         from stratum_core.passes.torch_utils import auto_batch_size, bytes_per_element, torch_dtype
@@ -117,12 +117,8 @@ class DINOv3Pass(Pass):
         return self._host.to_numpy(cls, patches)
 
     def _stage(self, crops: list[Any]) -> Any:
-        """(B, H, W, 3) uint8 crops on the device, copied once: on CUDA into a reused pinned buffer
-        (then a non-blocking upload), on the CPU into a new batch array."""
-        import torch
-
-        if not self.options.is_cuda:
-            return torch.from_numpy(np.stack([np.asarray(c) for c in crops]))
+        """(B, H, W, 3) uint8 crops on the device, copied once on the host: into a pinned buffer on
+        CUDA (then a non-blocking upload), into the batch tensor itself on the CPU."""
         return self._host.stack(crops).to(self.options.device, non_blocking=True)
 
     def postprocess(self, outputs: list[tuple[np.ndarray, np.ndarray]], items: Sequence[Item]) -> list[Outcome]:

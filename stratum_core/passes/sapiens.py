@@ -228,7 +228,7 @@ class SapiensPass(Pass):
         self._dtype: Any = None
         self._checkpoint: str = ""
         self._autocast = False  # True: fp32 weights under torch.autocast (see `lower_precision`)
-        self._host = HostBuffers(options.device)  # outputs copied into reused (pinned) host buffers
+        self._host = HostBuffers(options.device)  # pinned, reused host buffers on CUDA
 
     def load(self) -> None:
         self._dtype = torch_utils.torch_dtype(self.options.resolved_precision)
