@@ -95,13 +95,18 @@ class StandInDINOv3(DINOv3Pass):
     def __init__(self, options, outputs):
         super().__init__(options)
         self._outputs = outputs
+        self._staging: dict[tuple[int, ...], np.ndarray] = {}
 
     def load(self) -> None:
         self._registers = 4
 
     def _forward_same_size(self, crops):
-        self._stage(crops)  # the real host side of the input: the one copy of the crops into the batch
-        n = len(crops)
+        # The host side of the input: the one copy of the crops into the batch, into a reused buffer as
+        # torch's pinned cache gives on CUDA (this box's CPU path would page-fault a fresh one each time).
+        n, shape = len(crops), tuple(crops[0].shape)
+        if self._staging.get(shape) is None:
+            self._staging[shape] = np.empty((MAX_CHUNK, *shape), np.uint8)
+        np.stack([np.asarray(c) for c in crops], out=self._staging[shape][:n])
         out = self._outputs[crops[0].shape[1], crops[0].shape[0]]  # crops are (H, W, 3): key by (W, H)
         return out["dinov3_cls"][:n], out["dinov3_patches"][:n]
 
