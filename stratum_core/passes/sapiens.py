@@ -30,6 +30,7 @@ from stratum_core.models import ModelSpec
 from stratum_core.outcomes import Outcome
 from stratum_core.passes import torch_utils
 from stratum_core.passes.base import Item, Pass
+from stratum_core.passes.host_buffers import HostBuffers
 
 log = logging.getLogger("stratum.sapiens")
 
@@ -241,6 +242,7 @@ class SapiensPass(Pass):
         self._dtype: Any = None
         self._checkpoint: str = ""
         self._autocast = False  # True: fp32 weights under torch.autocast (see `lower_precision`)
+        self._host = HostBuffers(options.device)  # pinned, reused host buffers on CUDA
 
     def load(self) -> None:
         self._dtype = torch_utils.torch_dtype(self.options.resolved_precision)
@@ -310,7 +312,7 @@ class SapiensPass(Pass):
             if batch[indices[0]].foreground is not None:
                 foreground = torch_utils.to_device(torch.stack([batch[i].foreground for i in indices]),
                                                    self.options.device)
-            arrays = self.finish(resize_to_bucket(raw[indices], size), foreground).cpu().numpy()
+            (arrays,) = self._host.to_numpy(self.finish(resize_to_bucket(raw[indices], size), foreground))
             for array, i in zip(arrays, indices):
                 results[i] = array if finite[i] else None
         return results
