@@ -17,6 +17,8 @@ from stratum_core.errors import ConfigError
 
 EXECUTOR_ENV = "STRATUM_EXECUTOR"
 EXECUTORS = ("in_process", "celery", "k8s")
+BROKER_ENV = "DAGSTER_CELERY_BROKER_URL"    # e.g. redis://broker-host:6379/0
+BACKEND_ENV = "DAGSTER_CELERY_BACKEND_URL"  # e.g. redis://broker-host:6379/1
 
 # Dagster pools (instance limits): GPU steps at once, caption steps talking to the server at once.
 GPU_POOL = "gpu"
@@ -50,15 +52,26 @@ def stratum_executor(environ: Mapping[str, str] | None = None) -> dg.ExecutorDef
         return dg.in_process_executor
     try:
         if name == "celery":
-            from dagster_celery import celery_executor
-
-            return celery_executor
+            return _celery_executor()
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
     except ImportError as exc:
         raise ConfigError(f"{EXECUTOR_ENV}={name} needs the scale extra: pip install 'stratum[scale]' "
                           f"({exc.name} is missing)") from exc
+
+
+def _celery_executor() -> dg.ExecutorDefinition:
+    """dagster-celery's executor, its broker and result backend read (when the run starts) from
+    DAGSTER_CELERY_BROKER_URL / DAGSTER_CELERY_BACKEND_URL unless the run config names them: a backfill
+    or a sensor run has no run config, and the defaults (AMQP on localhost, rpc://) are rarely right."""
+    from dagster_celery import celery_executor
+    from dagster_celery.executor import CELERY_CONFIG
+
+    schema = {**CELERY_CONFIG,
+              "broker": dg.Field(dg.StringSource, is_required=False, default_value={"env": BROKER_ENV}),
+              "backend": dg.Field(dg.StringSource, is_required=False, default_value={"env": BACKEND_ENV})}
+    return celery_executor.configured(lambda config: config, config_schema=schema, name=celery_executor.name)
 
 
 def runs_steps_in_process(executor: dg.ExecutorDefinition) -> bool:
