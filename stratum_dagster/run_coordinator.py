@@ -27,18 +27,23 @@ class StratumRunCoordinator(dg.QueuedRunCoordinator):
 
     def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
-        if K8S_CONFIG_TAG not in run.tags and _executes_a_gpu_step_in_process(self._instance, run):
-            self._instance.add_run_tags(run.run_id, {K8S_CONFIG_TAG: json.dumps(GPU_K8S_CONFIG)})
+        tags = gpu_tags_for_run(self._instance, run)
+        if tags:
+            self._instance.add_run_tags(run.run_id, tags)
             run = self._instance.get_run_by_id(run.run_id) or run
             context = dg.SubmitRunContext(run, context.workspace)
         return super().submit_run(context)
 
 
-def _executes_a_gpu_step_in_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
-    if not run.execution_plan_snapshot_id:
-        return False
+def gpu_tags_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, str]:
+    """The tags `run` still needs for its GPU: the Kubernetes GPU request when it executes a `gpu`-pool step
+    in-process (its own pod then runs the step), else none."""
+    if K8S_CONFIG_TAG in run.tags or not run.execution_plan_snapshot_id:
+        return {}
     plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
     if plan.executor_name != dg.in_process_executor.name:
-        return False
+        return {}
     selected = set(plan.step_keys_to_execute or [s.key for s in plan.steps])
-    return any(step.pool == GPU_POOL for step in plan.steps if step.key in selected)
+    if not any(step.pool == GPU_POOL for step in plan.steps if step.key in selected):
+        return {}
+    return {K8S_CONFIG_TAG: json.dumps(GPU_K8S_CONFIG)}

@@ -49,17 +49,36 @@ def wait_until(ready, what: str, timeout_s: float = 60.0, proc: subprocess.Popen
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, group: bool = False, timeout_s: float = 20.0) -> None:
-    """Stop a process we started, by its pid (or its own process group, which it leads), then reap it."""
+    """Stop a process we started, by its pid, then reap it. With `group`, its whole process group (it was
+    started as the group's leader): the children it spawned too (a daemon's code server and run workers),
+    killed once the grace period ends."""
     if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
+        _signal(proc, sig, group)
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+            _signal(proc, signal.SIGKILL, group)
             proc.wait(timeout_s)
+    if group:  # what is left of the group had the grace period already (a code server waiting on its runs)
+        deadline = time.monotonic() + 5.0
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal(proc, signal.SIGKILL, group)
+
+
+def _signal(proc: subprocess.Popen, sig: int, group: bool) -> None:
+    try:
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _port_open(port: int) -> bool:
