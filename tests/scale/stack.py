@@ -36,11 +36,12 @@ def daemon(env: dict[str, str], log: Path) -> contextlib.AbstractContextManager[
     return process([str(BIN / "dagster-daemon"), "run", "-m", "stratum_dagster.definitions"], env, log)
 
 
-def celery_worker(queue: str, env: dict[str, str], log: Path) -> contextlib.AbstractContextManager[subprocess.Popen]:
-    """The worker command of docs/scale-out.md for one queue, one step at a time."""
+def celery_worker(queue: str, env: dict[str, str], log: Path,
+                  concurrency: int = 1) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """The worker command of docs/scale-out.md for one queue, `concurrency` steps at a time."""
     return process([str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
                     "-y", str(REPO / "docs" / "run_config" / "celery.yaml"), "-q", queue, "-n", queue,
-                    "--", "--concurrency", "1"], env, log)
+                    "--", "--concurrency", str(concurrency)], env, log)
 
 
 LAUNCH_BACKFILL = """

@@ -78,8 +78,10 @@ def test_a_celery_backfill_over_postgres_runs_every_shard_with_one_gpu_step_at_a
     assert len(keys) == SHARDS
     with dg.DagsterInstance.from_config(str(home)) as instance, contextlib.ExitStack() as servers:
         instance.add_dynamic_partitions(SHARD_PARTITIONS_NAME, keys)
-        for queue in ("gpu", "caption", "dagster"):  # docs/scale-out.md: one worker per queue
-            servers.enter_context(celery_worker(queue, env, tmp_path / f"worker-{queue}.log"))
+        # docs/scale-out.md: a worker per queue. The gpu worker takes 2 steps at once, so only the `gpu`
+        # pool (1) keeps two GPU steps from overlapping.
+        for queue, slots in (("gpu", 2), ("caption", 1), ("dagster", 1)):
+            servers.enter_context(celery_worker(queue, env, tmp_path / f"worker-{queue}.log", slots))
         servers.enter_context(daemon(env, tmp_path / "daemon.log"))
         started = time.monotonic()
         backfill_id = launch_backfill(instance, ASSETS, keys)
@@ -111,7 +113,13 @@ def test_a_celery_backfill_over_postgres_runs_every_shard_with_one_gpu_step_at_a
                     assert (out / source.image_id / artifact).is_file(), (source.image_id, artifact)
         for asset in ASSETS:
             assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(keys)
-        log.warning("celery backfill: %d runs (all SUCCESS), %d GPU steps, 0 overlapping, %.1f s wall",
-                    len(runs), len(intervals), wall_s)
-        print(f"\nSCALE FIGURES: runs={len(runs)} success={len(runs)} gpu_steps={len(intervals)} "
-              f"overlaps=0 wall_s={wall_s:.1f}")
+        log.warning("celery backfill: %d runs (all SUCCESS, up to %d at once), %d GPU steps, none overlapping, "
+                    "%.1f s from launch to the last run's end", len(runs), _most_at_once(instance, runs),
+                    len(intervals), wall_s)
+
+
+def _most_at_once(instance: dg.DagsterInstance, runs: list[dg.DagsterRun]) -> int:
+    """The most runs in progress at the same moment (from their start and end times)."""
+    records = instance.get_run_records(dg.RunsFilter(run_ids=[r.run_id for r in runs]))
+    spans = [(r.start_time, r.end_time) for r in records]
+    return max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)

@@ -9,9 +9,9 @@ import dagster as dg
 
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata, verify_shard
+from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.execution import (CAPTION_POOL, CAPTION_QUEUE, CELERY_QUEUE_TAG, CPU_QUEUE, GPU_POOL,
                                        gpu_op_tags, gpu_run_tags, stratum_executor)
-from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.resources import CaptionServerResource, StratumResource
 
 IMAGE_STEP = "image_passes"  # the op of metadata and the model passes that read pixels
