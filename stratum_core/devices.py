@@ -16,7 +16,6 @@ import fcntl
 import logging
 import os
 import re
-import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ def _open_lock(path: Path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:  # another run created it just now
         return os.open(path, os.O_RDWR)
-    os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH)
+    os.fchmod(fd, 0o666)  # the umask would drop other users' write bit
     return fd
 
 
