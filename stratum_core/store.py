@@ -48,9 +48,13 @@ class Store:
         return self.image_dir(image_id) / artifact.filename
 
     def listing(self, image_id: str) -> set[str]:
-        """File names present in the image's directory (one syscall; empty if absent)."""
+        """Names of the files in the image's directory (one listing; empty if absent).
+
+        Folders are left out: `a/pixel.npy/` (another image's folder) is not image `a`'s artifact.
+        """
         try:
-            return set(os.listdir(self._image_dir_str(image_id)))
+            with os.scandir(self._image_dir_str(image_id)) as it:
+                return {e.name for e in it if not e.is_dir(follow_symlinks=False)}
         except (FileNotFoundError, NotADirectoryError):
             return set()
 
