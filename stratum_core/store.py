@@ -11,15 +11,18 @@ import errno
 import io
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
 from stratum_core.artifacts import Artifact, load_json_bytes
+from stratum_core.errors import ConfigError
 
 FAILURE_PREFIX = ".failed-"
 STATE_DIR = ".stratum"
@@ -157,13 +160,15 @@ def _unlink_quietly(path: str) -> None:
 
 
 def _create_temp(target: Path) -> tuple[int, str]:
-    """A new hidden `.<name>.<random>.tmp` beside target, created with the umask's permissions.
+    """A new hidden `.<name>.<host>~<pid>~<random>.tmp` beside target, created with the umask's permissions.
 
-    (tempfile.mkstemp would make every artifact 0600, unreadable to other users of a shared dataset.)
+    The host and pid name the writer, so a later run can tell a dead writer's leftover from a live
+    one's file in progress (`sweep_dead_temp_files`). (tempfile.mkstemp would make every artifact
+    0600, unreadable to other users of a shared dataset.)
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     while True:
-        tmp = os.path.join(target.parent, f".{target.name}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(target.parent, f".{target.name}.{_WRITER}~{secrets.token_hex(6)}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
@@ -172,3 +177,71 @@ def _create_temp(target: Path) -> tuple[int, str]:
 
 def is_temp_file(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
+
+
+def _writer_tag() -> str:
+    """`<host>~<pid>` of this process, the host reduced to characters safe in a file name."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}~{os.getpid()}"
+
+
+_WRITER = _writer_tag()
+
+
+def _reset_writer_tag() -> None:
+    global _WRITER
+    _WRITER = _writer_tag()
+
+
+os.register_at_fork(after_in_child=_reset_writer_tag)  # a forked child is a different writer
+
+_TEMP_WRITER = re.compile(r"\.([A-Za-z0-9-]+)~(\d+)~[0-9a-f]+\.tmp$")
+
+
+def sweep_dead_temp_files(directory: Path, names: Iterable[str]) -> int:
+    """Remove the temp files among `names` whose writer (this host, a pid no longer alive) is gone.
+
+    A killed run leaves up to one temp file per artifact in flight; this runs when a later run plans
+    the image. Temp files of other hosts (a shared output folder) or of live processes are left alone.
+    """
+    host = _WRITER.split("~", 1)[0]
+    removed = 0
+    for name in names:
+        match = _TEMP_WRITER.search(name) if is_temp_file(name) else None
+        if match is None or match.group(1) != host or _alive(int(match.group(2))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def check_output_dir(root: Path) -> None:
+    """ConfigError unless `root` is (or can be created as) a folder this process can write.
+
+    Checked before any image is decoded: a read-only or non-folder output otherwise fails every
+    image, or all the work is lost when the run record cannot be saved.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--output {root} exists and is not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / STATE_DIR / f".write-check.{_WRITER}~{secrets.token_hex(4)}.tmp"
+        probe.parent.mkdir(exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the output folder {root}: {exc.strerror or exc}") from exc
