@@ -67,7 +67,7 @@ class Store:
         if artifact.kind == "npy":
             array = np.ascontiguousarray(value)
             # Streamed into the temp file: no in-memory copy of a large array.
-            write_atomic(target, lambda f: np.lib.format.write_array(f, array, allow_pickle=False))
+            write_atomic(target, lambda f: write_npy(f, array))
         else:
             write_atomic(target, encode(artifact, value))
         return target
@@ -95,6 +95,20 @@ class Store:
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
+
+
+def write_npy(f: BinaryIO, array: np.ndarray) -> None:
+    """The bytes of `np.save` (format 1.0) for a C-contiguous array, written through `f.write`.
+
+    numpy's own writer hands a real file to `ndarray.tofile`, whose short write on a full disk
+    raises an OSError without errno ("N requested and M written"); through `f.write` a full disk
+    is ENOSPC, which the engine needs to stop the run.
+    """
+    if array.dtype.hasobject:
+        raise ValueError("object arrays are not stored")
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+    if array.size:
+        f.write(memoryview(array).cast("B"))
 
 
 def encode(artifact: Artifact, value: Any) -> bytes:
