@@ -243,19 +243,33 @@ def _alive(pid: int) -> bool:
 
 
 def check_output_dir(root: Path) -> None:
-    """ConfigError unless `root` is (or can be created as) a folder this process can write.
+    """ConfigError unless `root` is a folder this process can write, or one it can create.
 
     Checked before any image is decoded: a read-only or non-folder output otherwise fails every
-    image, or all the work is lost when the run record cannot be saved.
+    image, or all the work is lost when the run record cannot be saved. Nothing is left behind
+    (a missing output is not created here; a probe file in an existing one is removed).
     """
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--output {root} exists and is not a folder")
+    if not root.exists():
+        parent = next((p for p in root.absolute().parents if p.exists()), None)
+        if parent is None or not parent.is_dir():
+            raise ConfigError(f"cannot create the output folder {root}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):  # EROFS too, even for root
+            raise ConfigError(f"cannot create the output folder {root}: {parent} is not writable "
+                              f"({'Read-only file system' if _read_only(parent) else 'Permission denied'})")
+        return
+    probe = root / f".write-check.{_WRITER}~{secrets.token_hex(4)}.tmp"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / STATE_DIR / f".write-check.{_WRITER}~{secrets.token_hex(4)}.tmp"
-        probe.parent.mkdir(exist_ok=True)
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"cannot write to the output folder {root}: {exc.strerror or exc}") from exc
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

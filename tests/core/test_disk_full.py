@@ -78,10 +78,11 @@ def test_a_disk_that_fills_during_the_run_stops_it_with_the_summary_and_exit_2(i
     assert verify(output).ok
 
 
-def test_a_read_only_output_is_a_usage_error_before_any_image_is_decoded(input_dir, read_only_disk):
-    result = process(input_dir, read_only_disk / "out")
+@pytest.mark.parametrize("inside", ["", "out"])  # the mount itself, or a folder to create on it
+def test_a_read_only_output_is_a_usage_error_before_any_image_is_decoded(input_dir, read_only_disk, inside):
+    result = process(input_dir, read_only_disk / inside)
     assert result.returncode == 2
-    assert "cannot write to the output folder" in result.stderr and "Read-only file system" in result.stderr
+    assert "output folder" in result.stderr and "Read-only file system" in result.stderr
     assert result.stdout == ""
 
 
@@ -105,6 +106,7 @@ def test_an_unwritable_output_folder_is_a_usage_error(input_dir, tmp_path, monke
         return real_write_bytes(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    (tmp_path / "out").mkdir()
     assert main(["process", str(input_dir), "-o", str(tmp_path / "out"), "--passes", "pixel"]) == 2
     assert "cannot write to the output folder" in caplog.text and "Read-only file system" in caplog.text
     assert not (tmp_path / "out" / "000").exists()
