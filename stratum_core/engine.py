@@ -490,6 +490,9 @@ class Engine:
         for item, outcome in zip(ready, outcomes):
             if outcome.status == OK:
                 item.inputs.update((k, v) for k, v in outcome.values.items() if k in self._needed)
+                if outcome.note:
+                    with self._stats_lock:
+                        summary.passes[p.name].notes.add(outcome.note)
             write_queue.put((item.image_id, item.bucket, p, outcome))
 
     def _not_done_elsewhere(self, p: Pass, items: list[Item], summary: RunSummary) -> list[Item]:

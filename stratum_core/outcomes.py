@@ -27,6 +27,7 @@ REASONS: dict[str, str] = {
     "client_error": "the model server refused the request",
     "inference_error": "the model failed on this image",
     "write_error": "an artifact could not be written",
+    "truncated": "the caption was cut at the token or size limit (with --caption-truncated fail)",
 }
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -40,6 +41,7 @@ class Outcome:
     values: Mapping[str, Any] = field(default_factory=dict)
     reason: str | None = None
     message: str = ""
+    note: str = ""  # a success worth counting in the run record (e.g. "truncated"), "" for none
 
     def __post_init__(self) -> None:
         if self.status not in (OK, FAILED, SKIPPED):
