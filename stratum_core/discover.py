@@ -73,7 +73,7 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def _entry_kind(entry: os.DirEntry, root: str, rel_path: str) -> tuple[str, DiscoveryError | None]:
+def entry_kind(entry: os.DirEntry, root: str, rel_path: str) -> tuple[str, DiscoveryError | None]:
     """("dir" | "file" | "other", refusal): what a directory entry is, or why it is refused.
 
     Only entries that could hold or be images are refused (a folder, or a name with an image
@@ -136,7 +136,7 @@ def scan(input_dir: Path, recursive: bool = True) -> tuple[list[SourceImage], li
             return
         for entry in entries:
             rel_path = f"{rel}/{entry.name}" if rel else entry.name
-            kind, refusal = _entry_kind(entry, root, rel_path)
+            kind, refusal = entry_kind(entry, root, rel_path)
             if refusal is not None:
                 errors.append(refusal)
                 continue

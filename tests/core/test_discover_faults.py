@@ -156,3 +156,17 @@ def test_refused_sources_reach_summary_run_record_and_status_while_the_rest_is_p
     assert status.total_images == 1
     assert {e["source"] for e in status.refused_sources} == {"self.png", "pipe.png", "gone.png", "caf\\xe9.png"}
     assert not [n for n in os.listdir(out) if n not in ("ok", ".stratum")]  # nothing written for refused ones
+
+
+def test_shards_register_reports_a_symlink_loop_and_registers_the_rest(tmp_path, capsys, caplog):
+    source = tmp_path / "in"
+    images.write_gradient(source / "ffhq" / "0.png", 8, 8)
+    (source / "ffhq" / "self.png").symlink_to("self.png")
+    (source / "loop").symlink_to("loop")
+    (source / "pipe.png").parent.mkdir(exist_ok=True)
+    os.mkfifo(source / "pipe.png")
+    code = main(["shards", "register", str(source), "-o", str(tmp_path / "out")])
+    assert code == 1  # refused sources are reported, the run of registration still completes
+    assert "ffhq-0000\t1 images" in capsys.readouterr().out
+    for line in ("refused ffhq/self.png: unreadable", "refused loop: unreadable", "refused pipe.png: not_a_file"):
+        assert line in caplog.text
