@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -36,15 +35,15 @@ from stratum_core.summary import Failure, PassStats, RunSummary
 log = logging.getLogger("stratum.engine")
 
 _STOP = object()
+DEFAULT_CPU_GROUP = 8
+DEFAULT_GPU_GROUP = 32
+MAX_AUTO_GROUP = 64  # a pass's own batch choice may grow the groups up to this (64 crops ≈ 200 MB)
 # A full disk, a full quota, a read-only filesystem: no later write can succeed either.
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class _Dropped(Exception):
     """An image left out of this run without a new failure (a stop came first, or it is already recorded)."""
-DEFAULT_CPU_GROUP = 8
-DEFAULT_GPU_GROUP = 32
-MAX_AUTO_GROUP = 64  # a pass's own batch choice may grow the groups up to this (64 crops ≈ 200 MB)
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class Engine:
         self._loaded: set[str] = set()
         self._load_lock = threading.Lock()
         self._abort: BaseException | None = None
-        self._stop = StopRequest()  # replaced by the caller's in run()
+        self._stop = StopRequest()  # run(stop=...) replaces it with the caller's
         self._disk_full = False  # once set, the writer drops what is left instead of failing each file
         self.summary: RunSummary | None = None  # the current (or last) run's summary, also when run() raised
         self._metadata_pass = next((p for p in self.passes if p.name == "metadata"), None)
@@ -186,7 +185,7 @@ class Engine:
         for p in self.passes:
             if p.io_bound:  # no weights to load: check the server now, before any image is touched
                 self._ensure_loaded(p)
-        self._stop = stop or StopRequest()
+        self._stop = stop or self._stop  # a request_stop() made before run() still counts
         summary = RunSummary(total_images=len(images), passes={p.name: PassStats() for p in self.passes},
                              discovery_errors=list(discovery_errors))
         self.summary = summary
@@ -398,7 +397,10 @@ class Engine:
         try:
             self._write_outcome(item.image_id, item.bucket, p, outcome, self.summary)
         except Exception as exc:
+            already_full = self._disk_full
             self._note_write_error(exc)
+            if already_full:  # the run is stopping on a full disk: not one more failure per image
+                raise _Dropped() from exc
             raise ItemError("write_error", f"{type(exc).__name__}: {exc}") from exc
         planned.todo = tuple(q for q in planned.todo if q is not p)
         if outcome.status != OK or not self.store.path(item.image_id, BY_NAME["metadata"]).exists():

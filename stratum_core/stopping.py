@@ -9,14 +9,11 @@ termination hook, a test); `stop_on_signals` wires the process signals to it.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
 import threading
 from typing import Callable, Iterator
-
-log = logging.getLogger("stratum.engine")
 
 STOP_GRACE_S = 5.0  # how long a stopping run waits for the batches and writes already in flight
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
