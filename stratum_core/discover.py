@@ -104,7 +104,7 @@ def entry_kind(entry: os.DirEntry, root: str, rel_path: str) -> tuple[str, Disco
     except OSError as exc:  # ELOOP (a link to itself), EACCES, ...
         return "other", DiscoveryError(printable(rel_path), "unreadable", f"cannot read: {exc.strerror or exc}")
     if kind == "dir" or image_named:
-        if not _is_utf8(entry.name):
+        if not entry.name.isascii() and not _is_utf8(entry.name):  # isascii: the common case, in C
             return "other", DiscoveryError(printable(rel_path), "bad_name",
                                            "the name is not valid UTF-8; rename it to process it")
     if kind == "dir":
