@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from stratum_core import __version__
 from stratum_core.errors import ConfigError, RunInterrupted, StratumError
+from stratum_core.stopping import SIGNAL_EXIT_CODES
 
 log = logging.getLogger("stratum")
 
@@ -210,7 +211,14 @@ def _process(args: argparse.Namespace, names: tuple[str, ...], configs: dict, st
 
 
 def console_main() -> None:
-    sys.exit(main())
+    code = main()
+    if code in SIGNAL_EXIT_CODES.values():
+        # A clean stop is complete (record saved, summary printed); a request still waiting on a hung
+        # server must not hold the exit (the interpreter would join its worker threads first).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 CommandHandler = Callable[[argparse.Namespace], int]

@@ -16,7 +16,7 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from stratum_core.artifacts import BY_NAME, pass_files, validate_value
 from stratum_core.buckets import Bucket
@@ -146,6 +146,7 @@ class Engine:
         self._abort: BaseException | None = None
         self._stop = StopRequest()  # run(stop=...) replaces it with the caller's
         self._disk_full = False  # once set, the writer drops what is left instead of failing each file
+        self._abandoned = False  # a stop's grace period is over: nothing more is written after the summary
         self.summary: RunSummary | None = None  # the current (or last) run's summary, also when run() raised
         self._metadata_pass = next((p for p in self.passes if p.name == "metadata"), None)
         self._recheck = recheck  # look for another run's artifacts again before each model call
@@ -253,20 +254,32 @@ class Engine:
         `grace` seconds are left behind (daemons; each write is atomic, so at most a temp file is left,
         which the next run sweeps).
         """
-        deadline = None if grace is None else time.monotonic() + grace
-        try:
-            if grace is not None:
+        deadline = [None if grace is None else time.monotonic() + grace]
+
+        def until() -> float | None:
+            """The deadline; a stop requested while this waits (a hung server) starts one too."""
+            if deadline[0] is None and self._stop.requested:
+                log.info("stopping: finishing the writes in flight (at most %.0f s)", STOP_GRACE_S)
+                deadline[0] = time.monotonic() + STOP_GRACE_S
                 for q in lane_queues:
                     _drain(q)
+            return deadline[0]
+
+        if grace is not None:
+            for q in lane_queues:
+                _drain(q)
+        try:
             for lane, q in zip(self.lanes, lane_queues):
                 for _ in range(self.lane_parallelism(lane)):
-                    _put(q, _STOP, deadline)
+                    _put(q, _STOP, until)
             for t in lane_threads:
-                _join(t, deadline)
+                _join(t, until)
         finally:  # even a second Ctrl-C must not strand the writer on an empty queue
-            _put(write_queue, _STOP, deadline)
-            _join(writer, deadline)
-        return not writer.is_alive() and not any(t.is_alive() for t in lane_threads)
+            _put(write_queue, _STOP, until)
+            _join(writer, until)
+        all_stopped = not writer.is_alive() and not any(t.is_alive() for t in lane_threads)
+        self._abandoned = not all_stopped  # what a thread left behind finishes now is not written
+        return all_stopped
 
     def lane_parallelism(self, lane: Sequence[Pass]) -> int:
         """Batches a lane works on at once: one, or for a concurrent pass (caption) enough batches that
@@ -550,7 +563,7 @@ class Engine:
             if entry is _STOP:
                 return
             image_id, bucket, p, outcome = entry
-            if self._disk_full:
+            if self._disk_full or self._abandoned:
                 continue  # the run is stopping: what is left would only fail the same way
             try:
                 self._write_outcome(image_id, bucket, p, outcome, summary)
@@ -607,16 +620,30 @@ def _drain(q: queue.Queue) -> None:
             return
 
 
-def _put(q: queue.Queue, entry: Any, deadline: float | None) -> None:
-    """Put, waiting at most until `deadline` (time.monotonic(); None: as long as it takes)."""
-    try:
-        q.put(entry, timeout=None if deadline is None else max(0.001, deadline - time.monotonic()))
-    except queue.Full:
-        pass  # a stopping run's lane is still busy; it is left behind
+_POLL_S = 0.1  # how often a shutdown wait looks for a stop request
 
 
-def _join(thread: threading.Thread, deadline: float | None) -> None:
-    thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+def _put(q: queue.Queue, entry: Any, until: Callable[[], float | None]) -> None:
+    """Put, waiting at most until `until()` (time.monotonic(); None: as long as it takes)."""
+    while True:
+        deadline = until()
+        wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+        if wait <= 0:
+            return  # a stopping run's lane is still busy; it is left behind
+        try:
+            q.put(entry, timeout=wait)
+            return
+        except queue.Full:
+            continue
+
+
+def _join(thread: threading.Thread, until: Callable[[], float | None]) -> None:
+    while thread.is_alive():
+        deadline = until()
+        wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+        if wait <= 0:
+            return
+        thread.join(wait)
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, limit: int) -> Iterator[tuple[Any, Future]]:
