@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from stratum_core import __version__
-from stratum_core.errors import ConfigError, StratumError
+from stratum_core.errors import ConfigError, RunInterrupted, StratumError
+from stratum_core.stopping import SIGNAL_EXIT_CODES
 
 log = logging.getLogger("stratum")
 
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("stratum").setLevel(logging.DEBUG)
     try:
         return args.handler(args)
+    except RunInterrupted as exc:  # a clean stop (SIGINT 130, SIGTERM 143): the summary is printed already
+        log.error("%s", exc)
+        return exc.exit_code
     except StratumError as exc:
         log.error("error: %s", exc)
         return 2
@@ -157,12 +161,10 @@ def parse_model_paths(values: Sequence[str]) -> dict[str, Path]:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from stratum_core.devices import claim_device
-    from stratum_core.discover import IMAGE_EXTENSIONS, discover, parse_shard
-    from stratum_core.engine import RunConfig, run
-    from stratum_core.models import model_dir_from_env, offline_from_env
-    from stratum_core.passes import MODEL_PASSES, parse_passes, pass_class
-    from stratum_core.passes.base import PassOptions
+    from stratum_core.discover import parse_shard
+    from stratum_core.passes import parse_passes, pass_class
+    from stratum_core.stopping import StopRequest, stop_on_signals
+    from stratum_core.store import check_output_dir
 
     if args.shard_key and args.image_list:
         raise ConfigError("--image-list and --shard-key both choose the images: give one")
@@ -170,6 +172,23 @@ def cmd_process(args: argparse.Namespace) -> int:
     configs = {n: pass_class(n).config_from_args(args, os.environ) for n in names}
     if args.shard:
         parse_shard(args.shard)  # a typo fails now, before the device claim imports torch
+    check_output_dir(args.output)  # a read-only or non-folder output is a usage error before any work
+    stop = StopRequest()
+    with stop_on_signals(stop):  # SIGINT/SIGTERM: a clean stop; a second one exits at once
+        summary = _process(args, names, configs, stop)
+    _write(summary.format())
+    return summary.exit_code
+
+
+def _process(args: argparse.Namespace, names: tuple[str, ...], configs: dict, stop):
+    """Claim the device, find the images and run them; returns the RunSummary."""
+    from stratum_core.devices import claim_device
+    from stratum_core.discover import IMAGE_EXTENSIONS, discover
+    from stratum_core.engine import RunConfig, run
+    from stratum_core.models import model_dir_from_env, offline_from_env
+    from stratum_core.passes import MODEL_PASSES
+    from stratum_core.passes.base import PassOptions
+
     claim = claim_device(args.device if set(names) & set(MODEL_PASSES) else "cpu")
     try:
         options = PassOptions(
@@ -190,15 +209,25 @@ def cmd_process(args: argparse.Namespace) -> int:
             raise ConfigError(f"no images found under {args.input_dir} "
                               f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
         log.info("stratum: %d images, passes %s, device %s", len(images), ",".join(names), claim.device)
-        summary = run(config, images, errors)
+        try:
+            return run(config, images, errors, stop=stop)
+        except StratumError as exc:
+            if exc.summary is not None:  # the run had started: say what was done before the error
+                _write(exc.summary.format())
+            raise
     finally:
         claim.release()
-    _write(summary.format())
-    return summary.exit_code
 
 
 def console_main() -> None:
-    sys.exit(main())
+    code = main()
+    if code in SIGNAL_EXIT_CODES.values():
+        # A clean stop is complete (record saved, summary printed); a request still waiting on a hung
+        # server must not hold the exit (the interpreter would join its worker threads first).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 CommandHandler = Callable[[argparse.Namespace], int]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -98,6 +99,63 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def printable(rel_path: str) -> str:
+    """`rel_path` safe to print and store as UTF-8: undecodable bytes of a file name appear as \\xNN."""
+    return rel_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir decodes bytes that are not UTF-8 as lone surrogates
+        return False
+    return True
+
+
+def entry_kind(entry: os.DirEntry, root: str, rel_path: str) -> tuple[str, DiscoveryError | None]:
+    """("dir" | "file" | "other", refusal): what a directory entry is, or why it is refused.
+
+    Only entries that could hold or be images are refused (a folder, or a name with an image
+    extension): a loop, a dangling link or an unreadable entry never stops the scan, and a FIFO
+    or device named like an image is reported instead of vanishing. Plain entries cost no
+    syscall (the kind comes from the directory listing); only symlinks are stat'ed.
+    """
+    image_named = is_image_name(entry.name)
+    try:
+        if entry.is_symlink():
+            try:
+                mode = os.stat(entry.path).st_mode
+            except FileNotFoundError:
+                if not image_named:
+                    return "other", None
+                return "other", DiscoveryError(printable(rel_path), "not_found",
+                                               f"dangling symlink to {printable(os.readlink(entry.path))!r}")
+            target = os.path.realpath(entry.path)
+            if not _inside(target, root):
+                if stat.S_ISDIR(mode) or image_named:
+                    return "other", DiscoveryError(printable(rel_path), "outside_input",
+                                                   f"symlink points outside the input directory: {printable(target)}")
+                return "other", None
+            kind = "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "special"
+        else:
+            kind = ("dir" if entry.is_dir(follow_symlinks=False) else
+                    "file" if entry.is_file(follow_symlinks=False) else "special")
+    except OSError as exc:  # ELOOP (a link to itself), EACCES, ...
+        return "other", DiscoveryError(printable(rel_path), "unreadable", f"cannot read: {exc.strerror or exc}")
+    if kind == "dir" or image_named:
+        if not entry.name.isascii() and not _is_utf8(entry.name):  # isascii: the common case, in C
+            return "other", DiscoveryError(printable(rel_path), "bad_name",
+                                           "the name is not valid UTF-8; rename it to process it")
+    if kind == "dir":
+        return kind, None
+    if not image_named:
+        return "other", None
+    if kind == "special":
+        return "other", DiscoveryError(printable(rel_path), "not_a_file",
+                                       "not a regular file (a FIFO, socket or device)")
+    return kind, None
+
+
 def scan(input_dir: Path, recursive: bool = True) -> tuple[list[SourceImage], list[DiscoveryError]]:
     """List image files under `input_dir` (recursively by default), following only symlinks that stay inside."""
     root = os.path.realpath(input_dir)
@@ -112,25 +170,22 @@ def scan(input_dir: Path, recursive: bool = True) -> tuple[list[SourceImage], li
                 # hidden entries (.DS_Store, ._x.jpg, .thumbnails/) are skipped, as the output walk does.
                 entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as exc:
-            errors.append(DiscoveryError(rel or ".", "not_found", f"cannot list directory: {exc}"))
+            errors.append(DiscoveryError(printable(rel or "."), "unreadable", f"cannot list directory: {exc}"))
             return
         for entry in entries:
             rel_path = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not _inside(target, root):
-                    if entry.is_dir() or is_image_name(entry.name):
-                        errors.append(DiscoveryError(
-                            rel_path, "outside_input", f"symlink points outside the input directory: {target}"))
-                    continue
-            if entry.is_dir():
+            kind, refusal = entry_kind(entry, root, rel_path)
+            if refusal is not None:
+                errors.append(refusal)
+                continue
+            if kind == "dir":
                 if not recursive:
                     continue
                 real = os.path.realpath(entry.path)
                 if real not in visited:  # symlink loops and duplicate links are walked once
                     visited.add(real)
                     walk(entry.path, rel_path)
-            elif entry.is_file() and is_image_name(entry.name):
+            elif kind == "file":
                 images.append(SourceImage(rel_path, entry.path))  # a str: no Path per image
 
     walk(str(input_dir), "")
@@ -180,6 +235,11 @@ def split_collisions(images: Iterable[SourceImage]) -> tuple[list[SourceImage], 
     kept: list[SourceImage] = []
     errors: list[DiscoveryError] = []
     for image_id, group in by_id.items():
+        if (artifact := _artifact_component(image_id)) is not None:
+            errors.extend(DiscoveryError(g.rel_path, "id_collision",
+                                         f"image id {image_id!r} would put a folder where an image's "
+                                         f"{artifact} lives") for g in group)
+            continue
         if len(group) == 1:
             kept.append(group[0])
             continue
@@ -188,6 +248,12 @@ def split_collisions(images: Iterable[SourceImage]) -> tuple[list[SourceImage], 
                       for g in group)
     kept.sort(key=_by_rel_path)
     return kept, errors
+
+
+def _artifact_component(image_id: str) -> str | None:
+    """The artifact file name among the id's folders (`a/pixel.npy` from `a/pixel.npy.png`), if any:
+    that output folder would be another image's artifact path."""
+    return next((part for part in image_id.split("/")[1:] if part in BY_FILENAME), None)
 
 
 def _by_rel_path(image: SourceImage) -> str:

@@ -34,6 +34,10 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     stale_temp_files: list[Path] = field(default_factory=list)
     fixed: int = 0
+    # Image folders with artifacts but no metadata.json: unfinished, not broken (`stratum process`
+    # writes the metadata again; a run writes it before any other artifact, so only a deletion or an
+    # older version leaves this).
+    unfinished: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -45,6 +49,9 @@ class VerifyReport:
         lines.extend(f"  {p.image_id}/{p.filename}: {p.message}" for p in self.problems[:200])
         if len(self.problems) > 200:
             lines.append(f"  … {len(self.problems) - 200} more")
+        if self.unfinished:
+            lines.append(f"  {len(self.unfinished)} unfinished image folders (artifacts but no metadata.json, e.g. "
+                         f"{self.unfinished[0]}): not damaged; `stratum process` completes them")
         if self.stale_temp_files:
             lines.append(f"  {len(self.stale_temp_files)} leftover temp files from interrupted runs")
         if self.fixed:
@@ -63,9 +70,8 @@ def check_image(store: Store, image_id: str, names: Iterable[str],
     wanted = None if only is None else {*only, BY_NAME["metadata"].filename}
     present = [a for a in ARTIFACTS if a.filename in names and (wanted is None or a.filename in wanted)]
     bucket: Bucket | None = None
-    if present and BY_NAME["metadata"] not in present:
-        problems.append(Problem(image_id, "metadata.json", "missing, so the shapes of the other artifacts cannot be "
-                                                           "checked (`stratum process` rebuilds it)"))
+    # Without metadata.json (an unfinished folder, see VerifyReport.unfinished) shapes cannot be
+    # checked, but dtypes, parsing and value ranges still are.
     for artifact in present:
         try:
             value = read_value(store, image_id, artifact)
@@ -106,6 +112,8 @@ def verify(output_dir: Path, fix: bool = False, image_ids: set[str] | None = Non
         report.files += sum(1 for a in ARTIFACTS if a.filename in names)
         report.problems.extend(problems)
         report.stale_temp_files.extend(stale)
+        if BY_NAME["metadata"].filename not in names and any(a.filename in names for a in ARTIFACTS):
+            report.unfinished.append(image_id)
         if fix:
             report.fixed += _delete(store.image_dir(image_id) / p.filename for p in problems)
         if progress is not None and report.images % PROGRESS_EVERY == 0:

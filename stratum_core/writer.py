@@ -12,6 +12,7 @@ import math
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterable, Sequence
 
 from stratum_core.artifacts import Artifact
@@ -66,16 +67,51 @@ class WriterPool:
         """Queue `entry` on its image's writer (blocks while that writer's queue is full)."""
         self._queues[hash(entry[0]) % len(self._queues)].put(entry, block, timeout)
 
-    def close(self) -> None:
-        """Drain: every writer finishes what was queued before this call, then its thread ends."""
+    def close(self, until: Callable[[], float | None] = lambda: None) -> None:
+        """Drain: every writer finishes what was queued before this call, then its thread ends.
+
+        `until()` gives a deadline (time.monotonic(); None: no limit): a stopping run waits for its
+        writers only that long and leaves a busy one behind (each write is atomic).
+        """
         if self._closed:
             return
         self._closed = True
         stopped = []
         try:
             for q, t in zip(self._queues, self._threads):
-                q.put(self._stop)
+                put_until(q, self._stop, until)
                 stopped.append(t)
         finally:  # a second Ctrl-C while queuing the stops: wait only for writers that got theirs
             for t in stopped:
-                t.join()
+                join_until(t, until)
+
+    def alive(self) -> bool:
+        """Whether any writer thread is still running."""
+        return any(t.is_alive() for t in self._threads)
+
+
+_POLL_S = 0.1  # how often a shutdown wait looks at its deadline (a stop may set one meanwhile)
+
+
+def put_until(q: queue.Queue, entry: Any, until: Callable[[], float | None]) -> None:
+    """Put, waiting at most until `until()` (time.monotonic(); None: as long as it takes)."""
+    while True:
+        deadline = until()
+        wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+        if wait <= 0:
+            return  # a stopping run's thread is still busy; it is left behind
+        try:
+            q.put(entry, timeout=wait)
+            return
+        except queue.Full:
+            continue
+
+
+def join_until(thread: threading.Thread, until: Callable[[], float | None]) -> None:
+    """Join, waiting at most until `until()` (as put_until)."""
+    while thread.is_alive():
+        deadline = until()
+        wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+        if wait <= 0:
+            return
+        thread.join(wait)
