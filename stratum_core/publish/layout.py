@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from stratum_core.artifacts import Artifact, artifacts_of
 
@@ -72,6 +72,18 @@ def chunk_path(layer: str, chunk: ChunkRange) -> str:
 
 def index_path(payload_path: str) -> str:
     return payload_path.rsplit(".", 1)[0] + INDEX_SUFFIX
+
+
+def manifest_chunks(manifest: Mapping, layer: str) -> list[tuple[ChunkRange, str]]:
+    """(range, path in the repo) of each chunk file `manifest` lists for `layer`, in position order.
+
+    `layer` "data" is the parquet table; a text layer (caption) lives in it. Readers (stratum_core.data)
+    find chunk files only through this and `index_path`, never by a path pattern of their own.
+    """
+    entry = manifest.get(DATA_DIR, {}) if layer == DATA_DIR else manifest.get("layers", {}).get(layer, {})
+    folder = DATA_DIR if layer == DATA_DIR or layer in TEXT_LAYERS else layer
+    ranges = sorted(r for r in map(parse_range_label, entry.get("chunks", {})) if r is not None)
+    return [(r, chunk_path(folder, r)) for r in ranges]
 
 
 def parse_chunk_path(path: str) -> tuple[str, ChunkRange] | None:
