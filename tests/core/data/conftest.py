@@ -80,3 +80,51 @@ def tree(tmp_path_factory) -> Tree:
 @pytest.fixture
 def own_tree(tmp_path) -> Tree:
     return write_tree(tmp_path / "out", tmp_path / "in")
+
+
+HUB_TOKEN = "hf_DATAstreamSECRET0123456789"
+HUB_REPO = "me/stream"
+HUB_LAYERS = "caption,pose,seg,t5"
+
+
+@dataclass
+class Published:
+    hub: object  # tests.fakes.hub.FakeHub
+    tree: Tree
+    repo: str
+
+    def stream(self, **kwargs):
+        from stratum_core.data import HubStream
+
+        kwargs.setdefault("layers", HUB_LAYERS)
+        return HubStream(self.repo, endpoint=self.hub.url, token=HUB_TOKEN, **kwargs)
+
+
+def stratum_publish(tree: Tree, hub, repo: str, monkeypatch) -> None:
+    """`stratum publish` as a user runs it: data chunks of 5 rows, tars of 4 images, split at 2.5 MB (seg and
+    t5 images are 1 MB or more, so those layers get smaller chunks than pose)."""
+    from stratum_core.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    code = main(["publish", str(tree.root), "--hub-repo", repo, "--layers", HUB_LAYERS, "--rows-per-parquet", "5",
+                 "--images-per-tar", "4", "--max-tar-mb", "2.5", "--endpoint", hub.url])
+    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def published(tree):
+    """`tree` published to a loopback fake Hub (read-only: tests that edit the repo use `own_published`)."""
+    import huggingface_hub.constants as constants
+    from tests.fakes.hub import FakeHub
+
+    with pytest.MonkeyPatch.context() as mp, FakeHub() as fake:
+        mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        stratum_publish(tree, fake, HUB_REPO, mp)
+        yield Published(fake, tree, HUB_REPO)
+
+
+@pytest.fixture
+def own_published(published, monkeypatch):
+    """A second repo on the same Hub, published afresh, which the test may damage."""
+    stratum_publish(published.tree, published.hub, "me/damaged", monkeypatch)
+    return Published(published.hub, published.tree, "me/damaged")
