@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import mmap
 from typing import Sequence
 
 import numpy as np
@@ -44,7 +45,7 @@ def collate(samples: Sequence[dict | None], tensors: bool | None = None) -> dict
             if len(shapes) > 1:
                 raise ValueError(f"collate: {key} arrays of different shapes {sorted(shapes)} (buckets "
                                  f"{sorted({s['bucket'] for s in kept})}); batch with BucketBatchSampler")
-            batch[key] = _stack_torch(values) if use_torch else np.stack(values)
+            batch[key] = _stack_torch(values) if use_torch else stack(values)
         elif key in ("width", "height"):
             array = np.asarray(values, dtype=np.int64)
             batch[key] = _as_tensor(array) if use_torch else array
@@ -64,8 +65,41 @@ def _stack_torch(arrays: list[np.ndarray]):
         out = torch.empty(0, dtype=dtype).new(storage).resize_(shape)
     else:
         out = torch.empty(shape, dtype=dtype)
-    np.stack(arrays, out=out.numpy())  # one copy, from the memory-mapped files into the batch
+    stack(arrays, out=out.numpy())
     return out
+
+
+def stack(arrays: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """np.stack, except that a whole memory-mapped npy file is read straight into its row of the batch: one
+    copy in the kernel, where copying from the mapping would fault its pages in one by one (~2x slower)."""
+    if out is None:
+        out = np.empty((len(arrays),) + arrays[0].shape, dtype=arrays[0].dtype)
+    for row, array in zip(out, arrays):
+        if _whole_file_map(array) and row.flags.c_contiguous:
+            _read_into(row, array)
+        else:
+            row[...] = array
+    return out
+
+
+def _whole_file_map(array: np.ndarray) -> bool:
+    """A memmap of a whole npy file's data (as np.load(mmap_mode="r") gives), not a view into one."""
+    return isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.flags.c_contiguous \
+        and bool(array.filename)
+
+
+def _read_into(row: np.ndarray, array: np.memmap) -> None:
+    from stratum_core.data.arrays import SampleError
+
+    view = memoryview(row).cast("B")
+    with open(array.filename, "rb", buffering=0) as f:
+        f.seek(array.offset)
+        done = 0
+        while done < len(view):
+            n = f.readinto(view[done:])
+            if not n:
+                raise SampleError(f"{array.filename}: the file shrank while it was read", array.filename)
+            done += n
 
 
 def _as_tensor(array: np.ndarray):

@@ -68,17 +68,18 @@ class HubStream:
     (default main), resolved to one commit for the whole stream. `endpoint`/`token`: as for `stratum publish`
     (None: huggingface_hub's defaults, HF_ENDPOINT and the saved login). `missing`/`corrupt`: as for
     `StratumDataset`. `start`: the position to begin at (see `state_dict`). `cache_dir`: keep downloaded
-    chunks there (huggingface_hub's cache layout, reused next epoch) instead of deleting each once read.
+    chunks there (huggingface_hub's cache layout, reused next epoch) instead of deleting each once read;
+    `tmp_dir`: where chunks wait while they are read otherwise (default: the system temp dir).
     """
 
     def __init__(self, repo_id: str, layers: Sequence[str] | str = ("caption",), revision: str | None = None,
                  endpoint: str | None = None, token: str | None = None, missing: str = "skip",
                  corrupt: str = "error", start: int = 0, cache_dir: str | None = None,
-                 retry: RetryPolicy | None = None):
+                 tmp_dir: str | None = None, retry: RetryPolicy | None = None):
         self.layers, self.artifacts = layer_artifacts(layers)
         self.missing = check_mode("missing", missing, MISSING_MODES)
         self.corrupt = check_mode("corrupt", corrupt, CORRUPT_MODES)
-        self.cache_dir = cache_dir
+        self.cache_dir, self.tmp_dir = cache_dir, tmp_dir
         self.position = int(start)  # the next position a sample is read from
         self.left_out: Counter = Counter()  # reason → samples passed over
         self._workdir: str | None = None
@@ -123,7 +124,7 @@ class HubStream:
 
     def _local_dir(self) -> str:
         if self._workdir is None:
-            self._workdir = tempfile.mkdtemp(prefix="stratum-hubstream-")
+            self._workdir = tempfile.mkdtemp(prefix="stratum-hubstream-", dir=self.tmp_dir)
         return self._workdir
 
     def _ahead(self, path: str) -> None:

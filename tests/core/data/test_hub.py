@@ -99,15 +99,12 @@ def test_a_stream_started_late_downloads_no_earlier_chunk(published):
     assert any(p.endswith("pose/00008-00011.tar") for p in fetched)
 
 
-def test_read_chunks_are_deleted_from_disk(published, tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+def test_read_chunks_are_deleted_from_disk(published, tmp_path):
     on_disk = []
-    for _ in published.stream(layers="seg"):
+    for _ in published.stream(layers="seg", tmp_dir=str(tmp_path)):
         on_disk.append(sum(name.endswith(".tar") for _, _, names in os.walk(tmp_path) for name in names))
     assert max(on_disk) <= 1  # the tar being read is already deleted; at most the next one is fetched
+    assert [os.path.join(d, n) for d, _, names in os.walk(tmp_path) for n in names] == []
     assert os.listdir(tmp_path) == []
 
 
