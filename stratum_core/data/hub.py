@@ -88,7 +88,7 @@ class HubStream:
         self._hub = HubClient(repo_id, token=token, endpoint=endpoint, retry=retry)
         self.repo_id = self._hub.repo_id
         self.revision = self._hub._call("repo_info", self._hub.api.dataset_info, self.repo_id,
-                                        revision=revision or "main").sha  # the publisher's retry policy
+                                        revision=revision or "main").sha
         self.manifest = json.loads(self._read_bytes(MANIFEST_PATH, "`stratum publish` writes it"))
         published = set(self.manifest.get("layers", {}))
         absent = [layer for layer in self.layers if layer not in published]
@@ -106,38 +106,41 @@ class HubStream:
         return int(self.manifest.get("total_images", 0))
 
     # ---- files -----------------------------------------------------------------------------
-    def _fetch(self, path: str) -> str | None:
-        """Download one file of the pinned commit; its local path, or None when the repo lacks it."""
+    def _fetch(self, path: str, where: dict) -> str | None:
+        """Download one file of the pinned commit into `where` (`_where()`); its local path, or None when the
+        repo lacks it. Runs in the background threads too."""
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
 
         def download() -> str | None:
             try:
                 return hf_hub_download(self.repo_id, path, repo_type=REPO_TYPE, revision=self.revision,
-                                       endpoint=self._hub.api.endpoint, token=self._hub.api.token,
-                                       **({"cache_dir": self.cache_dir} if self.cache_dir else
-                                          {"local_dir": self._local_dir()}))
+                                       endpoint=self._hub.api.endpoint, token=self._hub.api.token, **where)
             except EntryNotFoundError:
                 return None
 
-        return self._hub._call(f"download {path}", download)
+        return self._hub._call(f"download {path}", download)  # the publisher's retry policy
 
-    def _local_dir(self) -> str:
+    def _where(self) -> dict:
+        """Where downloads go: the kept cache, or this iteration's temp dir (made here, in the calling thread,
+        so background downloads never race to create it)."""
+        if self.cache_dir:
+            return {"cache_dir": self.cache_dir}
         if self._workdir is None:
             self._workdir = tempfile.mkdtemp(prefix="stratum-hubstream-", dir=self.tmp_dir)
-        return self._workdir
+        return {"local_dir": self._workdir}
 
     def _ahead(self, path: str) -> None:
         """Start downloading `path` in the background (at most one chunk ahead per layer asks for this)."""
         if path not in self._futures:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(4, thread_name_prefix="stratum-hubstream")
-            self._futures[path] = self._pool.submit(self._fetch, path)
+            self._futures[path] = self._pool.submit(self._fetch, path, self._where())
 
     def _local(self, path: str, listed_as: str) -> str:
         """The downloaded file (waiting for its background download); a clear error when the repo lacks it."""
         future = self._futures.pop(path, None)
-        local = future.result() if future is not None else self._fetch(path)
+        local = future.result() if future is not None else self._fetch(path, self._where())
         if local is None:
             raise HubStreamError(f"{path} is missing from {self.repo_id}@{self.revision[:12]}, though "
                                  f"{listed_as}; run `stratum reconcile --hub-repo {self.repo_id}` or publish it again")
@@ -199,7 +202,7 @@ class HubStream:
         """The chunk's index (true ids, escaped keys); {} when the repo keeps none for it (keys then unescape
         by the layout's reversible rule)."""
         future = self._futures.pop(index_path(path), None)
-        local = future.result() if future is not None else self._fetch(index_path(path))
+        local = future.result() if future is not None else self._fetch(index_path(path), self._where())
         if local is None:
             return {}
         with open(local, "rb") as f:

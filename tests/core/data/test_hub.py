@@ -126,3 +126,41 @@ def test_the_token_is_sent_and_never_logged(published, caplog, capsys):
     assert f"Bearer {HUB_TOKEN}" in published.hub.auth_headers
     out = capsys.readouterr()
     assert HUB_TOKEN not in caplog.text + out.out + out.err
+
+
+def _pose_tar(published) -> tuple[str, bytes]:
+    manifest = json.loads(published.hub.files(published.repo)["manifest.json"])
+    path = f"pose/{list(manifest['layers']['pose']['chunks'])[1]}.tar"
+    return path, published.hub.files(published.repo)[path]
+
+
+def test_a_corrupt_array_in_a_tar_fails_naming_the_tar_and_member(own_published):
+    import tarfile
+    from io import BytesIO
+
+    from stratum_core.data import SampleError
+
+    path, data = _pose_tar(own_published)
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        member = tar.getmembers()[0]
+    damaged = bytearray(data)
+    damaged[member.offset_data:member.offset_data + 16] = b"garbage garbage!"  # same size: the tar stays valid
+    own_published.hub.put_files(own_published.repo, {path: bytes(damaged)})
+    with pytest.raises(SampleError, match=f"{path}:{member.name}: not a readable npy file"):
+        list(own_published.stream(layers="pose"))
+    stream = own_published.stream(layers="pose", corrupt="skip")
+    assert len(list(stream)) == len(own_published.tree.ids) - 1 and stream.left_out == {"corrupt": 1}
+
+
+def test_without_chunk_indexes_escaped_keys_still_come_back_as_true_ids(own_published):
+    files = own_published.hub.files(own_published.repo)
+    own_published.hub.put_files(own_published.repo, {}, delete=tuple(p for p in files if p.endswith(".index.json")))
+    assert [s["image_id"] for s in own_published.stream(layers="pose")] == own_published.tree.ids
+
+
+def test_cache_dir_keeps_chunks_so_the_next_epoch_downloads_nothing(published, tmp_path):
+    stream = published.stream(layers="pose", cache_dir=str(tmp_path))
+    first = [s["image_id"] for s in stream]
+    before = published.hub.count("GET", r"/resolve/.*\.tar$")
+    assert [s["image_id"] for s in stream] == first  # a finished iteration starts the next epoch
+    assert published.hub.count("GET", r"/resolve/.*\.tar$") == before
