@@ -5,8 +5,9 @@ Run from the repo root (the Hub half starts the test suite's fake Hub, `tests.fa
     PYTHONPATH=. python bench/data.py            # 96 images, layers pixel,t5,pose,caption (~7 MB an image)
 
 1. Local: `StratumDataset` + `BucketBatchSampler` + `collate` through a torch `DataLoader` (in-process, and
-   with `--workers` workers) vs a naive loop that np.loads the same files and np.stacks each batch (same
-   batches, same output: torch tensors). Goal: >= 0.9x the naive loop per worker.
+   with 1 and `--workers` workers) vs a naive loop that np.loads the same files and np.stacks each batch
+   (same batches, same output: torch tensors). Goal: >= 0.9x the naive loop per worker. Also the floor: the
+   same batches from arrays already in memory through as many workers (the copy and torch's transfer only).
 2. Hub: `HubStream` over the repo `stratum publish` wrote to a loopback fake Hub vs reading the same tars with
    `tarfile` + np.load, (a) each tar downloaded from the same Hub first (hf_hub_download), (b) the tars
    already on local disk. Goal: >= 0.8x the raw tar read.
@@ -100,6 +101,25 @@ def loader(ds: StratumDataset, sampler: BucketBatchSampler, workers: int):
                                        persistent_workers=workers > 0)
 
 
+class InMemory:
+    """The same samples with every array already in memory (one per bucket): a DataLoader over it costs only
+    the batch copy and torch's transfer from the workers, the floor any loader with workers pays."""
+
+    def __init__(self, ds: StratumDataset):
+        self.buckets = ds.buckets
+        self.by_bucket = {}
+        for i, label in enumerate(self.buckets):
+            if label not in self.by_bucket:
+                self.by_bucket[label] = {k: np.array(v) if isinstance(v, np.ndarray) else v
+                                         for k, v in ds[i].items()}
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.by_bucket[self.buckets[index]]
+
+
 def ours_local(batches) -> int:
     return sum(batch_bytes(batch) for batch in batches)
 
@@ -118,8 +138,11 @@ def bench_local(root: Path, layers: tuple[str, ...], batch: int, workers: int, r
     loaders = {f"ours, {n} workers": loader(ds, sampler, n) for n in sorted({0, 1, workers})}
     for each in loaders.values():
         ours_local(each)  # start the workers (a run does this once)
+    floor = loader(InMemory(ds), sampler, workers)
+    ours_local(floor)
     runs = {"naive": lambda: naive_local(root, ds, batches)}
     runs.update({name: (lambda each=each: ours_local(each)) for name, each in loaders.items()})
+    runs[f"floor, {workers} workers"] = lambda: ours_local(floor)
     best = dict.fromkeys(runs, (float("inf"), 0))
     for _ in range(repeats):
         for name, run in runs.items():
@@ -236,6 +259,9 @@ def main() -> None:
         for n in sorted({0, 1, args.workers}):
             ratio = args.images / local[f"ours, {n} workers"][0] / max(n, 1) / naive
             print(f"  ratio ours ({n} workers) / naive, per worker: {ratio:5.2f}x   (goal >= 0.90x)")
+        floor = local[f"floor, {args.workers} workers"][0]
+        print(f"  ours ({args.workers} workers) / the in-memory floor with as many workers: "
+              f"{floor / local[f'ours, {args.workers} workers'][0]:5.2f}x   (the rest is torch's transfer)")
         print(f"  (CPU cores here: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f})")
         if args.skip_hub:
             return
