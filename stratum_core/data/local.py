@@ -78,12 +78,12 @@ class StratumDataset:
         self.image_ids: list[str] = []
         self._absent: list[frozenset[str]] | None = [] if missing == "none" else None
         self._meta: list[tuple[int, int, Bucket] | None] | None = None
-        self._select(self._listing(shards))
+        self._select(self._listing(shards), in_id_order=shards is None)
 
     # ---- listing ---------------------------------------------------------------------------
     def _listing(self, shards: Iterable[str] | None) -> Iterable[tuple[str, set[str]]]:
         if shards is None:
-            return sorted(iter_image_dirs(self.root))
+            return iter_image_dirs(self.root)
         if isinstance(shards, str):
             shards = [shards]
         store = Store(self.root)
@@ -91,8 +91,10 @@ class StratumDataset:
         image_ids = [i for key in keys for i in load_shard(self.root, key).image_ids]  # checks every key first
         return ((i, store.listing(i)) for i in image_ids)
 
-    def _select(self, listing: Iterable[tuple[str, set[str]]]) -> None:
+    def _select(self, listing: Iterable[tuple[str, set[str]]], in_id_order: bool) -> None:
+        """Keep the images the `missing` rule admits; `in_id_order`: sort them by id (publish's order)."""
         refused: list[str] = []
+        kept: list[tuple[str, frozenset[str]]] = []
         for image_id, names in listing:
             lacking = [NO_METADATA] if METADATA not in names else \
                 [f"missing {x}" for x in missing_layers(names, self.layers, self.artifacts)]
@@ -101,9 +103,12 @@ class StratumDataset:
                 if self.missing == "error" and len(refused) < 3:
                     refused.append(f"{image_id} ({', '.join(lacking)})")
                 continue
-            self.image_ids.append(image_id)
-            if self._absent is not None:
-                self._absent.append(frozenset(a.name for a in self.artifacts if a.filename not in names))
+            kept.append((image_id, frozenset(a.name for a in self.artifacts if a.filename not in names)))
+        if in_id_order:
+            kept.sort(key=lambda item: item[0])  # the walk's order is per path component, publish's by id
+        self.image_ids = [image_id for image_id, _ in kept]
+        if self._absent is not None:
+            self._absent = [absent for _, absent in kept]
         if refused:
             raise ConfigError(f"{sum(self.left_out.values())} image(s) of {self.root} lack requested layers, e.g. "
                               f"{'; '.join(refused)}; use missing='skip' or missing='none'")

@@ -141,3 +141,13 @@ def test_package_imports_and_reads_without_torch(tree):
             "print(type(batch['pose']).__module__, batch['pose'].shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["numpy", "(2,", "133,", "3)"]
+
+
+def test_images_come_in_the_order_publish_gives_them_positions(tmp_path):
+    from stratum_core.publish.publisher import DatasetView
+    from tests.core.data.conftest import write_tree
+
+    # The walk visits folder "a" before "a-b"; sorted ids put "a-b/x" first ('-' sorts before '/').
+    tree = write_tree(tmp_path / "out", tmp_path / "in", ids=("a/b", "a-b/x", "a/c"))
+    ds = StratumDataset(tree.root, layers=("pose",))
+    assert ds.image_ids == DatasetView.load(tree.root).ids == ["a-b/x", "a/b", "a/c"]
