@@ -282,7 +282,8 @@ def main() -> None:
             print(f"  ratio ours ({n} workers) / naive, per worker: {ratio:5.2f}x   (goal >= 0.90x)")
         naive_cpu, ours_cpu = local["_cpu"]["naive"], local["_cpu"]["ours, 0 workers"]
         print(f"  CPU time per image, in-process: naive {naive_cpu / args.images * 1e3:.1f} ms, ours "
-              f"{ours_cpu / args.images * 1e3:.1f} ms: ratio {naive_cpu / ours_cpu:5.2f}x   (per-worker cost; goal >= 0.90x)")
+              f"{ours_cpu / args.images * 1e3:.1f} ms: ratio {naive_cpu / ours_cpu:5.2f}x"
+              "   (per-worker cost; goal >= 0.90x)")
         floor = local[f"floor, {args.workers} workers"][0]
         print(f"  ours ({args.workers} workers) / the in-memory floor with as many workers: "
               f"{floor / local[f'ours, {args.workers} workers'][0]:5.2f}x   (the rest is torch's transfer)")
