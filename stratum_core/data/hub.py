@@ -97,7 +97,7 @@ class HubStream:
                                  f"(its manifest lists {', '.join(sorted(published)) or 'none'})")
         self._data_chunks = manifest_chunks(self.manifest, DATA_DIR)
         self._tar_layers = [layer for layer in self.layers if layer not in TEXT_LAYERS]
-        self._skip: set[int] = set()  # positions already yielded in a batch (set by load_state_dict)
+        self._skip: set[int] = set()  # positions done before a resume (set by load_state_dict)
         self._pending_batches: dict[str, list[tuple[int, dict]]] = {}
         self.close()  # nothing stays on disk between iterations
 
@@ -315,12 +315,12 @@ class HubStream:
         return collate([s for _, s in group], tensors=tensors)
 
     def state_dict(self) -> dict:
-        """Where to resume: the first position not handed out, and the later ones already handed out in
-        batches (samples waiting in a bucket's buffer are read again on resume)."""
+        """Where to resume: the first position not handed out, and the later ones already done (handed out in
+        a batch, or left out); samples waiting in a bucket's buffer are read again on resume."""
         waiting = {p for group in self._pending_batches.values() for p, _ in group}
         resume = min(waiting, default=self.position)
-        handed = {p for p in range(resume, self.position) if p not in waiting} | {p for p in self._skip if p >= resume}
-        return {"repo_id": self.repo_id, "revision": self.revision, "position": resume, "handed_out": sorted(handed)}
+        done = {p for p in range(resume, self.position) if p not in waiting} | {p for p in self._skip if p >= resume}
+        return {"repo_id": self.repo_id, "revision": self.revision, "position": resume, "done": sorted(done)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state` on the next iteration (published positions never move, so a newer
@@ -328,7 +328,7 @@ class HubStream:
         if state.get("repo_id") != self.repo_id:
             raise StratumError(f"the state is of {state.get('repo_id')!r}, not {self.repo_id!r}")
         self.position = int(state["position"])
-        self._skip = set(state.get("handed_out", ()))
+        self._skip = set(state.get("done", ()))
         self._pending_batches = {}
 
 

@@ -81,8 +81,9 @@ def test_resumed_batches_lose_and_repeat_nothing(published):
     whole = sorted(s["image_id"] for s in published.stream())
     first = published.stream()
     it = first.batches(2, tensors=False)
-    head = [i for _ in range(2) for i in next(it)["image_id"]]
+    head = next(it)["image_id"]  # positions 0 and 3 (one bucket); 1 (another bucket) waits; 2 lacks t5
     state = first.state_dict()
+    assert (state["position"], state["done"]) == (1, [2, 3])
     resumed = published.stream()
     resumed.load_state_dict(state)
     rest = [i for batch in resumed.batches(2, tensors=False) for i in batch["image_id"]]
