@@ -33,7 +33,7 @@ from stratum_core.errors import StratumError
 from stratum_core.publish.config import RetryPolicy
 from stratum_core.publish.hub import REPO_TYPE, HubClient
 from stratum_core.publish.layout import DATA_DIR, MANIFEST_PATH, TEXT_LAYERS, ChunkRange, index_path, \
-    manifest_chunks, tar_artifacts, unescape_key
+    manifest_chunks, parse_member_name, tar_artifacts, unescape_key
 
 log = logging.getLogger("stratum.data")
 
@@ -395,14 +395,13 @@ def _tar_members(f, path: str, index: dict) -> deque[_Member]:
             for info in tar:
                 if not info.isfile():
                     continue
-                head, sep, last = info.name.rpartition("/")
-                stem, dot, rest = last.partition(".")
-                if not dot or not rest.endswith(".npy"):
+                parsed = parse_member_name(info.name)
+                if parsed is None:
                     raise HubStreamError(f"{path}: member {info.name!r} is not <key>.<artifact>.npy")
-                key = head + sep + stem
+                key, artifact = parsed
                 if not members or members[-1].key != key:
                     members.append(_Member(escaped.get(key, unescape_key(key)), key))
-                members[-1].files[rest[:-len(".npy")]] = (info.offset_data, info.size)
+                members[-1].files[artifact] = (info.offset_data, info.size)
     except tarfile.TarError as exc:
         raise HubStreamError(f"{path}: not a readable tar: {exc}") from None
     ids = index.get("ids")

@@ -165,3 +165,12 @@ def test_cache_dir_keeps_chunks_so_the_next_epoch_downloads_nothing(published, t
     before = published.hub.count("GET", r"/resolve/.*\.tar$")
     assert [s["image_id"] for s in stream] == first  # a finished iteration starts the next epoch
     assert published.hub.count("GET", r"/resolve/.*\.tar$") == before
+
+
+def test_member_names_parse_back_to_key_and_artifact():
+    from stratum_core.artifacts import BY_NAME
+    from stratum_core.publish.layout import escape_key, member_name, parse_member_name
+
+    for image_id in ("a/v1.2", "b/100%", "x.y/z.w", "plain"):
+        assert parse_member_name(member_name(image_id, BY_NAME["t5_mask"])) == (escape_key(image_id), "t5_mask")
+    assert parse_member_name("a/b.npy") is None and parse_member_name("a/b") is None
