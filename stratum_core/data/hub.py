@@ -223,6 +223,11 @@ class HubStream:
     def __iter__(self) -> Iterator[dict]:
         for _, sample in self._samples():
             yield sample
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        self.position = 0  # the next iteration is the next epoch
+        self._skip.clear()
 
     def _samples(self) -> Iterator[tuple[int, dict]]:
         """(position, sample) from `self.position` on, advancing it past every sample read or left out."""
@@ -246,7 +251,6 @@ class HubStream:
                         yield position, sample
             for cursor in cursors.values():
                 cursor.finish()
-            self.position = 0  # the next iteration is the next epoch
         finally:
             self.close()
 
@@ -308,7 +312,7 @@ class HubStream:
             if pending[label] and not drop_last:
                 yield self._emit(label, tensors)
         pending.clear()
-        self._skip.clear()
+        self._end_epoch()
 
     def _emit(self, label: str, tensors: bool | None) -> dict:
         group = self._pending_batches.pop(label)
