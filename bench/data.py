@@ -35,7 +35,7 @@ from stratum_core.artifacts import BY_NAME
 from stratum_core.buckets import BUCKETS
 from stratum_core.data import BucketBatchSampler, HubStream, StratumDataset, collate
 from stratum_core.data.local import layer_artifacts
-from stratum_core.publish.layout import MANIFEST_PATH, TEXT_LAYERS, manifest_chunks
+from stratum_core.publish.layout import TEXT_LAYERS, list_chunks
 from stratum_core.store import Store
 
 PAGE = 4096
@@ -174,8 +174,8 @@ def publish(root: Path, hub, repo: str, layers: tuple[str, ...], images_per_tar:
 
 
 def tar_paths(hub, repo: str, layers: tuple[str, ...]) -> list[str]:
-    manifest = json.loads(hub.files(repo)[MANIFEST_PATH])
-    return [path for layer in layers if layer not in TEXT_LAYERS for _, path in manifest_chunks(manifest, layer)]
+    files = list(hub.files(repo))
+    return [c.path for layer in layers if layer not in TEXT_LAYERS for c in list_chunks(files, layer)]
 
 
 def read_tar(path: str) -> int:

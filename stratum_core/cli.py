@@ -72,7 +72,9 @@ def _add_process(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated passes, or 'all' (caption,dinov3,t5,pose,seg,depth,normal); "
                         "'pixel' only when named")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--precision", default="auto",
+                   help="auto | fp32 | tf32 | bf16 | fp16, or per pass, e.g. bf16,depth=fp32 (auto: each pass's "
+                        "default on CUDA: bf16, depth tf32, pose fp32; fp32 on the CPU)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per model batch (default: chosen from free GPU memory, 8 on CPU)")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
@@ -107,6 +109,10 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check every artifact's shape, dtype and values")
     p.add_argument("output_dir", type=Path)
     p.add_argument("--fix", action="store_true", help="delete bad files so the next run redoes them")
+    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                   help="processes checking image folders in parallel (default: CPU count, at most 8)")
+    p.add_argument("--progress-every", type=float, default=30.0,
+                   help="seconds between progress lines on stderr (default 30)")
     p.set_defaults(handler=cmd_verify)
 
 
@@ -126,11 +132,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from stratum_core.verify import verify
+    from stratum_core.verify import ProgressLines, verify
 
     if not args.output_dir.is_dir():
         raise StratumError(f"no dataset at {args.output_dir}")
-    report = verify(args.output_dir, fix=args.fix)
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    report = verify(args.output_dir, fix=args.fix, workers=args.workers,
+                    progress=ProgressLines(sys.stderr, every=args.progress_every))
     _write(report.format())
     return 0 if report.ok or args.fix else 1
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
@@ -14,17 +15,55 @@ from stratum_core.errors import ConfigError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-@dataclass(frozen=True, order=True, slots=True)  # slots: millions of these live through a run
 class SourceImage:
-    """One source file: `rel_path` is POSIX and relative to the input dir."""
+    """One source file: `rel_path` is POSIX and relative to the input dir; `path` is where it is read.
 
-    rel_path: str
-    path: Path = field(compare=False)
-    image_id: str = field(init=False, compare=False, repr=False)
+    Millions of these live through a run (a no-op re-run of 10M images holds them all), so each
+    holds strings only: `path` is rebuilt on use from a prefix shared by every image under it and
+    `rel_path` (a Path per image cost ~300 bytes). Immutable; equal, hashed and ordered by `rel_path`.
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = ("rel_path", "image_id", "_prefix", "_full")
+
+    def __init__(self, rel_path: str, path: str | os.PathLike):
+        where = os.fspath(path)
+        shared = where.endswith(rel_path) and (len(where) == len(rel_path) or where[-len(rel_path) - 1] == os.sep)
+        object.__setattr__(self, "rel_path", rel_path)
         # Computed once: planning reads it several times per image.
-        object.__setattr__(self, "image_id", image_id_for(self.rel_path))
+        object.__setattr__(self, "image_id", image_id_for(rel_path))
+        object.__setattr__(self, "_prefix", sys.intern(where[:len(where) - len(rel_path)]) if shared else "")
+        object.__setattr__(self, "_full", None if shared else where)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._full if self._full is not None else self._prefix + self.rel_path)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"SourceImage is immutable (cannot set {name!r})")
+
+    def __reduce__(self):
+        return SourceImage, (self.rel_path, str(self.path))
+
+    def __repr__(self) -> str:
+        return f"SourceImage(rel_path={self.rel_path!r}, path={self.path!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return self.rel_path == other.rel_path if isinstance(other, SourceImage) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.rel_path,))
+
+    def __lt__(self, other: SourceImage) -> bool:
+        return self.rel_path < other.rel_path if isinstance(other, SourceImage) else NotImplemented
+
+    def __le__(self, other: SourceImage) -> bool:
+        return self.rel_path <= other.rel_path if isinstance(other, SourceImage) else NotImplemented
+
+    def __gt__(self, other: SourceImage) -> bool:
+        return self.rel_path > other.rel_path if isinstance(other, SourceImage) else NotImplemented
+
+    def __ge__(self, other: SourceImage) -> bool:
+        return self.rel_path >= other.rel_path if isinstance(other, SourceImage) else NotImplemented
 
 
 @dataclass(frozen=True)
@@ -67,7 +106,6 @@ def scan(input_dir: Path, recursive: bool = True) -> tuple[list[SourceImage], li
     visited: set[str] = {root}
 
     def walk(directory: str, rel: str) -> None:
-        directory_path = Path(directory)  # joining a child name is cheaper than parsing each full path
         try:
             with os.scandir(directory) as it:
                 # Sorted, so which of two links to one folder is walked (and names the ids) is stable;
@@ -93,7 +131,7 @@ def scan(input_dir: Path, recursive: bool = True) -> tuple[list[SourceImage], li
                     visited.add(real)
                     walk(entry.path, rel_path)
             elif entry.is_file() and is_image_name(entry.name):
-                images.append(SourceImage(rel_path, directory_path / entry.name))
+                images.append(SourceImage(rel_path, entry.path))  # a str: no Path per image
 
     walk(str(input_dir), "")
     return images, errors

@@ -28,6 +28,7 @@ from stratum_core.passes.base import Item, Pass, PassOptions
 from stratum_core.progress import Progress
 from stratum_core.store import FAILURE_PREFIX, Store
 from stratum_core.summary import Failure, PassStats, RunSummary
+from stratum_core.writer import WriterPool, writer_count
 
 log = logging.getLogger("stratum.engine")
 
@@ -48,6 +49,7 @@ class RunConfig:
     workers: int = 2  # decode threads
     batch_size: int | None = None  # images per same-bucket batch handed to the lanes (None: by device)
     progress_every: float = 30.0  # seconds between plain progress lines
+    writers: int | None = None  # writer threads (None: from the bytes each image writes)
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -160,15 +162,11 @@ class Engine:
         progress = progress or Progress(len(images), every=self.config.progress_every)
         started = time.monotonic()
         lane_queues = [queue.Queue(maxsize=4) for _ in self.lanes]
-        # Entries hold arrays (a 1 MP normal map is 6 MB): a few batches of slack is enough.
-        write_queue: queue.Queue = queue.Queue(maxsize=4 * self.config.group_size)
-        writer = threading.Thread(target=self._write_loop, args=(write_queue, summary), name="stratum-writer",
-                                  daemon=True)
-        lane_threads = [threading.Thread(target=self._lane_loop, args=(lane, q, write_queue, summary),
+        writer = self._start_writers(summary)
+        lane_threads = [threading.Thread(target=self._lane_loop, args=(lane, q, writer, summary),
                                          name=f"stratum-lane-{i}-{j}", daemon=True)
                         for i, (lane, q) in enumerate(zip(self.lanes, lane_queues))
                         for j in range(self.lane_parallelism(lane))]
-        writer.start()
         for t in lane_threads:
             t.start()
         try:
@@ -184,9 +182,8 @@ class Engine:
                         q.put(_STOP)
                 for t in lane_threads:
                     t.join()
-            finally:  # even a second Ctrl-C must not strand the writer on an empty queue
-                write_queue.put(_STOP)
-                writer.join()
+            finally:  # even a second Ctrl-C must not strand the writers on empty queues
+                writer.close()
                 for p in self.passes:
                     if p.name in self._loaded:
                         summary.provenance[p.name] = p.provenance()
@@ -397,6 +394,14 @@ class Engine:
             self._group_size = max(self._group_size, min(p.chosen_batch, MAX_AUTO_GROUP))
 
     # ------------------------------------------------------------------ writer
+    def _start_writers(self, summary: RunSummary) -> WriterPool:
+        """The writer threads (see writer.py); `put` as on a queue, `close()` drains them.
+
+        Entries hold arrays (a 1 MP normal map is 6 MB): a few batches of slack in all is enough.
+        """
+        threads = writer_count((a for p in self.passes for a in p.artifacts), self.config.writers)
+        return WriterPool(lambda q: self._write_loop(q, summary), threads, 4 * self.config.group_size, _STOP)
+
     def _write_loop(self, write_queue: queue.Queue, summary: RunSummary) -> None:
         while True:
             entry = write_queue.get()

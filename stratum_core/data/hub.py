@@ -1,7 +1,9 @@
 """HubStream: iterate a repo published by `stratum publish`, chunk by chunk, without downloading the whole repo.
 
-The repo is read at one commit (the revision is resolved once), and every chunk file is found through the
-manifest and `publish.layout` (`manifest_chunks`, `index_path`), never by a path pattern of its own. The data
+The repo is read at one commit (the revision is resolved once), and every chunk file and the index that
+lists its ids are found through `publish.layout.list_chunks` over the repo's file list (both the nested and
+the flat layout), never by a path pattern of its own; a chunk the manifest lists but the repo lacks is an
+error before anything is streamed. The data
 parquet gives the order (positions), ids, sizes and captions; each array layer's WebDataset tars are walked
 alongside it and joined by image id, the chunk index mapping escaped keys back to true ids. Files are
 downloaded one at a time through huggingface_hub (endpoint, token and retries as `stratum publish` uses
@@ -32,8 +34,8 @@ from stratum_core.data.local import CORRUPT_MODES, MISSING_MODES, check_mode, la
 from stratum_core.errors import StratumError
 from stratum_core.publish.config import RetryPolicy
 from stratum_core.publish.hub import REPO_TYPE, HubClient
-from stratum_core.publish.layout import DATA_DIR, MANIFEST_PATH, TEXT_LAYERS, ChunkRange, index_path, \
-    manifest_chunks, parse_member_name, tar_artifacts, unescape_key
+from stratum_core.publish.layout import DATA_DIR, MANIFEST_PATH, TEXT_LAYERS, ChunkFile, ChunkRange, index_entry, \
+    list_chunks, parse_member_name, tar_artifacts, unescape_key
 
 log = logging.getLogger("stratum.data")
 
@@ -95,8 +97,14 @@ class HubStream:
         if absent:
             raise HubStreamError(f"{self.repo_id}@{self.revision[:12]} has no layer {', '.join(absent)} "
                                  f"(its manifest lists {', '.join(sorted(published)) or 'none'})")
-        self._data_chunks = manifest_chunks(self.manifest, DATA_DIR)
         self._tar_layers = [layer for layer in self.layers if layer not in TEXT_LAYERS]
+        files = self._hub._call("list_repo_files", self._hub.api.list_repo_files, self.repo_id,
+                                repo_type=REPO_TYPE, revision=self.revision)
+        self._chunks = {layer: list_chunks(files, layer) for layer in (DATA_DIR, *self._tar_layers)}
+        for layer, chunks in self._chunks.items():
+            self._check_listed(layer, chunks)
+        self._data_chunks = [(c.range, c.path) for c in self._chunks[DATA_DIR]]
+        self._indexes: dict[str, dict] = {}  # loaded index files (a nested folder's one serves many chunks)
         self._skip: set[int] = set()  # positions done before a resume (set by load_state_dict)
         self._pending_batches: dict[str, list[tuple[int, dict]]] = {}
         self.close()  # nothing stays on disk between iterations
@@ -189,26 +197,40 @@ class HubStream:
             raise HubStreamError(f"{path} has {table.num_rows} rows, its range {chunk.label} needs {len(chunk)}")
         return list(zip(*(table.column(c).to_pylist() for c in columns)))
 
-    def _open_tar(self, layer: str, chunk: ChunkRange, path: str) -> _TarChunk:
-        index = self._index(path)
-        local = self._local(path, f"manifest.json lists {layer} chunk {chunk.label}")
+    def _open_tar(self, chunk: ChunkFile) -> _TarChunk:
+        index = self._index(chunk)
+        local = self._local(chunk.path, f"the repo lists it as {chunk.layer} chunk {chunk.range.label}")
         with open(local, "rb") as f:
             buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
-            members = _tar_members(f, path, index)
+            members = _tar_members(f, chunk.path, index)
         self._done_with(local)
-        return _TarChunk(path, chunk, buffer, members)
+        return _TarChunk(chunk.path, chunk.range, buffer, members)
 
-    def _index(self, path: str) -> dict:
-        """The chunk's index (true ids, escaped keys); {} when the repo keeps none for it (keys then unescape
-        by the layout's reversible rule)."""
-        future = self._futures.pop(index_path(path), None)
-        local = future.result() if future is not None else self._fetch(index_path(path), self._where())
-        if local is None:
+    def _check_listed(self, layer: str, chunks: list[ChunkFile]) -> None:
+        """Refuse a repo whose manifest lists a chunk of `layer` that is not among its files."""
+        entry = self.manifest.get(DATA_DIR, {}) if layer == DATA_DIR else self.manifest["layers"][layer]
+        present = {c.range.label for c in chunks}
+        for label in entry.get("chunks", {}):
+            if label not in present:
+                path = entry.get("paths", {}).get(label, f"{layer} chunk {label}")
+                raise HubStreamError(f"{path} is missing from {self.repo_id}@{self.revision[:12]}, though "
+                                     f"manifest.json lists {layer} chunk {label}; run `stratum reconcile "
+                                     f"--hub-repo {self.repo_id}` or publish it again")
+
+    def _index(self, chunk: ChunkFile) -> dict:
+        """The chunk's index entry (true ids, escaped keys); {} when the repo keeps none for it (keys then
+        unescape by the layout's reversible rule)."""
+        if chunk.index is None:
             return {}
-        with open(local, "rb") as f:
-            index = json.loads(f.read())
-        self._done_with(local)
-        return index
+        if chunk.index not in self._indexes:
+            if len(self._indexes) >= 8:
+                self._indexes.clear()
+            self._indexes[chunk.index] = json.loads(self._read_bytes(chunk.index, f"it indexes {chunk.path}"))
+        return index_entry(self._indexes[chunk.index], chunk) or {}
+
+    def _ahead_index(self, chunk: ChunkFile) -> None:
+        if chunk.index is not None and chunk.index not in self._indexes:
+            self._ahead(chunk.index)
 
     def _ids_between(self, first: int, stop: int) -> set[str]:
         """Ids at positions [first, stop): a resumed stream passes over those members of its first tars."""
@@ -342,7 +364,7 @@ class _LayerCursor:
 
     def __init__(self, stream: HubStream, layer: str, start: int):
         self.stream, self.layer, self.start = stream, layer, start
-        self.todo = deque((c, p) for c, p in manifest_chunks(stream.manifest, layer) if c.last >= start)
+        self.todo = deque(c for c in stream._chunks[layer] if c.range.last >= start)
         self.current: _TarChunk | None = None
         self.artifacts: dict[str, Artifact] = {a.name: a for a in tar_artifacts(layer)}
 
@@ -363,15 +385,15 @@ class _LayerCursor:
         if self.current is not None and self.current.range.last < position:
             self.finish()
         if self.current is None:
-            while self.todo and self.todo[0][0].last < position:
+            while self.todo and self.todo[0].range.last < position:
                 self.todo.popleft()
-            if not self.todo or self.todo[0][0].first > position:
+            if not self.todo or self.todo[0].range.first > position:
                 return None
-            chunk, path = self.todo.popleft()
+            chunk = self.todo.popleft()
             self.prefetch()
-            self.current = self.stream._open_tar(self.layer, chunk, path)
-            if chunk.first < self.start:  # resumed inside this tar: pass over the images before the start
-                before = self.stream._ids_between(chunk.first, self.start)
+            self.current = self.stream._open_tar(chunk)
+            if chunk.range.first < self.start:  # resumed inside this tar: pass over the images before the start
+                before = self.stream._ids_between(chunk.range.first, self.start)
                 while self.current.members and self.current.members[0].image_id in before:
                     self.current.members.popleft()
         return self.current
@@ -379,8 +401,8 @@ class _LayerCursor:
     def prefetch(self) -> None:
         """Start downloading the next tar of this layer (and its index)."""
         if self.todo:
-            self.stream._ahead(index_path(self.todo[0][1]))
-            self.stream._ahead(self.todo[0][1])
+            self.stream._ahead_index(self.todo[0])
+            self.stream._ahead(self.todo[0].path)
 
     def finish(self) -> None:
         """Leave the current tar; members the data rows never reached mean the two disagree."""
@@ -410,5 +432,5 @@ def _tar_members(f, path: str, index: dict) -> deque[_Member]:
         raise HubStreamError(f"{path}: not a readable tar: {exc}") from None
     ids = index.get("ids")
     if ids is not None and ids != [m.image_id for m in members]:
-        raise HubStreamError(f"{path}: its members do not match the ids in {index_path(path)}")
+        raise HubStreamError(f"{path}: its members do not match the ids its index lists")
     return members

@@ -171,14 +171,16 @@ def test_verify_reports_artifacts_whose_metadata_is_gone(dataset):
 
 def test_check_image_of_one_pass_reads_only_its_artifacts_and_the_metadata(dataset, monkeypatch):
     # Each Dagster asset check verifies one pass: it must not read the other 20 MB of the image.
+    import stratum_core.verify as verify_module
+
     read: list[str] = []
-    real_read = Store.read
+    real_read = verify_module.read_value
 
-    def recording_read(self, image_id, artifact):
+    def recording_read(store, image_id, artifact):
         read.append(artifact.filename)
-        return real_read(self, image_id, artifact)
+        return real_read(store, image_id, artifact)
 
-    monkeypatch.setattr(Store, "read", recording_read)
+    monkeypatch.setattr(verify_module, "read_value", recording_read)
     (dataset / "img" / "seg.npy").write_bytes(b"broken")
     names = set(os.listdir(dataset / "img"))
     problems = check_image(Store(dataset), "img", names, only={"seg.npy"})

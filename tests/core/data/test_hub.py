@@ -30,6 +30,7 @@ def test_the_repo_has_several_chunks_and_layers_of_different_chunk_sizes(publish
     assert list(manifest["data"]["chunks"]) == ["00000-00004", "00005-00009", "00010-00011"]
     assert list(manifest["layers"]["pose"]["chunks"]) == ["00000-00003", "00004-00007", "00008-00011"]
     assert len(manifest["layers"]["seg"]["chunks"]) == 6  # split at 2.5 MB: two 1 MB images per tar
+    assert all(path.count("/") == 2 for path in manifest["layers"]["pose"]["paths"].values())  # nested layout
 
 
 def test_stream_gives_every_sample_equal_to_the_local_files_bit_for_bit(published):
@@ -95,9 +96,11 @@ def test_a_stream_started_late_downloads_no_earlier_chunk(published):
     samples = list(published.stream(start=10))
     assert [s["image_id"] for s in samples] == [i for i in published.tree.ids[10:] if i not in NO_T5 | NO_CAPTION]
     fetched = {p for _, m, p, _ in published.hub.requests[before:] if m == "GET" and "/resolve/" in p}
-    assert not any(p.endswith(("pose/00000-00003.tar", "pose/00004-00007.tar", "data/00000-00004.parquet"))
-                   for p in fetched)
-    assert any(p.endswith("pose/00008-00011.tar") for p in fetched)
+    manifest = json.loads(published.hub.files(published.repo)["manifest.json"])
+    pose, data = manifest["layers"]["pose"]["paths"], manifest["data"]["paths"]
+    early = (pose["00000-00003"], pose["00004-00007"], data["00000-00004"])
+    assert not any(p.endswith(early) for p in fetched)
+    assert any(p.endswith(pose["00008-00011"]) for p in fetched)
 
 
 def test_read_chunks_are_deleted_from_disk(published, tmp_path):
@@ -110,8 +113,8 @@ def test_read_chunks_are_deleted_from_disk(published, tmp_path):
 
 
 def test_a_missing_chunk_of_a_layer_is_reported_naming_the_file(own_published):
-    seg_chunks = json.loads(own_published.hub.files(own_published.repo)["manifest.json"])["layers"]["seg"]["chunks"]
-    gone = f"seg/{list(seg_chunks)[2]}.tar"
+    seg = json.loads(own_published.hub.files(own_published.repo)["manifest.json"])["layers"]["seg"]
+    gone = seg["paths"][list(seg["chunks"])[2]]
     own_published.hub.put_files(own_published.repo, {}, delete=(gone,))
     with pytest.raises(HubStreamError, match=f"{gone} is missing from me/damaged@.*manifest.json lists seg chunk"):
         list(own_published.stream())
@@ -131,7 +134,7 @@ def test_the_token_is_sent_and_never_logged(published, caplog, capsys):
 
 def _pose_tar(published) -> tuple[str, bytes]:
     manifest = json.loads(published.hub.files(published.repo)["manifest.json"])
-    path = f"pose/{list(manifest['layers']['pose']['chunks'])[1]}.tar"
+    path = manifest["layers"]["pose"]["paths"]["00004-00007"]
     return path, published.hub.files(published.repo)[path]
 
 
