@@ -223,6 +223,16 @@ def member_name(image_id: str, artifact: Artifact) -> str:
     return f"{escape_key(image_id)}.{artifact.name}.npy"
 
 
+def parse_member_name(name: str) -> tuple[str, str] | None:
+    """`a/v1%2E2.dinov3_cls.npy` → ("a/v1%2E2", "dinov3_cls"): (key, artifact name), the inverse of
+    `member_name`; None for a name that is not `<key>.<artifact>.npy`."""
+    head, sep, last = name.rpartition("/")
+    stem, dot, rest = last.partition(".")
+    if not dot or not rest.endswith(".npy") or len(rest) == len(".npy"):
+        return None
+    return head + sep + stem, rest[:-len(".npy")]
+
+
 def tar_artifacts(layer: str) -> tuple[Artifact, ...]:
     return tuple(a for a in artifacts_of(layer) if a.kind == "npy")
 
