@@ -36,6 +36,8 @@ class DatasetStatus:
     # image directory, so only the run record knows them.
     refused_sources: list[dict] = field(default_factory=list)
     refused_in: str = ""  # the run record they come from
+    # Counted successes of the latest run per pass (e.g. caption: {"truncated": 3}), from its record.
+    notes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add_failure(self, image_id: str, pass_name: str, record: dict) -> None:
         reason = record.get("reason", "unknown")
@@ -50,7 +52,7 @@ class DatasetStatus:
                 "failed_images": {p: [{"image_id": i, "reason": r, "message": m} for i, r, m in listed]
                                   for p, listed in self.failed_images.items()},
                 "without_metadata": self.without_metadata,
-                "refused_sources": self.refused_sources, "refused_in": self.refused_in}
+                "refused_sources": self.refused_sources, "refused_in": self.refused_in, "notes": self.notes}
 
     def format(self) -> str:
         total = self.total_images
@@ -75,6 +77,8 @@ class DatasetStatus:
         if self.without_metadata:
             lines.append(f"Folders with artifacts but no metadata.json: {self.without_metadata} "
                          "(not counted above; `stratum process` rebuilds it)")
+        for pass_name, notes in self.notes.items():
+            lines.append(f"Last run's {pass_name} notes: " + ", ".join(f"{k} {n}" for k, n in notes.items()))
         if self.refused_sources:
             lines.append(f"Sources refused by the last run ({self.refused_in}): {len(self.refused_sources)}")
             lines.extend(f"  {e.get('source')}: {e.get('reason')}: {e.get('message')}"
@@ -110,6 +114,7 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
                 status.add_failure(image_id, pass_name, store.read_failure(image_id, pass_name) or {})
     status.refused_in, record = newest_run_record(store.state_dir / "runs")
     status.refused_sources = list(record.get("discovery_errors") or [])[:MAX_LISTED]
+    status.notes = run_notes(record)
     known = _union_size(seen, _registered_ids(Path(output_dir)))
     status.total_images = max(known, _int(record.get("total_images")))
     status.not_started = status.total_images - len(seen)
@@ -135,6 +140,15 @@ def _union_size(a: list[int], b: list[int]) -> int:
     if not b:
         return len(a)
     return len(np.union1d(np.asarray(a, np.int64), np.asarray(b, np.int64)))
+
+
+def run_notes(record: dict) -> dict[str, dict[str, int]]:
+    """Per-pass notes (truncated captions, ...) of a run record; {} when it has none."""
+    passes = record.get("passes")
+    if not isinstance(passes, dict):
+        return {}
+    return {p: dict(stats["notes"]) for p, stats in passes.items()
+            if isinstance(stats, dict) and isinstance(stats.get("notes"), dict) and stats["notes"]}
 
 
 def _int(value: object) -> int:
