@@ -126,10 +126,9 @@ def _write(text: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from stratum_core.status import dataset_status
+    from stratum_core.status import dataset_status, require_dataset
 
-    if not args.output_dir.is_dir():
-        raise StratumError(f"no dataset at {args.output_dir}")
+    require_dataset(args.output_dir)  # a missing folder, or the input folder given by mistake: exit 2
     status = dataset_status(args.output_dir)
     _write(json.dumps(status.to_dict(), indent=1) if args.json else status.format())
     return 0
@@ -208,6 +207,7 @@ def _process(args: argparse.Namespace, names: tuple[str, ...], configs: dict, st
         if not images and not errors:
             raise ConfigError(f"no images found under {args.input_dir} "
                               f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
+        require_ready(config)
         log.info("stratum: %d images, passes %s, device %s", len(images), ",".join(names), claim.device)
         try:
             return run(config, images, errors, stop=stop)
@@ -217,6 +217,17 @@ def _process(args: argparse.Namespace, names: tuple[str, ...], configs: dict, st
             raise
     finally:
         claim.release()
+
+
+def require_ready(config) -> None:
+    """Every setup problem of the run at once (weights, packages, caption server), before any work."""
+    from stratum_core.passes import build_passes
+    from stratum_core.preflight import check_passes, setup_problems
+
+    passes = build_passes(config.passes, config.options, config.pass_configs)
+    problems = setup_problems(check_passes(passes, download=not config.options.offline))
+    if problems:
+        raise ConfigError(f"these passes cannot run here; nothing was processed:\n{problems}")
 
 
 def console_main() -> None:

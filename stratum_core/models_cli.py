@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from stratum_core.errors import ModelNotFoundError
-from stratum_core.models import download_model, model_dir_from_env, resolve_model
+from stratum_core.models import download_model, hf_cache_folder, model_dir_from_env, resolve_model
 from stratum_core.passes import MODEL_PASSES, PassUnavailable, parse_passes, pass_class
 
 log = logging.getLogger("stratum.models")
@@ -42,14 +42,24 @@ def model_specs(names) -> dict:
 
 def cmd_list(args: argparse.Namespace) -> int:
     model_dir = args.model_dir or model_dir_from_env()
+    where_to_look = f"{model_dir}/<hub id>/" if model_dir else "$STRATUM_MODEL_DIR (not set)"
+    sys.stdout.write(f"Looked in {where_to_look}, then the HuggingFace cache {hf_cache_folder(None)}\n")
     for hub_id, (spec, users) in model_specs(MODEL_PASSES).items():
         try:
             where = resolve_model(spec, model_dir=model_dir, offline=True)
-            state = f"present ({where.source}: {where.root})"
+            state = f"present, {_size(where.root, spec.required_files)} ({where.source}: {where.root})"
         except ModelNotFoundError:
-            state = "missing"
+            state = f"missing: stratum models download --passes {','.join(users)}"
         sys.stdout.write(f"{hub_id:<45} {','.join(users):<18} {state}\n")
     return 0
+
+
+def _size(folder: Path, files: tuple[str, ...]) -> str:
+    total = sum((folder / name).stat().st_size for name in files if (folder / name).is_file())
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if total >= scale:
+            return f"{total / scale:.1f} {unit}"
+    return f"{total} B"
 
 
 def cmd_download(args: argparse.Namespace) -> int:

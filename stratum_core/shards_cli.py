@@ -40,7 +40,13 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for key in shard_keys(args.output_dir):
+    if not args.output_dir.is_dir():
+        raise StratumError(f"no dataset at {args.output_dir}")
+    keys = shard_keys(args.output_dir)
+    if not keys:
+        raise StratumError(f"no shards registered in {args.output_dir} "
+                           f"(`stratum shards register INPUT_DIR -o {args.output_dir}` registers them)")
+    for key in keys:
         shard = load_shard(args.output_dir, key)
         completion = shard_completion(args.output_dir, shard)
         finished = ",".join(p for p in completion.done if completion.complete(p)) or "-"

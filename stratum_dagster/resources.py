@@ -19,6 +19,7 @@ from pydantic import Field
 
 from stratum_core.discover import SourceImage
 from stratum_core.errors import ConfigError
+from stratum_core.preflight import Readiness
 from stratum_core.publish.config import PublishConfig
 from stratum_core.summary import RunSummary
 
@@ -39,12 +40,20 @@ class ShardRun:
     device: str
 
 
-class CaptionServerResource(dg.ConfigurableResource):
-    """The Ollama (or OpenAI-compatible) server the caption pass talks to; `None` keeps the pass's default."""
+# Read when a run starts (never at import), so sensor-launched and scheduled runs reach a remote server.
+CAPTION_ENV = {"backend": "STRATUM_CAPTION_BACKEND", "url": "STRATUM_CAPTION_URL", "model": "STRATUM_CAPTION_MODEL"}
 
-    backend: str = Field(default="ollama", description="ollama | openai (any OpenAI-compatible server)")
-    url: Optional[str] = Field(default=None, description="server URL (ollama: its /api/generate endpoint)")
-    model: Optional[str] = Field(default=None, description="model name on the server (default gemma3:27b)")
+
+class CaptionServerResource(dg.ConfigurableResource):
+    """The Ollama (or OpenAI-compatible) server the caption pass talks to. `None` takes the environment
+    variable (CAPTION_ENV), else the pass's default."""
+
+    backend: Optional[str] = Field(default=None, description="ollama | openai (any OpenAI-compatible server); "
+                                                             "default $STRATUM_CAPTION_BACKEND, else ollama")
+    url: Optional[str] = Field(
+        default=None, description="server URL (ollama: its /api/generate endpoint); default $STRATUM_CAPTION_URL")
+    model: Optional[str] = Field(
+        default=None, description="model name on the server; default $STRATUM_CAPTION_MODEL, else gemma3:27b")
     max_tokens: Optional[int] = Field(default=None, description="most tokens per caption")
     concurrency: Optional[int] = Field(default=None, description="caption requests in flight")
     timeout_s: Optional[float] = Field(default=None, description="seconds to wait for one answer")
@@ -53,8 +62,9 @@ class CaptionServerResource(dg.ConfigurableResource):
 
     def to_args(self) -> list[str]:
         """These settings as the caption pass's own `stratum process` options."""
-        args = ["--caption-backend", self.backend]
-        for option, value in (("--caption-url", self.url), ("--caption-model", self.model),
+        backend, url, model = (getattr(self, f) or os.environ.get(v) or None for f, v in CAPTION_ENV.items())
+        args = ["--caption-backend", backend or "ollama"]
+        for option, value in (("--caption-url", url), ("--caption-model", model),
                               ("--caption-max-tokens", self.max_tokens),
                               ("--caption-concurrency", self.concurrency), ("--caption-timeout", self.timeout_s)):
             if value is not None:
@@ -106,11 +116,7 @@ class StratumResource(dg.ConfigurableResource):
 
         images = self.shard_images(key)
         names = parse_passes(list(pass_names))
-        extra = {n: list(self.pass_args.get(n, [])) for n in names}
-        if caption is not None and "caption" in extra:
-            extra["caption"] = caption.to_args() + extra["caption"]
-        environ = caption.environ() if caption is not None else dict(os.environ)
-        configs = {n: pass_config(n, extra[n], environ) for n in names}
+        configs = self.pass_configs(names, caption)
         claim = claim_device(self.device if any(n in MODEL_PASSES for n in names) else "cpu")
         try:
             config = RunConfig(output_dir=self.output_dir, passes=names, options=self._options(claim.device),
@@ -120,6 +126,25 @@ class StratumResource(dg.ConfigurableResource):
         finally:
             claim.release()
         return ShardRun(key, names, images, summary, claim.device)
+
+    def pass_configs(self, names: Sequence[str], caption: CaptionServerResource | None = None) -> dict[str, Any]:
+        """Each pass's config from `pass_args` (and the caption server's settings), as the CLI builds it."""
+        extra = {n: list(self.pass_args.get(n, [])) for n in names}
+        if caption is not None and "caption" in extra:
+            extra["caption"] = caption.to_args() + extra["caption"]
+        environ = caption.environ() if caption is not None else dict(os.environ)
+        return {n: pass_config(n, extra[n], environ) for n in names}
+
+    def preflight(self, pass_names: Sequence[str], caption: CaptionServerResource | None = None) -> list[Readiness]:
+        """Which of the passes can run here (dependencies, weights, server), before any image is touched;
+        weights are fetched first when the run may download them. No device is claimed."""
+        from stratum_core.passes import build_passes
+        from stratum_core.preflight import check_passes
+
+        names = list(pass_names)
+        options = self._options("cpu")
+        return check_passes(build_passes(names, options, self.pass_configs(names, caption)),
+                            download=not options.offline)
 
     def _options(self, device: str):
         from stratum_core.models import model_dir_from_env, offline_from_env

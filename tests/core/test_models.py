@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -120,9 +121,11 @@ def test_offline_error_without_a_model_dir_says_it_is_not_set(hf_cache):
 def test_models_list_shows_present_and_missing(tmp_path, capsys):
     fake_model(tmp_path / "models" / "t5-large", T5.files)
     assert cmd_list(argparse.Namespace(model_dir=tmp_path / "models")) == 0
-    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert "present" in lines[T5.hub_id] and str(tmp_path / "models" / "t5-large") in lines[T5.hub_id]
-    assert lines[DINO.hub_id].rstrip().endswith("missing")
+    output = capsys.readouterr().out.splitlines()
+    assert output[0].startswith(f"Looked in {tmp_path / 'models'}/<hub id>/, then the HuggingFace cache ")
+    lines = {line.split()[0]: line for line in output[1:]}
+    assert re.search(r"present, [0-9.]+ (B|kB|MB|GB) \(model_dir: ", lines[T5.hub_id]) and str(tmp_path / "models" / "t5-large") in lines[T5.hub_id]
+    assert lines[DINO.hub_id].rstrip().endswith("missing: stratum models download --passes dinov3")
 
 
 @pytest.fixture

@@ -44,3 +44,13 @@ def test_process_with_a_shard_key_runs_exactly_that_shard(input_dir, tmp_path, c
     listing = capsys.readouterr().out.splitlines()
     assert listing[1] == "ffhq-0000\t2 images\tcomplete: metadata,pixel"
     assert listing[2] == "ffhq-0001\t1 images\tcomplete: -"
+
+
+def test_list_on_a_missing_folder_is_an_error(tmp_path, caplog):
+    assert main(["shards", "list", str(tmp_path / "nope")]) == 2
+    assert f"no dataset at {tmp_path / 'nope'}" in caplog.text
+
+
+def test_list_without_registered_shards_says_how_to_register_them(input_dir, caplog):
+    assert main(["shards", "list", str(input_dir)]) == 2
+    assert "no shards registered in" in caplog.text and "stratum shards register" in caplog.text

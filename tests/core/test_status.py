@@ -34,8 +34,9 @@ def dataset(tmp_path):
     return tmp_path
 
 
-def test_status_counts_images_with_metadata(dataset):
-    assert dataset_status(dataset).total_images == 4
+def test_status_total_counts_every_known_source_including_undecodable_ones(dataset):
+    status = dataset_status(dataset)
+    assert (status.total_images, status.with_metadata, status.not_started) == (5, 4, 0)
 
 
 def test_status_counts_each_artifact(dataset):
@@ -51,10 +52,10 @@ def test_status_counts_failures_per_pass_and_reason(dataset):
 
 def test_status_format_lines(dataset):
     lines = dataset_status(dataset).format().splitlines()
-    assert lines[0] == "Total images: 4"
-    assert lines[1] == "metadata: 4 / 4 (100.0%)"
-    assert lines[2] == "caption: 1 / 4 (25.0%)"
-    assert "pixel: 3 / 4 (75.0%)" in lines
+    assert lines[0] == "Total images: 5"
+    assert lines[1] == "metadata: 4 / 5 (80.0%)"
+    assert lines[2] == "caption: 1 / 5 (20.0%)"
+    assert "pixel: 3 / 5 (60.0%)" in lines
     assert lines[1 + len(ARTIFACTS)].startswith("Failures")
     assert lines[-4:] == ["  metadata: 1 (decode_error 1)", "    bad: decode_error: truncated",
                           "  pixel: 1 (write_error 1)", "    c/e: write_error: disk full"]
@@ -68,13 +69,13 @@ def test_status_of_an_empty_dataset(tmp_path):
 
 def test_status_cli_prints_the_format(dataset, capsys):
     assert main(["status", str(dataset)]) == 0
-    assert capsys.readouterr().out.startswith("Total images: 4\nmetadata: 4 / 4 (100.0%)\n")
+    assert capsys.readouterr().out.startswith("Total images: 5\nmetadata: 4 / 5 (80.0%)\n")
 
 
 def test_status_cli_json(dataset, capsys):
     main(["status", str(dataset), "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert data["total_images"] == 4 and data["artifacts"]["pixel"] == 3
+    assert data["total_images"] == 5 and data["artifacts"]["pixel"] == 3
     assert data["failures"] == {"metadata": {"decode_error": 1}, "pixel": {"write_error": 1}}
 
 
@@ -95,13 +96,22 @@ def test_status_json_lists_the_failed_images(dataset, capsys):
     assert data["failed_images"]["pixel"] == [{"image_id": "c/e", "reason": "write_error", "message": "disk full"}]
 
 
-def test_status_text_shows_a_few_examples_per_pass(tmp_path):
+def test_status_text_shows_a_few_examples_of_a_long_failure_list(tmp_path):
     store = Store(tmp_path)
-    for i in range(5):
+    for i in range(12):
+        store.record_failure(f"img{i:02d}", "caption", "timeout", "no answer")
+    lines = dataset_status(tmp_path).format().splitlines()
+    assert lines[-5:] == ["  caption: 12 (timeout 12)", "    img00: timeout: no answer", "    img01: timeout: no answer",
+                          "    img02: timeout: no answer", "    … 9 more (all of them: stratum status --json)"]
+
+
+def test_status_text_shows_a_short_failure_list_whole(tmp_path):
+    store = Store(tmp_path)
+    for i in range(4):
+        store.write(f"img{i}", BY_NAME["metadata"], metadata(f"img{i}"))
         store.record_failure(f"img{i}", "caption", "timeout", "no answer")
     lines = dataset_status(tmp_path).format().splitlines()
-    assert lines[-5:] == ["  caption: 5 (timeout 5)", "    img0: timeout: no answer", "    img1: timeout: no answer",
-                          "    img2: timeout: no answer", "    … (all of them: stratum status --json)"]
+    assert lines[-5:] == ["  caption: 4 (timeout 4)"] + [f"    img{i}: timeout: no answer" for i in range(4)]
 
 
 def test_status_shows_the_sources_the_last_run_refused(tmp_path, capsys):
@@ -132,6 +142,58 @@ def test_status_reports_no_refused_sources_without_run_records(dataset):
 def test_status_counts_a_folder_with_artifacts_but_no_metadata_apart(dataset):
     (dataset / "b" / "metadata.json").unlink()  # b keeps its pixel.npy
     status = dataset_status(dataset)
-    assert status.total_images == 3 and status.counts["pixel"] == 2 and status.without_metadata == 1
+    assert status.with_metadata == 3 and status.counts["pixel"] == 2 and status.without_metadata == 1
     assert "Folders with artifacts but no metadata.json: 1 (not counted above; `stratum process` rebuilds it)" \
         in status.format().splitlines()
+
+
+def test_status_counts_undecodable_sources_as_failed_metadata(tmp_path, capsys):
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(3):
+        write_solid(source / f"ok{i}.png", (64, 64), (9, 9, 9))
+    for i in range(4):
+        (source / f"broken{i}.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["process", str(source), "-o", str(out), "--passes", "pixel", "--device", "cpu"]) == 1
+    capsys.readouterr()
+    lines = dataset_status(out).format().splitlines()
+    assert lines[:2] == ["Total images: 7", "metadata: 3 / 7 (42.9%)"]
+    assert "  metadata: 4 (decode_error 4)" in lines
+    assert [line.split(":")[0].strip() for line in lines if line.startswith("    broken")] == [
+        f"broken{i}" for i in range(4)]
+
+
+def test_status_of_an_interrupted_run_counts_the_sources_it_had_not_reached(tmp_path):
+    from stratum_core.summary import PassStats, RunSummary
+
+    store = Store(tmp_path)
+    for i in range(80):
+        store.write(f"img{i:03d}", BY_NAME["metadata"], metadata(f"img{i:03d}"))
+    RunSummary(total_images=300, passes={"metadata": PassStats()}).save(store.state_dir)  # its run record
+    status = dataset_status(tmp_path)
+    assert (status.total_images, status.not_started) == (300, 220)
+    assert status.format().splitlines()[:2] == ["Total images: 300", "metadata: 80 / 300 (26.7%)"]
+
+
+def test_status_counts_registered_shards_that_never_ran(tmp_path):
+    from stratum_core.shards import register_all
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    for group in ("a", "b"):
+        (source / group).mkdir(parents=True)
+        for i in range(3):
+            write_solid(source / group / f"{i}.png", (64, 64), (9, 9, 9))
+    register_all(source, out)
+    assert main(["process", str(source), "-o", str(out), "--passes", "pixel", "--device", "cpu",
+                 "--shard-key", "a-0000"]) == 0
+    status = dataset_status(out)
+    assert (status.total_images, status.with_metadata, status.not_started) == (6, 3, 3)
+    assert "Not processed yet: 3 (registered or in the last run" in status.format()
+
+
+def test_status_on_the_input_folder_says_it_is_not_a_dataset(tmp_path, caplog):
+    for i in range(2):
+        write_solid(tmp_path / f"{i}.jpg", (64, 64), (9, 9, 9))
+    assert main(["status", str(tmp_path)]) == 2
+    assert f"{tmp_path} is not a stratum dataset" in caplog.text and "it holds 2 source images" in caplog.text

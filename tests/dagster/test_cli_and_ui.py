@@ -11,34 +11,39 @@ import subprocess
 import sys
 import time
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
 
+from stratum_core.cli import main as cli_main
 from stratum_core.store import FAILURE_PREFIX
 from tests.dagster.helpers import register, write_tree
 from tests.fakes.model_dir import build_smoke_model_dir
 
 VENV_BIN = Path(sys.executable).parent
-GROUP_PAGE = "/locations/__repository__@stratum_dagster.definitions/asset-groups/passes"
+CATALOG_PAGE = "/assets"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> dict:
-    """A source tree with one registered shard, and the environment the code location reads."""
+    """A source tree with one shard registered on disk and as a partition (`key`), one registered by
+    `stratum shards register` only (`cli_key`), the instance of dagster.yaml.example, and the
+    environment the code location reads."""
     root = tmp_path_factory.mktemp("site")
     src, out, home = root / "in", root / "out", root / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
-    write_tree(src, ["people/a.png", "people/b.png"])
+    shutil.copyfile(Path(__file__).parents[2] / "dagster.yaml.example", home / "dagster.yaml")
+    write_tree(src, ["people/a.png", "people/b.png", "later/c.png", "later/d.png"])
     with dg.DagsterInstance.from_config(str(home)) as instance:
         [key] = register(src, out, instance, "people")
+    assert cli_main(["shards", "register", str(src), "-o", str(out)]) == 0  # adds later-0000, on disk only
     env = {**os.environ, "DAGSTER_HOME": str(home), "STRATUM_INPUT_DIR": str(src), "STRATUM_OUTPUT_DIR": str(out),
            "STRATUM_HUB_REPO": "someone/dataset", "PYTHONUNBUFFERED": "1"}
-    return {"src": src, "out": out, "home": home, "key": key, "env": env, "root": root}
+    return {"src": src, "out": out, "home": home, "key": key, "cli_key": "later-0000", "env": env, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -104,27 +109,131 @@ def test_graphql_lists_the_assets_and_the_shard_partitions(dagster_dev, site):
     by_name = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(by_name) == {"metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel",
                             "hub_dataset"}
-    assert by_name["seg"]["partitionKeysByDimension"] == [{"name": "default", "partitionKeys": [site["key"]]}]
+    [dimension] = by_name["seg"]["partitionKeysByDimension"]
+    assert site["key"] in dimension["partitionKeys"]
 
 
-def test_the_asset_graph_renders_in_headless_chromium(dagster_dev, site, tmp_path):
+def test_shards_registered_by_the_cli_become_partitions_within_a_daemon_tick_without_any_run(dagster_dev, site):
+    keys = _wait_for_partition(dagster_dev, site["cli_key"])
+    assert sorted(keys) == sorted([site["key"], site["cli_key"]])
+    assert _runs(dagster_dev, tags=[{"key": "dagster/partition", "value": site["cli_key"]}]) == []
+
+
+def test_two_runs_of_one_shard_launched_together_run_one_after_the_other(dagster_dev, site):
+    """dagster.yaml.example's tag limit on dagster/partition: the second run waits in the queue."""
+    first, second = (_launch(dagster_dev, "metadata_job", site["key"]) for _ in range(2))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        runs = {r["runId"]: r for r in _runs(dagster_dev, run_ids=[first, second])}
+        if all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs.values()):
+            break
+        assert not all(r["status"] == "STARTED" for r in runs.values()), "both runs of one shard in progress"
+        time.sleep(0.5)
+    assert [runs[first]["status"], runs[second]["status"]] == ["SUCCESS", "SUCCESS"]
+    earlier, later = sorted(runs.values(), key=lambda r: r["startTime"])
+    assert later["startTime"] >= earlier["endTime"]
+
+
+def test_terminating_a_run_stops_its_step_before_the_next_image(dagster_dev, site):
+    """Terminate (as the UI's button does) while the first caption request is in flight: the run is
+    canceled and the engine sends no further request."""
+    from tests.fakes.ollama import FakeOllama
+
+    fake = FakeOllama(captions="A person.", latency=20)
+    with fake as url:
+        one_at_a_time = {"input_root": {"env": "STRATUM_INPUT_DIR"}, "output_root": {"env": "STRATUM_OUTPUT_DIR"},
+                         "batch_size": 1}
+        config = {"resources": {"stratum": {"config": one_at_a_time},
+                                "caption_server": {"config": {"url": f"{url}/api/generate", "concurrency": 1}}}}
+        _wait_for_partition(dagster_dev, site["cli_key"])  # a shard no other test runs: no captions yet
+        run_id = _launch(dagster_dev, "caption_job", site["cli_key"], config)
+        deadline = time.monotonic() + 180
+        while fake.generate_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert fake.generate_count == 1
+        terminated = _graphql(dagster_dev, """mutation($id: String!) { terminateRun(runId: $id) { __typename } }""",
+                              {"id": run_id})["terminateRun"]
+        assert terminated["__typename"] == "TerminateRunSuccess", terminated
+        while _runs(dagster_dev, run_ids=[run_id])[0]["status"] not in ("CANCELED", "FAILURE", "SUCCESS"):
+            assert time.monotonic() < deadline + 60, "the run did not stop"
+            time.sleep(0.5)
+        assert _runs(dagster_dev, run_ids=[run_id])[0]["status"] == "CANCELED"
+        assert fake.generate_count == 1  # the second image was never sent
+    assert not (site["out"] / "later" / "d" / "caption.txt").exists()
+
+
+def test_the_asset_catalog_shows_every_asset_with_its_partitions_and_no_dialog_over_it(dagster_dev, site, tmp_path):
+    """What a user sees in headless Chromium after the page's scripts ran: the rendered DOM."""
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium)")
-    screenshot = site["root"] / "asset_graph.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run",
-                    f"--user-data-dir={tmp_path / 'chromium'}", f"--screenshot={screenshot}",
-                    "--window-size=1400,900", "--virtual-time-budget=15000", dagster_dev + GROUP_PAGE],
-                   capture_output=True, timeout=120)
-    from PIL import Image
+    _wait_for_partition(dagster_dev, site["cli_key"])
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,2000",
+                          "--virtual-time-budget=30000", "--dump-dom", dagster_dev + CATALOG_PAGE],
+                         capture_output=True, text=True, timeout=180).stdout
+    (site["root"] / "asset_catalog.html").write_text(dom)
+    page = _Page()
+    page.feed(dom)
+    for name in ("metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel", "hub_dataset"):
+        assert name in page.texts, f"asset {name} is not on the page"
+    assert page.texts.count("2 partitions") == 9  # every pass asset: the shard added directly and the CLI's
+    assert not page.dialogs, f"a dialog covers the page: {page.dialogs}"
 
-    image = np.asarray(Image.open(screenshot).convert("L"))
-    assert image.shape == (900, 1400)
-    assert image.std() > 5  # a rendered page, not a blank one
+
+class _Page(HTMLParser):
+    """The rendered page's text nodes, and the elements that would sit over it as a modal dialog."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+        self.dialogs: list[dict] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if attributes.get("role") in ("dialog", "alertdialog") or attributes.get("aria-modal") == "true":
+            self.dialogs.append(attributes)
+
+    def handle_data(self, data: str) -> None:
+        if data.strip():
+            self.texts.append(data.strip())
 
 
-def _graphql(url: str, query: str) -> dict:
-    request = urllib.request.Request(url + "/graphql", data=json.dumps({"query": query}).encode(),
+def _wait_for_partition(url: str, key: str, timeout: float = 90) -> list[str]:
+    """The shard partitions once `key` is among them (the daemon's first sensor tick adds it)."""
+    query = """{ assetNodeOrError(assetKey: {path: ["metadata"]}) {
+                   ... on AssetNode { partitionKeysByDimension { partitionKeys } } } }"""
+    deadline = time.monotonic() + timeout
+    while True:
+        keys = _graphql(url, query)["assetNodeOrError"]["partitionKeysByDimension"][0]["partitionKeys"]
+        if key in keys or time.monotonic() > deadline:
+            return keys
+        time.sleep(1)
+
+
+def _launch(url: str, job: str, partition: str, run_config: dict | None = None) -> str:
+    """launchRun as the launchpad does; returns the run id (the run is queued by the instance)."""
+    mutation = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+                    ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+    params = {"selector": {"repositoryLocationName": "stratum_dagster.definitions",
+                           "repositoryName": "__repository__", "jobName": job},
+              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+              "runConfigData": run_config or {}}
+    launched = _graphql(url, mutation, {"p": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def _runs(url: str, run_ids: list[str] | None = None, tags: list[dict] | None = None) -> list[dict]:
+    query = """query($f: RunsFilter) { runsOrError(filter: $f) { ... on Runs {
+                 results { runId status startTime endTime } } } }"""
+    run_filter = {k: v for k, v in (("runIds", run_ids), ("tags", tags)) if v is not None}
+    return _graphql(url, query, {"f": run_filter})["runsOrError"]["results"]
+
+
+def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    body = {"query": query, "variables": variables or {}}
+    request = urllib.request.Request(url + "/graphql", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         payload = json.loads(response.read())

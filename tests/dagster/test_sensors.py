@@ -8,8 +8,10 @@ import dagster as dg
 import pytest
 
 from stratum_core import shards
+from stratum_core.artifacts import pass_files
 from stratum_core.cli import main as cli_main
-from stratum_dagster.defs.shards.sensors import new_images_sensor, shard_status_sensor
+from stratum_dagster.defs.shards.sensors import (new_images_sensor, shard_partitions_sensor,
+                                                 shard_status_sensor)
 from stratum_dagster.definitions import defs
 from tests.dagster.helpers import register, stratum_resource, write_tree
 
@@ -90,8 +92,55 @@ def test_status_sensor_requests_a_rerun_after_a_file_is_deleted(tmp_path, instan
     assert not quiet.run_requests and not quiet.asset_events
     (out / "ffhq" / "b" / "pixel.npy").unlink()  # what `stratum verify --fix` does to a bad file
     result = tick(shard_status_sensor, instance, stratum, quiet.cursor)
-    assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("pixel_job", key)]
+    assert [(r.partition_key, r.asset_selection) for r in result.run_requests] == [(key, [dg.AssetKey("pixel")])]
     assert not result.asset_events
+
+
+def test_status_sensor_requests_one_run_per_shard_for_every_pass_that_lost_files(tmp_path, instance):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
+    [key] = register(src, out, instance, "ffhq")
+    cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu", "--shard-key", key,
+              "--workers", "1"])
+    stratum = stratum_resource(src, out)
+    first = tick(shard_status_sensor, instance, stratum, None)
+    (out / "ffhq" / "a" / "metadata.json").unlink()
+    (out / "ffhq" / "b" / "pixel.npy").unlink()
+    result = tick(shard_status_sensor, instance, stratum, first.cursor)
+    [request] = result.run_requests
+    assert request.partition_key == key
+    assert request.asset_selection == [dg.AssetKey("metadata"), dg.AssetKey("pixel")]
+
+
+def test_shard_partitions_sensor_adds_cli_registered_shards_as_partitions_and_requests_no_run(tmp_path, instance):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, ["ffhq/a.png", "ffhq/b.png", "celeb/c.png"])
+    assert cli_main(["shards", "register", str(src), "-o", str(out), "--shard-size", "1"]) == 0
+    result = tick(shard_partitions_sensor, instance, stratum_resource(src, out), None)
+    assert instance.get_dynamic_partitions("shards") == ["celeb-0000", "ffhq-0000", "ffhq-0001"]
+    assert not result.run_requests
+    assert tick(shard_partitions_sensor, instance, stratum_resource(src, out), None).skip_reason
+
+
+def test_shard_partitions_sensor_is_on_by_default_and_the_launching_sensors_are_off():
+    statuses = {s.name: s.default_status for s in defs.sensors}
+    assert statuses == {"shard_partitions_sensor": dg.DefaultSensorStatus.RUNNING,
+                        "new_images_sensor": dg.DefaultSensorStatus.STOPPED,
+                        "shard_status_sensor": dg.DefaultSensorStatus.STOPPED}
+
+
+def test_new_images_sensor_requests_no_run_for_a_shard_already_finished(tmp_path, instance):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, ["ffhq/a.png", "celeb/b.png"])
+    assert cli_main(["shards", "register", str(src), "-o", str(out)]) == 0
+    assert cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu",
+                     "--shard-key", "ffhq-0000", "--workers", "1"]) == 0
+    for name in ("caption", "dinov3", "t5", "pose", "seg", "depth", "normal"):  # as if every pass had run
+        for filename in pass_files(name):
+            (out / "ffhq" / "a" / filename).write_bytes(b"")
+    result = tick(new_images_sensor, instance, stratum_resource(src, out), None)
+    assert [r.partition_key for r in result.run_requests] == ["celeb-0000"]
+    assert instance.get_dynamic_partitions("shards") == ["celeb-0000", "ffhq-0000"]
 
 
 def test_status_sensor_does_not_report_shards_dagster_already_materialised(tmp_path, instance):
@@ -104,3 +153,20 @@ def test_status_sensor_does_not_report_shards_dagster_already_materialised(tmp_p
     materialize(["metadata"], key, instance, stratum)
     result = tick(shard_status_sensor, instance, stratum, None)
     assert not result.asset_events and not result.run_requests
+
+
+def test_partitions_command_adds_the_registered_shards_to_the_instance_without_a_daemon(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from stratum_dagster.partitions import main as partitions_main
+
+    src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    write_tree(src, ["ffhq/a.png", "celeb/b.png"])
+    assert cli_main(["shards", "register", str(src), "-o", str(out)]) == 0
+    assert partitions_main([str(out)]) == 0
+    assert partitions_main([str(out)]) == 0  # again: nothing new
+    assert capsys.readouterr().out.splitlines()[-2:] == ["2 shards added as partitions, 2 in all",
+                                                         "0 shards added as partitions, 2 in all"]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert sorted(instance.get_dynamic_partitions("shards")) == ["celeb-0000", "ffhq-0000"]

@@ -8,7 +8,9 @@ from typing import Iterator
 import dagster as dg
 
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
-from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata, verify_shard
+from stratum_dagster.defs.passes.reporting import verify_shard
+from stratum_dagster.defs.passes.step import run_step
+from stratum_dagster.failures import dagster_failures
 from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.execution import (CAPTION_POOL, CAPTION_QUEUE, CELERY_QUEUE_TAG, CPU_QUEUE, GPU_POOL,
                                        gpu_op_tags, gpu_run_tags, stratum_executor)
@@ -92,14 +94,7 @@ def build_step_assets(step: str, names: list[str],
                     retry_policy=retry_policy, **_step_placement(step, names))
     def _step(context: dg.AssetExecutionContext, stratum: StratumResource,
               caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult]:
-        selected = [n for n in names if dg.AssetKey(n) in context.selected_asset_keys]
-        shard_run = stratum.run_passes(selected, context.partition_key, caption_server)
-        # One preview per step run, on its first selected asset: it is the same sheet for all of them,
-        # and every copy would stay in the event log for good.
-        preview = preview_markdown(shard_run, selected, stratum)
-        for name in selected:
-            yield dg.MaterializeResult(asset_key=name, metadata=run_metadata(
-                shard_run, name, stratum, preview if name == selected[0] else None))
+        yield from run_step(context, names, stratum, caption_server)
 
     return _step
 
@@ -108,7 +103,8 @@ def build_verify_check(name: str, retry_policy: dg.RetryPolicy | None = INFRASTR
     """`verify` over the shard's artifacts of this pass."""
 
     def _verify_check(context: dg.AssetCheckExecutionContext, stratum: StratumResource) -> dg.AssetCheckResult:
-        return verify_shard(stratum, name, context.partition_key)
+        with dagster_failures():  # an unknown shard key fails at once, the cause as headline
+            return verify_shard(stratum, name, context.partition_key)
 
     # Partitioned checks are a preview feature in Dagster 1.13; the check must be per shard, so we use it.
     with warnings.catch_warnings():

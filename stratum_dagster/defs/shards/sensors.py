@@ -1,13 +1,15 @@
-"""Two cursor sensors over the filesystem; each tick stops after `TICK_BUDGET_S` and resumes next tick.
+"""Cursor sensors over the filesystem; each tick stops after `TICK_BUDGET_S` and resumes next tick.
 
-- `new_images_sensor` registers new images as new shards (stratum_core.shards), adds them as
-  partitions and requests `enrich_job` runs for them.
+- `shard_partitions_sensor` (ON by default) keeps Dagster's partitions equal to the shard records under
+  `<output>/.stratum/shards/` (e.g. after `stratum shards register`). It never requests a run.
+- `new_images_sensor` registers new images as new shards, adds them as partitions and requests
+  `enrich_job` runs for them (never for shards that are already finished).
 - `shard_status_sensor` counts finished artifacts per shard and pass: a shard completed outside
   Dagster (the CLI) is reported as a materialisation; a shard that lost files (deleted, or removed
-  by `stratum verify --fix`) gets a re-run of that pass's job.
+  by `stratum verify --fix`) gets ONE run that redoes every pass that lost files.
 
-Both are stopped by default: they launch GPU runs over whatever the input root holds, so a user
-turns them on deliberately (UI → Automation, or `dagster sensor start`).
+The last two are stopped by default: they launch GPU runs over whatever the input root holds, so a
+user turns them on deliberately (UI → Automation, or `dagster sensor start <name>`).
 """
 
 
@@ -17,40 +19,77 @@ import time
 import dagster as dg
 
 from stratum_core import shards
-from stratum_core.passes import REGISTRY
-from stratum_dagster.defs.passes.factory import PASS_JOBS, enrich_job
+from stratum_core.passes import DEFAULT_PASSES, REGISTRY
+from stratum_dagster.defs.passes.factory import enrich_job
 from stratum_dagster.partitions import SHARD_PARTITIONS_NAME, shard_partitions
 from stratum_dagster.resources import StratumResource
 
 TICK_BUDGET_S = 20.0  # well inside Dagster's 60 s sensor timeout, whatever the tree's size
 PASS_NAMES = tuple(REGISTRY)
+ENRICH_PASSES = ("metadata", *DEFAULT_PASSES)
 
 
 def _load_cursor(context: dg.SensorEvaluationContext, default: dict) -> dict:
     return {**default, **json.loads(context.cursor)} if context.cursor else dict(default)
 
 
+@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Adds every shard registered on disk (`stratum shards register`) as a partition; "
+                       "launches nothing.")
+def shard_partitions_sensor(context: dg.SensorEvaluationContext, stratum: StratumResource) -> dg.SensorResult:
+    to_add = _unknown_shards(context, stratum)
+    if not to_add:
+        return dg.SensorResult(skip_reason="every registered shard is a partition")
+    context.log.info("registered shards added as partitions: %s", ", ".join(to_add))
+    return dg.SensorResult(dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)])
+
+
+def _unknown_shards(context: dg.SensorEvaluationContext, stratum: StratumResource) -> list[str]:
+    """Registered shard keys (one listing of the records folder) that are not partitions yet."""
+    known = set(context.instance.get_dynamic_partitions(SHARD_PARTITIONS_NAME))
+    return [k for k in shards.shard_keys(stratum.output_dir) if k not in known]
+
+
 @dg.sensor(job=enrich_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Registers new images under the input root as new shards and runs enrich_job on them.")
 def new_images_sensor(context: dg.SensorEvaluationContext, stratum: StratumResource) -> dg.SensorResult:
+    started = time.monotonic()
     cursor = _load_cursor(context, {"after": None})
     registration = shards.register_new(stratum.input_dir, stratum.output_dir, start_after=cursor["after"],
                                        time_budget=TICK_BUDGET_S, shard_size=stratum.shard_size)
-    known = set(context.instance.get_dynamic_partitions(SHARD_PARTITIONS_NAME))
-    # Every registered shard Dagster does not know yet: new ones, and any a crashed tick left behind.
-    to_add = [k for k in shards.shard_keys(stratum.output_dir) if k not in known]
+    fresh = [s.key for s in registration.new_shards]
+    # Runs for the shards registered now, and for other shards Dagster does not know yet (a crashed
+    # tick's, the CLI's) that are not finished: never for a shard that is already complete on disk.
+    # Those are checked while the tick's budget lasts; the rest stay unknown until the next tick.
+    unknown, fresh_set = _unknown_shards(context, stratum), set(fresh)
+    unknown_set = set(unknown)
+    to_add, to_run = [k for k in fresh if k in unknown_set], list(fresh)
+    for key in unknown:
+        if key in fresh_set:
+            continue
+        if time.monotonic() - started > TICK_BUDGET_S:
+            break
+        to_add.append(key)
+        if not _finished(stratum, key):
+            to_run.append(key)
     next_cursor = json.dumps({"after": registration.cursor})
-    if not to_add:
+    if not to_add and not to_run:
         return dg.SensorResult(cursor=next_cursor,
                                skip_reason=f"no new images in {registration.groups_scanned} folders")
-    context.log.info("new shards: %s", ", ".join(to_add))
+    context.log.info("new shards: %s", ", ".join(to_run) or "-")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=key, partition_key=key) for key in to_add],
-        dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)],
+        run_requests=[dg.RunRequest(run_key=key, partition_key=key) for key in to_run],
+        dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)] if to_add else [],
         cursor=next_cursor)
 
 
-@dg.sensor(jobs=list(PASS_JOBS.values()), minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.STOPPED,
+def _finished(stratum: StratumResource, key: str) -> bool:
+    completion = shards.shard_completion(stratum.output_dir, shards.load_shard(stratum.output_dir, key))
+    return all(completion.complete(p) for p in ENRICH_PASSES)
+
+
+@dg.sensor(target=dg.AssetSelection.assets(*PASS_NAMES), minimum_interval_seconds=120,
+           default_status=dg.DefaultSensorStatus.STOPPED,
            description="Reports shards completed outside Dagster and re-runs passes whose files went missing.")
 def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumResource) -> dg.SensorResult:
     state = _load_cursor(context, {"after": None, "done": {}, "tick": 0})
@@ -66,6 +105,7 @@ def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumRes
         shard = shards.load_shard(stratum.output_dir, key)
         completion = shards.shard_completion(stratum.output_dir, shard)
         before = state["done"].get(key)
+        lost = []
         for index, pass_name in enumerate(PASS_NAMES):
             now = completion.done[pass_name]
             was = before[index] if before else None
@@ -78,8 +118,10 @@ def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumRes
                         metadata={"source": "filesystem", "images": completion.total, "done": now}))
             elif was is not None and now < was:
                 context.log.info("%s: %s lost %d finished images; re-running", key, pass_name, was - now)
-                requests.append(dg.RunRequest(run_key=f"{pass_name}:{key}:{state['tick']}",
-                                              job_name=f"{pass_name}_job", partition_key=key))
+                lost.append(pass_name)
+        if lost:  # one run per shard: two runs of one shard would compute and claim the same images twice
+            requests.append(dg.RunRequest(run_key=f"{key}:{state['tick']}", partition_key=key,
+                                          asset_selection=[dg.AssetKey(p) for p in lost]))
         state["done"][key] = [completion.done[p] for p in PASS_NAMES]
         if time.monotonic() - started > TICK_BUDGET_S:
             state["after"] = key
@@ -97,4 +139,4 @@ def _materialized(context: dg.SensorEvaluationContext, pass_name: str) -> set[st
     return context.instance.get_materialized_partitions(dg.AssetKey(pass_name))
 
 
-defs = dg.Definitions(sensors=[new_images_sensor, shard_status_sensor])
+defs = dg.Definitions(sensors=[shard_partitions_sensor, new_images_sensor, shard_status_sensor])

@@ -1,0 +1,55 @@
+"""One step run: check which selected passes can run, run those in one engine run, report each asset,
+then fail once, naming every pass that could not run and how to fix it."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import dagster as dg
+
+from stratum_core.passes import REGISTRY, upstream_passes
+from stratum_core.preflight import Readiness
+from stratum_core.shards import load_shard
+from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata
+from stratum_dagster.failures import dagster_failures, setup_failure, terminations_stop
+from stratum_dagster.resources import CaptionServerResource, StratumResource
+
+
+def run_step(context: dg.AssetExecutionContext, names: Sequence[str], stratum: StratumResource,
+             caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult]:
+    """Materialise every selected asset of this step that can be computed here (a missing dinov3 never
+    stops metadata or pose), then raise one `dg.Failure` for the rest."""
+    key = context.partition_key
+    selected = [n for n in names if dg.AssetKey(n) in context.selected_asset_keys]
+    with dagster_failures():  # an unknown shard key or bad options fail at once, the cause as headline
+        load_shard(stratum.output_dir, key)
+        readiness = stratum.preflight(selected, caption_server)
+    runnable = [r.pass_name for r in readiness if r.ready]
+    blocked = [r for r in readiness if not r.ready]
+    for r in blocked:
+        context.log.error(f"not run: {r.line()}")
+    if runnable:
+        with terminations_stop(context), dagster_failures():
+            shard_run = stratum.run_passes(runnable, key, caption_server)
+        # One preview per step run, on its first asset: it is the same sheet for all of them, and every
+        # copy would stay in the event log for good.
+        preview = preview_markdown(shard_run, runnable, stratum)
+        for name in runnable:
+            yield dg.MaterializeResult(asset_key=name, metadata=run_metadata(
+                shard_run, name, stratum, preview if name == runnable[0] else None))
+    if blocked:
+        raise setup_failure([*blocked, *_blocked_downstream(context, names, blocked, stratum, caption_server)],
+                            runnable)
+
+
+def _blocked_downstream(context: dg.AssetExecutionContext, names: Sequence[str], blocked: Sequence[Readiness],
+                        stratum: StratumResource, caption_server: CaptionServerResource) -> list[Readiness]:
+    """The passes of this run, in other steps, that need a blocked pass (t5 when caption cannot run):
+    Dagster skips their steps, so this failure names them, each with its own problems, if any."""
+    in_run = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
+    causes = {r.pass_name for r in blocked}
+    waiting = [n for n in REGISTRY if n not in names and dg.AssetKey(n) in in_run
+               and causes & set(upstream_passes(n))]
+    own = {r.pass_name: r for r in stratum.preflight(waiting, caption_server) if not r.ready} if waiting else {}
+    return [Readiness(n, False, f"not run (needs {', '.join(sorted(causes & set(upstream_passes(n))))})"
+                      + (f"; also {own[n].advice}" if n in own else "")) for n in waiting]
