@@ -14,6 +14,9 @@ from stratum_core.artifacts import BY_FILENAME
 from stratum_core.errors import ConfigError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# Image formats people keep next to their photos that stratum does not take: reported, never silently
+# skipped (an animated GIF or a phone's HEIC has no single, well-defined crop to train on).
+UNSUPPORTED_IMAGE_EXTENSIONS = frozenset({".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".psd", ".svg"})
 
 
 class SourceImage:
@@ -149,6 +152,10 @@ def entry_kind(entry: os.DirEntry, root: str, rel_path: str) -> tuple[str, Disco
     if kind == "dir":
         return kind, None
     if not image_named:
+        if kind == "file" and os.path.splitext(entry.name)[1].lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+            return "other", DiscoveryError(printable(rel_path), "unsupported_format",
+                                           "not a format stratum reads; accepted: "
+                                           + " ".join(sorted(IMAGE_EXTENSIONS)))
         return "other", None
     if kind == "special":
         return "other", DiscoveryError(printable(rel_path), "not_a_file",

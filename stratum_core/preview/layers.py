@@ -37,6 +37,7 @@ class ImageLayers:
     crop: np.ndarray | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    bucket_known: bool = True  # False: no metadata.json nor spatial array says it (`notes["metadata"]` says why)
 
 
 def load_layers(output_dir: Path, image_id: str, source_dir: Path | None = None) -> ImageLayers:
@@ -45,8 +46,11 @@ def load_layers(output_dir: Path, image_id: str, source_dir: Path | None = None)
     listing = store.listing(image_id)
     if not listing:
         raise FileNotFoundError(f"no image {image_id!r} in {output_dir}")
-    metadata, _ = _read(store, image_id, "metadata", listing, None)
-    layers = ImageLayers(image_id, _bucket_of(store, image_id, metadata, listing), metadata)
+    metadata, metadata_note = _read(store, image_id, "metadata", listing, None)
+    bucket = _bucket_of(store, image_id, metadata, listing)
+    layers = ImageLayers(image_id, bucket or BUCKETS[0], metadata, bucket_known=bucket is not None)
+    if metadata_note is not None:
+        layers.notes["metadata"] = metadata_note
     for name in ARRAY_LAYERS:
         value, note = _read(store, image_id, name, listing, layers.bucket)
         if note is None:
@@ -87,7 +91,8 @@ def _read(store: Store, image_id: str, name: str, listing: set[str],
     return value, None
 
 
-def _bucket_of(store: Store, image_id: str, metadata: dict | None, listing: set[str]) -> Bucket:
+def _bucket_of(store: Store, image_id: str, metadata: dict | None, listing: set[str]) -> Bucket | None:
+    """The image's bucket from metadata.json, else from a spatial array's shape; None when nothing says."""
     if metadata is not None:
         try:
             return Bucket.parse(str(metadata["aspect_bucket"]))
@@ -101,7 +106,7 @@ def _bucket_of(store: Store, image_id: str, metadata: dict | None, listing: set[
                 return Bucket(int(width), int(height))
             except (OSError, ValueError):
                 continue
-    return BUCKETS[0]
+    return None
 
 
 def _crop(layers: ImageLayers, source_dir: Path | None) -> tuple[np.ndarray | None, str | None]:

@@ -147,6 +147,8 @@ def _draw_empty_tile(draw: ImageDraw.ImageDraw, rect, name: str, note: str) -> N
 def _header_text(layers: ImageLayers) -> tuple[str, str]:
     meta = layers.metadata or {}
     size = f"source {meta['width']}x{meta['height']} · " if "width" in meta and "height" in meta else ""
+    if not layers.bucket_known:  # never an invented bucket: say why there is none (e.g. the source failed to decode)
+        return layers.image_id, f"no bucket · {layers.notes.get('metadata', 'metadata.json missing')}"
     return layers.image_id, f"{size}bucket {layers.bucket.label}"
 
 

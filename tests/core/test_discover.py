@@ -31,6 +31,15 @@ def test_extensions_are_matched_case_insensitively(tmp_path):
     assert rel_paths(discover(tmp_path)) == ["a.JPG", "b.Jpeg", "c.PNG", "d.webp", "e.BMP", "f.tif", "g.TIFF"]
 
 
+def test_an_image_format_stratum_does_not_read_is_reported_with_the_accepted_extensions(tmp_path):
+    touch(tmp_path, "a.png", "anim.GIF", "phone.heic", "notes.txt")
+    found = discover(tmp_path)
+    assert rel_paths(found) == ["a.png"]
+    assert errors_by_source(found) == {"anim.GIF": "unsupported_format", "phone.heic": "unsupported_format"}
+    assert {e.message for e in found.errors} == {
+        "not a format stratum reads; accepted: .bmp .jpeg .jpg .png .tif .tiff .webp"}
+
+
 def test_order_is_sorted_by_posix_relative_path(tmp_path):
     touch(tmp_path, "b/2.png", "a/10.png", "a/9.png", "B.png", "a.png", "a/sub/1.png")
     assert rel_paths(discover(tmp_path)) == ["B.png", "a.png", "a/10.png", "a/9.png", "a/sub/1.png", "b/2.png"]

@@ -23,7 +23,8 @@ from stratum_core.preview.layout import GAP, MARGIN, TILE_NAMES, sheet_layout, t
 from stratum_core.preview.palettes import BACKGROUND, SEG_PALETTE, TURBO_LUT, depth_to_rgb, normal_to_rgb
 from stratum_core.preview.pca import pca_rgb
 from stratum_core.preview.selection import select_image_ids, sheet_filenames
-from stratum_core.preview.sheet import (EMPTY_TILE_COLOUR, font, legend_entries, render_sheet, wrap_text)
+from stratum_core.preview.sheet import (EMPTY_TILE_COLOUR, _header_text, font, legend_entries, render_sheet,
+                                        wrap_text)
 from stratum_core.preview.skeleton import LEFT, draw_pose, keypoint_colour
 from stratum_core.store import Store
 
@@ -243,6 +244,14 @@ def test_sheet_with_some_layers_shows_missing_layers_as_empty_tiles(tmp_path):
     assert layers.notes["depth"] == "depth failed: model_error"
     assert layers.notes["normal"] == "not computed"
     assert layers.caption is None
+
+
+def test_an_undecodable_image_shows_its_failure_instead_of_a_bucket(tmp_path):
+    Store(tmp_path).record_failure("broken", "metadata", "decode_error", "cannot identify image file")
+    layers = load_layers(tmp_path, "broken")
+    assert not layers.bucket_known
+    assert layers.notes["metadata"] == "metadata failed: decode_error"
+    assert _header_text(layers) == ("broken", "no bucket · metadata failed: decode_error")
 
 
 def test_crop_is_remade_from_the_source_image_when_pixel_is_absent(tmp_path):
