@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from stratum_core import provenance
 from stratum_core.artifacts import BY_NAME, pass_files, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.discover import DiscoveryError, SourceImage
@@ -49,6 +50,7 @@ class RunConfig:
     batch_size: int | None = None  # images per same-bucket batch handed to the lanes (None: by device)
     progress_every: float = 30.0  # seconds between plain progress lines
     verbose: bool = False
+    redo: str = "none"  # "stale" | "all": also recompute existing artifacts (provenance.plan)
 
     def __post_init__(self) -> None:
         if self.workers < 1 or (self.batch_size is not None and self.batch_size < 1):
@@ -145,6 +147,7 @@ class Engine:
         """Which passes this image still needs (one directory listing, no decode)."""
         on_disk = frozenset(self.store.listing(source.image_id))
         todo = tuple(p for p, files in self._pass_files if not files <= on_disk)
+        todo = provenance.plan(self, source, on_disk, todo)  # --redo stale|all; marks what runs as pending
         return _Planned(source, todo, on_disk)
 
     # ------------------------------------------------------------------ run
@@ -421,6 +424,7 @@ class Engine:
         if outcome.status == OK:
             for artifact in p.artifacts:
                 self.store.write(image_id, artifact, outcome.values[artifact.name])
+            provenance.record(self.store, image_id, p, outcome)
             self.store.clear_failure(image_id, p.name)
             with self._stats_lock:
                 summary.passes[p.name].done += 1

@@ -11,6 +11,7 @@ from typing import Iterable
 from stratum_core.artifacts import ARTIFACTS, BY_NAME, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.discover import iter_image_dirs
+from stratum_core.provenance import check_record
 from stratum_core.store import Store, is_temp_file
 
 # A temp file this old cannot belong to a live writer (each write takes well under a minute).
@@ -99,6 +100,8 @@ def verify(output_dir: Path, fix: bool = False, image_ids: set[str] | None = Non
         report.files += sum(1 for a in ARTIFACTS if a.filename in names)
         problems = check_image(store, image_id, names)
         report.problems.extend(problems)
+        # A record that contradicts the files: reported, never deleted by --fix (it may be a hand edit).
+        report.problems.extend(Problem(image_id, f, m) for f, m in check_record(store, image_id, names))
         for name in names:
             path = store.image_dir(image_id) / name
             if is_temp_file(name) and _age(path, now) > STALE_TEMP_SECONDS:

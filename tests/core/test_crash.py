@@ -67,7 +67,7 @@ def test_sigkill_mid_run_then_rerun_is_clean_and_complete(input_dir, tmp_path):
     report = verify(output)
     assert report.ok and report.images == N_IMAGES
     assert len(complete(output)) == N_IMAGES
-    assert all(p.name in ("metadata.json", "pixel.npy") for p in final_names(output))
+    assert all(p.name in ("metadata.json", "pixel.npy", ".provenance.json") for p in final_names(output))
 
 
 # `stratum process` whose decodes take 50 ms each, so two runs started together are sure to overlap.
@@ -136,6 +136,6 @@ def test_a_full_disk_fails_only_that_write(input_dir, tmp_path, monkeypatch):
     assert "No space left on device" in summary.failures[0].message
     assert summary.exit_code == 1
     assert summary.passes["pixel"].done == N_IMAGES - 1
-    assert sorted(os.listdir(tmp_path / "out" / victim)) == [".failed-pixel.json", "metadata.json"]
+    assert sorted(os.listdir(tmp_path / "out" / victim)) == [".failed-pixel.json", ".provenance.json", "metadata.json"]
     assert not [p for p in (tmp_path / "out").rglob("*") if is_temp_file(p.name)]
     assert verify(tmp_path / "out").ok

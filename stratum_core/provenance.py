@@ -1,0 +1,522 @@
+"""Provenance and staleness: what produced every artifact, and which artifacts went stale.
+
+One small JSON file per image, `<image dir>/.provenance.json`, holds the source fingerprint and,
+per pass, the *key* that decides staleness (pass version, model id, exact weights, precision;
+server, model and prompt hash for captions) plus what is only informative (device, time, run,
+file sizes). It is written by the engine's writer right after a pass's artifacts, atomically
+(temp file + rename) under an flock of the image directory, so concurrent runs on one image
+never lose each other's entries. Before a pass is (re)computed, planning marks its entry
+`pending`: a run killed between the artifacts and the record leaves a pending entry, which
+counts as stale, never new artifacts under an old run's record.
+
+Staleness is read from the filesystem only: an artifact is stale when its entry's key differs
+from the current configuration's (`.stratum/provenance-current.json`, written by each
+`process` run for its passes), when its source file changed (size or mtime differs from the
+fingerprint), when an upstream artifact it was computed from was rewritten since (t5 from an
+older caption, depth/normal from an older seg) or is itself stale. Artifacts without an entry
+(datasets from before provenance) are "unknown provenance": counted, never stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import weakref
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from stratum_core import __version__
+from stratum_core.artifacts import pass_files
+from stratum_core.store import STATE_DIR, Store, write_atomic
+
+log = logging.getLogger("stratum.provenance")
+
+RECORD_NAME = ".provenance.json"
+CURRENT_NAME = "provenance-current.json"  # under <output>/.stratum/
+WEIGHT_HASHES_NAME = "weight-hashes.json"  # under <output>/.stratum/: content hashes by (path, size, mtime)
+FORMAT = 1
+REDO_MODES = ("none", "stale", "all")
+_HASH_CHUNK = 1 << 20
+
+# Which key field changed → the reason status prints.
+_KEY_REASONS = {"version": "pass version changed", "model": "model changed", "weights": "model revision changed",
+                "precision": "precision changed", "backend": "caption server changed",
+                "url": "caption server changed", "prompt_sha256": "caption prompt changed"}
+INTERRUPTED = "recomputation did not finish"
+NO_RECORD = "no provenance record (run interrupted)"
+SOURCE_CHANGED = "source changed"
+
+
+# ---------------------------------------------------------------------- source fingerprint
+def source_fingerprint(path: Path) -> dict[str, Any]:
+    """Size, mtime and sha256 of a source file, plus the stratum version (goes into metadata.json).
+
+    Called by the metadata pass right after the intake decoded the file, so the bytes come from
+    the page cache, not the disk.
+    """
+    st = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return {"path": str(Path(path).absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256": digest.hexdigest(), "stratum_version": __version__}
+
+
+def source_changed(fingerprint: Mapping[str, Any]) -> bool | None:
+    """True when the source's size or mtime differs from `fingerprint`; None when it is gone."""
+    try:
+        st = os.stat(fingerprint["path"])
+    except (OSError, KeyError, TypeError):
+        return None
+    return st.st_size != fingerprint.get("size") or st.st_mtime_ns != fingerprint.get("mtime_ns")
+
+
+# ---------------------------------------------------------------------- weights and keys
+def weights_id(location: Any, state_dir: Path | None = None) -> str:
+    """The exact weights of a resolved model: the HF commit where the cache or a `local_dir` download
+    records it, else a sha256 of the weight files (cached by path, size and mtime in `state_dir`)."""
+    root = Path(location.root)
+    if root.parent.name == "snapshots":  # HF cache: .../models--org--name/snapshots/<commit>/
+        return f"rev:{root.name}"
+    files = _weight_files(location)
+    for name in files:  # `hf download --local-dir` leaves .cache/huggingface/download/<file>.metadata
+        meta = root / ".cache" / "huggingface" / "download" / f"{name}.metadata"
+        with contextlib.suppress(OSError, IndexError):
+            commit = meta.read_text().splitlines()[0].strip()
+            if commit:
+                return f"rev:{commit}"
+    return "sha256:" + _hash_files(root, files, state_dir)
+
+
+def _weight_files(location: Any) -> list[str]:
+    root = Path(location.root)
+    if location.spec.files:
+        return sorted(location.spec.files)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+_hash_lock = threading.Lock()
+_hash_memo: dict[str, str] = {}
+
+
+def _hash_files(root: Path, files: Sequence[str], state_dir: Path | None) -> str:
+    """sha256 over the files' names and contents; each file hashed once per (path, size, mtime)."""
+    with _hash_lock:
+        cache = _read_json(state_dir / WEIGHT_HASHES_NAME) if state_dir else {}
+        cache = cache if isinstance(cache, dict) else {}
+        combined, dirty = hashlib.sha256(), False
+        for name in files:
+            path = root / name
+            st = path.stat()
+            stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+            digest = _hash_memo.get(stamp) or cache.get(stamp)
+            if digest is None:
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+                        h.update(chunk)
+                digest, dirty = h.hexdigest(), True
+            _hash_memo[stamp] = cache[stamp] = digest
+            combined.update(f"{name}\0{digest}\0".encode())
+        if dirty and state_dir is not None:
+            with contextlib.suppress(OSError):
+                write_atomic(state_dir / WEIGHT_HASHES_NAME, json.dumps(cache).encode())
+        return combined.hexdigest()
+
+
+def pass_key(p: Any, location: Any = None, state_dir: Path | None = None) -> dict[str, Any]:
+    """What must match for `p`'s artifacts to count as current (see the module docstring)."""
+    key: dict[str, Any] = {"version": str(p.version)}
+    if p.model is not None:
+        key["model"] = location.spec.hub_id if location is not None else p.model.hub_id
+        key["weights"] = weights_id(location, state_dir) if location is not None else None
+    if p.uses_torch:
+        key["precision"] = requested_precision(p)
+    if p.io_bound:  # a server-bound pass (caption): what the server was asked
+        info = p.provenance()
+        key.update({k: info.get(k) for k in ("backend", "url", "model") if k in info})
+        if info.get("prompt") is not None:
+            key["prompt_sha256"] = hashlib.sha256(str(info["prompt"]).encode()).hexdigest()
+    return key
+
+
+def requested_precision(p: Any) -> str:
+    """The precision asked for (per pass where the pass has its own), not what a model fell back to."""
+    own = getattr(p, "requested_precision", None)
+    return own if isinstance(own, str) else p.options.resolved_precision
+
+
+def expected_key(p: Any, state_dir: Path | None = None) -> dict[str, Any] | None:
+    """The key the current configuration would record for `p`, without loading anything (None: the
+    weights are not available locally, so nothing can be called stale against them)."""
+    if p.model is None:
+        return pass_key(p)
+    from stratum_core.errors import StratumError
+    from stratum_core.models import resolve_model
+
+    try:
+        location = resolve_model(p.model, explicit=p.options.model_paths.get(p.name),
+                                 model_dir=p.options.model_dir, offline=True)
+        return pass_key(p, location, state_dir)
+    except (StratumError, OSError) as exc:
+        log.debug("provenance: cannot resolve %s's weights now (%s)", p.name, exc)
+        return None
+
+
+_actual_keys: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_keys_lock = threading.Lock()
+
+
+def _actual_key(p: Any, state_dir: Path) -> dict[str, Any]:
+    """The key of a loaded pass (from the weights it really loaded), computed once per run."""
+    with _keys_lock:
+        key = _actual_keys.get(p)
+        if key is None:
+            key = pass_key(p, p.weights, state_dir) if p.model is not None and p.weights is not None \
+                else (expected_key(p, state_dir) or pass_key(p))
+            _actual_keys[p] = key
+        return key
+
+
+def upstream_of() -> dict[str, list[str]]:
+    """pass → passes whose artifacts it reads (t5 → caption; depth, normal → seg)."""
+    global _UPSTREAM
+    if _UPSTREAM is None:
+        from stratum_core.passes import REGISTRY, PassUnavailable, upstream_passes
+
+        table = {}
+        for name in REGISTRY:
+            with contextlib.suppress(PassUnavailable):
+                table[name] = upstream_passes(name)
+        _UPSTREAM = table
+    return _UPSTREAM
+
+
+_UPSTREAM: dict[str, list[str]] | None = None
+
+
+# ---------------------------------------------------------------------- the per-image record
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def read_record(store: Store, image_id: str) -> dict | None:
+    """The image's provenance record, or None (none yet, or unreadable: both mean unknown provenance)."""
+    record = _read_json(store.image_dir(image_id) / RECORD_NAME)
+    return record if isinstance(record, dict) and isinstance(record.get("passes"), dict) else None
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on the image directory: read-modify-write of the record is atomic across
+    processes (concurrent runs of different passes over one shard, e.g. Dagster's per-pass jobs)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock here: single-run safety only (documented)
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _update(store: Store, image_id: str, change) -> None:
+    """Apply `change(record)` to the image's record under the lock and write it atomically."""
+    directory = store.image_dir(image_id)
+    with _locked(directory):
+        record = read_record(store, image_id) or {"format": FORMAT, "passes": {}}
+        change(record)
+        write_atomic(directory / RECORD_NAME, json.dumps(record, separators=(",", ":")).encode())
+
+
+def record(store: Store, image_id: str, p: Any, outcome: Any) -> None:
+    """The writer's hook: `p`'s artifacts of `image_id` were just written; record what produced them.
+
+    Best effort: a failure to write the record is logged, and the entry stays `pending` (stale),
+    so the artifacts are redone by `--redo stale` rather than trusted under an old record.
+    """
+    try:
+        key = _actual_key(p, store.state_dir)
+        files = {}
+        for artifact in p.artifacts:
+            st = os.stat(store.path(image_id, artifact))
+            files[artifact.filename] = [st.st_size, st.st_mtime_ns]
+        info = p.provenance()
+        entry = {"key": key, "stamp": secrets.token_hex(8), "time": time.time(), "stratum_version": __version__,
+                 "device": info.get("device", getattr(p.options, "device", "")).split(":")[0],
+                 "precision_used": info.get("precision"), "files": files}
+        if getattr(p, "weights", None) is not None:
+            entry["weights_path"] = str(p.weights.root)
+
+        def change(rec: dict) -> None:
+            if p.name == "metadata":
+                fingerprint = (outcome.values.get("metadata") or {}).get("source")
+                if fingerprint:
+                    rec["source"] = fingerprint
+                for other in rec["passes"].values():  # written in this run before the metadata (other lane)
+                    if isinstance(other, dict) and other.pop("awaits_source", False):
+                        other["source_sha256"] = (rec.get("source") or {}).get("sha256")
+            if p.name != "metadata" and (rec["passes"].get("metadata") or {}).get("pending"):
+                entry["awaits_source"] = True  # the metadata of the source it read is still to come
+            entry["source_sha256"] = (rec.get("source") or {}).get("sha256")
+            entry["inputs"] = {u: rec["passes"][u].get("stamp") for u in upstream_of().get(p.name, ())
+                               if u in rec["passes"]}
+            rec["passes"][p.name] = entry
+
+        _update(store, image_id, change)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("provenance of %s [%s] not recorded: %s", image_id, p.name, exc)
+
+
+def mark_pending(store: Store, image_id: str, pass_names: Iterable[str]) -> None:
+    """Before passes are (re)computed: their entries say `pending` until the writer records them."""
+    names = list(pass_names)
+
+    def change(rec: dict) -> None:
+        for name in names:
+            rec["passes"][name] = {**rec["passes"].get(name, {}), "pending": True}
+
+    try:
+        _update(store, image_id, change)
+    except OSError as exc:
+        log.warning("provenance of %s: cannot mark %s pending: %s", image_id, ", ".join(names), exc)
+
+
+# ---------------------------------------------------------------------- staleness
+def key_reason(recorded: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> str | None:
+    """Why a recorded key is not the expected one (None: it is)."""
+    recorded = recorded or {}
+    for name, value in expected.items():
+        if recorded.get(name) != value:
+            return _KEY_REASONS.get(name, f"{name} changed")
+    return None
+
+
+def stale_reasons(rec: Mapping[str, Any] | None, names: set[str] | frozenset[str],
+                  expected: Mapping[str, Mapping[str, Any] | None], passes: Iterable[str],
+                  source_status: bool | None = None) -> tuple[dict[str, str], set[str]]:
+    """({pass: why stale}, passes of unknown provenance) among `passes` whose files are all in `names`.
+
+    `source_status` is `source_changed(rec["source"])`, given by the caller so it is computed once.
+    """
+    stale: dict[str, str] = {}
+    unknown: set[str] = set()
+    entries = (rec or {}).get("passes") or {}
+    source_sha = ((rec or {}).get("source") or {}).get("sha256")
+    upstream = upstream_of()
+    for name in passes:  # dependency order: an upstream's verdict is known before its downstream's
+        if not pass_files(name) <= names:
+            continue
+        entry = entries.get(name)
+        if not isinstance(entry, dict) or ("key" not in entry and not entry.get("pending")):
+            if source_sha:  # metadata came with provenance, so this pass's record was lost mid-write
+                stale[name] = NO_RECORD
+            else:
+                unknown.add(name)
+            continue
+        reason = INTERRUPTED if entry.get("pending") else None
+        if reason is None and source_status:
+            reason = SOURCE_CHANGED
+        if reason is None and expected.get(name) is not None:
+            reason = key_reason(entry.get("key"), expected[name])
+        if reason is None and source_sha and entry.get("source_sha256") not in (None, source_sha):
+            reason = SOURCE_CHANGED
+        for up in upstream.get(name, ()):
+            if reason is not None:
+                break
+            up_entry = entries.get(up) or {}
+            if up in stale:
+                reason = f"{up} is stale"
+            elif up_entry.get("stamp") and (entry.get("inputs") or {}).get(up) != up_entry.get("stamp"):
+                reason = f"{up} changed"
+        if reason is not None:
+            stale[name] = reason
+    return stale, unknown
+
+
+# ---------------------------------------------------------------------- the current configuration
+def read_current(state_dir: Path) -> dict[str, dict]:
+    """pass → the key the latest `process` run of that pass expected (`.stratum/provenance-current.json`)."""
+    current = _read_json(Path(state_dir) / CURRENT_NAME)
+    return current if isinstance(current, dict) else {}
+
+
+def write_current(state_dir: Path, keys: Mapping[str, Mapping[str, Any] | None]) -> None:
+    """Merge this run's expected keys into the current configuration (passes it could not resolve keep theirs)."""
+    state_dir = Path(state_dir)
+    known = {name: key for name, key in keys.items() if key is not None}
+    if not known:
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(state_dir):
+        current = read_current(state_dir)
+        if all(current.get(n) == k for n, k in known.items()):
+            return
+        current.update(known)
+        write_atomic(state_dir / CURRENT_NAME, json.dumps(current, indent=1, sort_keys=True).encode())
+
+
+# ---------------------------------------------------------------------- planning (engine hook)
+@dataclass
+class _PlanState:
+    redo: str
+    expected: dict[str, dict | None]
+    names: tuple[str, ...]
+    downstream: dict[str, list[str]]
+
+
+_plan_states: "weakref.WeakKeyDictionary[Any, _PlanState]" = weakref.WeakKeyDictionary()
+_plan_lock = threading.Lock()
+
+
+def _plan_state(engine: Any) -> _PlanState:
+    state = _plan_states.get(engine)
+    if state is None:
+        with _plan_lock:
+            state = _plan_states.get(engine)
+            if state is None:
+                redo = getattr(engine.config, "redo", "none") or "none"
+                expected = {p.name: expected_key(p, engine.store.state_dir) for p in engine.passes}
+                with contextlib.suppress(OSError):
+                    write_current(engine.store.state_dir, expected)
+                names = tuple(p.name for p in engine.passes)
+                downstream: dict[str, list[str]] = defaultdict(list)
+                for name in names:
+                    for up in upstream_of().get(name, ()):
+                        downstream[up].append(name)
+                state = _PlanState(redo, expected, names, dict(downstream))
+                _plan_states[engine] = state
+    return state
+
+
+def plan(engine: Any, source: Any, on_disk: frozenset[str], todo: tuple) -> tuple:
+    """`Engine.plan`'s hook: with `--redo stale` add the stale passes (and their downstream) to `todo`,
+    with `--redo all` every pass; then mark what will run `pending` in the record."""
+    state = _plan_state(engine)
+    if RECORD_NAME not in on_disk:  # no record yet: nothing recorded can be trusted wrongly
+        return tuple(engine.passes) if state.redo == "all" else todo
+    if not todo and state.redo == "none":
+        return todo  # the common no-op re-run: one dict lookup, no read
+    rec = read_record(engine.store, source.image_id)
+    if state.redo == "all":
+        todo = tuple(engine.passes)
+    elif state.redo == "stale":
+        if rec is not None:
+            changed = source_changed(rec["source"]) if rec.get("source") else None
+            stale, _ = stale_reasons(rec, on_disk, state.expected, state.names, changed)
+            wanted = set(stale) | {p.name for p in todo}
+            for name in state.names:  # downstream of anything that runs again (dependency order)
+                if name in wanted:
+                    wanted.update(state.downstream.get(name, ()))
+            todo = tuple(p for p in engine.passes if p.name in wanted)
+    recorded = [p.name for p in todo if rec is not None and p.name in rec["passes"]]
+    if recorded:  # their old entries must not describe the files this run is about to write
+        mark_pending(engine.store, source.image_id, recorded)
+    return todo
+
+
+# ---------------------------------------------------------------------- status
+@dataclass
+class ProvenanceStatus:
+    """Stale and unknown-provenance counts per pass, accumulated during status's one walk."""
+
+    stale: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # pass → reason → images
+    unknown: Counter = field(default_factory=Counter)  # pass → images with no provenance entry
+    sources_changed: int = 0
+    sources_missing: int = 0
+    stale_images: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # ≤ MAX_LISTED per pass
+    _current: dict | None = None
+    _passes: tuple[str, ...] = ()
+
+    MAX_LISTED = 1000
+
+    def add(self, store: Store, image_id: str, names: set[str]) -> None:
+        """One image directory (called from status's walk; reads one small file)."""
+        if self._current is None:
+            from stratum_core.artifacts import pass_names
+
+            self._current, self._passes = read_current(store.state_dir), pass_names()
+        if RECORD_NAME not in names:
+            for name in self._passes:
+                if pass_files(name) <= names:
+                    self.unknown[name] += 1
+            return
+        rec = read_record(store, image_id)
+        changed = source_changed(rec["source"]) if rec and rec.get("source") else None
+        if changed:
+            self.sources_changed += 1
+        elif changed is None and rec and rec.get("source"):
+            self.sources_missing += 1
+        stale, unknown = stale_reasons(rec, names, self._current, self._passes, changed)
+        for name in unknown:
+            self.unknown[name] += 1
+        for name, reason in stale.items():
+            self.stale[name][reason] += 1
+            if len(self.stale_images[name]) < self.MAX_LISTED:
+                self.stale_images[name].append(image_id)
+
+    def to_dict(self) -> dict:
+        return {"stale": {p: dict(c) for p, c in self.stale.items()},
+                "stale_images": {p: list(ids) for p, ids in self.stale_images.items()},
+                "unknown_provenance": dict(self.unknown), "sources_changed": self.sources_changed,
+                "sources_missing": self.sources_missing}
+
+    def format_lines(self) -> list[str]:
+        lines = []
+        if self.stale:
+            lines.append("Stale (`stratum process --redo stale` recomputes them and their downstream):")
+            for name in self._passes:
+                if name in self.stale:
+                    reasons = self.stale[name]
+                    detail = ", ".join(f"{r} {n:,}" if len(reasons) > 1 else r for r, n in reasons.most_common())
+                    lines.append(f"  {name}: {sum(reasons.values()):,} stale ({detail})")
+        if self.sources_changed:
+            lines.append(f"{self.sources_changed:,} sources changed")
+        if self.sources_missing:
+            lines.append(f"{self.sources_missing:,} sources not found where they were read (moved?)")
+        if self.unknown:
+            lines.append("Unknown provenance (written before provenance records; never called stale): "
+                         + ", ".join(f"{n} {self.unknown[n]:,}" for n in self._passes if self.unknown[n]))
+        return lines
+
+
+# ---------------------------------------------------------------------- verify
+def check_record(store: Store, image_id: str, names: set[str]) -> list[tuple[str, str]]:
+    """(file name, problem) where the image's provenance record contradicts its files."""
+    if RECORD_NAME not in names:
+        return []
+    rec = read_record(store, image_id)
+    if rec is None:
+        return [(RECORD_NAME, "unreadable (not a JSON object with passes)")]
+    problems = []
+    for name, entry in rec["passes"].items():
+        if not isinstance(entry, dict) or entry.get("pending") or "files" not in entry:
+            continue
+        for filename, (size, mtime_ns) in entry["files"].items():
+            try:
+                st = os.stat(store.image_dir(image_id) / filename)
+            except FileNotFoundError:
+                problems.append((filename, f"missing, but the provenance record says {name} wrote it"))
+                continue
+            if st.st_size != size or st.st_mtime_ns != mtime_ns:
+                problems.append((filename, f"changed since its provenance record ({name}): "
+                                           "replaced outside stratum? `stratum process --redo all` redoes it"))
+    return problems
