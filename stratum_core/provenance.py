@@ -534,3 +534,42 @@ def check_record(store: Store, image_id: str, names: set[str]) -> list[tuple[str
                 problems.append((filename, f"changed since its provenance record ({name}): "
                                            "replaced outside stratum? `stratum process --redo all` redoes it"))
     return problems
+
+
+# ---------------------------------------------------------------------- Dagster (no dagster import here)
+def code_version(pass_name: str, model_dir: Path | None = None) -> str:
+    """A pass asset's code version: pass version, model id and, where the weights are found locally
+    (`model_dir`, the HF cache), their revision or a digest of their files' names, sizes and mtimes.
+    Cheap (no content hash): it is computed each time the code location loads."""
+    from stratum_core.errors import StratumError
+    from stratum_core.models import resolve_model
+    from stratum_core.passes import pass_class
+
+    cls = pass_class(pass_name)
+    parts = [f"v{cls.version}"]
+    if cls.model is not None:
+        parts.append(cls.model.hub_id)
+        with contextlib.suppress(StratumError, OSError):
+            location = resolve_model(cls.model, model_dir=model_dir, offline=True)
+            root = Path(location.root)
+            if root.parent.name == "snapshots":
+                parts.append(f"rev:{root.name}")
+            else:
+                digest = hashlib.sha256()
+                for name in _weight_files(location):
+                    st = (root / name).stat()
+                    digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+                parts.append(f"files:{digest.hexdigest()[:16]}")
+    return "|".join(parts)
+
+
+def shard_data_version(output_dir: Path, image_ids: Iterable[str], pass_name: str) -> str:
+    """A shard's data version for one pass: a digest of its images' provenance stamps (and source hashes),
+    so it changes exactly when an artifact of the shard is rewritten or a source changes."""
+    store = Store(output_dir)
+    digest = hashlib.sha256()
+    for image_id in sorted(image_ids):
+        rec = read_record(store, image_id) or {"passes": {}}
+        entry = rec["passes"].get(pass_name) or {}
+        digest.update(f"{image_id}\0{entry.get('stamp')}\0{(rec.get('source') or {}).get('sha256')}\n".encode())
+    return digest.hexdigest()[:24]

@@ -7,6 +7,8 @@ from typing import Iterator
 
 import dagster as dg
 
+from stratum_core import provenance
+from stratum_core.models import model_dir_from_env
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata, verify_shard
 from stratum_dagster.partitions import shard_partitions
@@ -83,7 +85,8 @@ def build_step_assets(step: str, names: list[str]) -> dg.AssetsDefinition:
     """One op for the passes `names`, one asset each: a run materialising any subset of them (enrich_job,
     a per-pass job, a backfill) runs ONE engine run over the selected passes of the shard."""
     specs = [dg.AssetSpec(name, deps=upstream_passes(name), description=_describe(name), group_name="passes",
-                          tags=_pass_tags(name)) for name in names]
+                          tags=_pass_tags(name),
+                          code_version=provenance.code_version(name, model_dir_from_env())) for name in names]
 
     @dg.multi_asset(name=step, specs=specs, partitions_def=shard_partitions, can_subset=True,
                     **_step_placement(step, names))
@@ -96,7 +99,9 @@ def build_step_assets(step: str, names: list[str]) -> dg.AssetsDefinition:
         preview = preview_markdown(shard_run, selected, stratum)
         for name in selected:
             yield dg.MaterializeResult(asset_key=name, metadata=run_metadata(
-                shard_run, name, stratum, preview if name == selected[0] else None))
+                shard_run, name, stratum, preview if name == selected[0] else None),
+                data_version=dg.DataVersion(provenance.shard_data_version(
+                    stratum.output_dir, [i.image_id for i in shard_run.images], name)))
 
     return _step
 
