@@ -61,8 +61,8 @@ def build(root: Path, n: int) -> None:
                        "sha256": empty_sha}
         entries = {p: {"key": key, "stamp": f"{i:016x}", "source_sha256": empty_sha, "inputs": {}}
                    for p, key in keys.items()}
-        (image_dir / provenance.RECORD_NAME).write_text(json.dumps({"format": provenance.FORMAT,
-                                                                     "source": fingerprint, "passes": entries}))
+        (image_dir / provenance.RECORD_NAME).write_bytes(provenance.encode_record(
+            {"format": provenance.FORMAT, "source": fingerprint, "passes": entries}))
 
 
 def bare_walk(*trees: Path) -> int:

@@ -214,21 +214,61 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def read_record(store: Store, image_id: str) -> dict | None:
-    """The image's provenance record, or None (none yet, or unreadable: both mean unknown provenance)."""
+def _read_raw(store: Store, image_id: str) -> bytes | None:
     # String paths and raw reads: status calls this once per image of a dataset of millions.
     try:
         fd = os.open(f"{store._image_dir_str(image_id)}/{RECORD_NAME}", os.O_RDONLY)
-        try:
-            data = os.read(fd, 1 << 16)
-            while len(data) % (1 << 16) == 0 and (more := os.read(fd, 1 << 16)):
-                data += more
-        finally:
-            os.close(fd)
-        record = json.loads(data)
-    except (OSError, ValueError):
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 1 << 16)
+        while len(data) % (1 << 16) == 0 and (more := os.read(fd, 1 << 16)):
+            data += more
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parse_record(data: bytes | None) -> dict | None:
+    """The JSON body (after the two index lines, see `_index_lines`)."""
+    if not data:
+        return None
+    try:
+        record = json.loads(data if data[:1] == b"{" else data.split(b"\n", 2)[2])
+    except (ValueError, IndexError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("passes"), dict) else None
+
+
+def read_record(store: Store, image_id: str) -> dict | None:
+    """The image's provenance record, or None (none yet, or unreadable: both mean unknown provenance)."""
+    return _parse_record(_read_raw(store, image_id))
+
+
+def key_id(key: Mapping[str, Any] | None) -> str:
+    """A short digest of a key: status compares these, and reads a full key only to say why it differs."""
+    if key is None:
+        return "-"
+    return hashlib.sha1(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _index_lines(record: Mapping[str, Any]) -> str:
+    """Two text lines before the JSON with just what staleness needs, parsed without a JSON decoder:
+    `#1 <size> <mtime_ns> <sha256>\t<source path>` and, per pass, `name:keyid:stamp:source sha:flag:up=stamp,…`."""
+    source = record.get("source") or {}
+    path = str(source.get("path", "")).replace("\\", "\\\\").replace("\n", "\\n")
+    first = f"#{FORMAT} {source.get('size', '-')} {source.get('mtime_ns', '-')} {source.get('sha256') or '-'}\t{path}"
+    tokens = []
+    for name, entry in record["passes"].items():
+        if not isinstance(entry, dict):
+            continue
+        inputs = ",".join(f"{u}={st}" for u, st in (entry.get("inputs") or {}).items())
+        flag = "p" if entry.get("pending") else ("k" if "key" in entry else "-")
+        tokens.append(f"{name}:{key_id(entry.get('key'))}:{entry.get('stamp') or '-'}:"
+                      f"{entry.get('source_sha256') or '-'}:{flag}:{inputs}")
+    return first + "\n" + " ".join(tokens) + "\n"
 
 
 @contextlib.contextmanager
@@ -255,7 +295,12 @@ def _update(store: Store, image_id: str, change) -> None:
     with _locked(directory):
         record = read_record(store, image_id) or {"format": FORMAT, "passes": {}}
         change(record)
-        write_atomic(directory / RECORD_NAME, json.dumps(record, separators=(",", ":")).encode())
+        write_atomic(directory / RECORD_NAME, encode_record(record))
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """The record file's bytes: the index lines, then the JSON."""
+    return (_index_lines(record) + json.dumps(record, separators=(",", ":"))).encode()
 
 
 def record(store: Store, image_id: str, p: Any, outcome: Any) -> None:
@@ -328,39 +373,89 @@ def stale_reasons(rec: Mapping[str, Any] | None, names: set[str] | frozenset[str
 
     `source_status` is `source_changed(rec["source"])`, given by the caller so it is computed once.
     """
+    entries = {}
+    for name, entry in ((rec or {}).get("passes") or {}).items():
+        if isinstance(entry, dict):
+            flag = "p" if entry.get("pending") else ("k" if "key" in entry else "-")
+            entries[name] = (key_id(entry.get("key")), entry.get("stamp") or "-", entry.get("source_sha256") or "-",
+                             flag, entry.get("inputs") or {})
+    ids = {n: key_id(k) for n, k in expected.items() if k is not None}
+    source_sha = ((rec or {}).get("source") or {}).get("sha256")
+
+    def why(name: str) -> str:
+        return key_reason(rec["passes"][name].get("key"), expected[name]) or "key changed"
+
+    return _verdict(entries, source_sha, names, ids, passes, source_status, why)
+
+
+def _verdict(entries: Mapping[str, tuple], source_sha: str | None, names: set[str] | frozenset[str],
+             expected_ids: Mapping[str, str], passes: Iterable[str], source_status: bool | None,
+             why) -> tuple[dict[str, str], set[str]]:
+    """The staleness rules over compact entries (key id, stamp, source sha, flag, inputs); `why(pass)` says
+    which key field changed (only called for a stale key, so the fast path never decodes the full key)."""
     stale: dict[str, str] = {}
     unknown: set[str] = set()
-    entries = (rec or {}).get("passes") or {}
-    source_sha = ((rec or {}).get("source") or {}).get("sha256")
     for name in passes:  # dependency order: an upstream's verdict is known before its downstream's
         if not _files_of(name) <= names:
             continue
         entry = entries.get(name)
-        if not isinstance(entry, dict) or ("key" not in entry and not entry.get("pending")):
+        if entry is None or entry[3] == "-":
             if source_sha:  # metadata came with provenance, so this pass's record was lost mid-write
                 stale[name] = NO_RECORD
             else:
                 unknown.add(name)
             continue
-        reason = INTERRUPTED if entry.get("pending") else None
+        kid, _, src, flag, inputs = entry
+        reason = INTERRUPTED if flag == "p" else None
         if reason is None and source_status:
             reason = SOURCE_CHANGED
-        want = expected.get(name)
-        if reason is None and want is not None and entry.get("key") != want:  # (dict ==: C speed)
-            reason = key_reason(entry.get("key"), want)
-        if reason is None and source_sha and entry.get("source_sha256") not in (None, source_sha):
+        want = expected_ids.get(name)
+        if reason is None and want is not None and kid != want:
+            reason = why(name)
+        if reason is None and source_sha and src not in ("-", source_sha):
             reason = SOURCE_CHANGED
-        inputs = entry.get("inputs") or {}  # upstream pass → its stamp when this entry was written
-        for up, stamp in inputs.items():
+        for up, stamp in inputs.items():  # upstream pass → its stamp when this entry was written
             if reason is not None:
                 break
             if up in stale:
                 reason = f"{up} is stale"
-            elif stamp != (entries.get(up) or {}).get("stamp"):
+            elif up not in entries or stamp != entries[up][1]:
                 reason = f"{up} changed"
         if reason is not None:
             stale[name] = reason
     return stale, unknown
+
+
+def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[str, Any]],
+                  expected_ids: Mapping[str, str], passes: Sequence[str]) -> tuple[dict[str, str], set[str], bool | None]:
+    """Status's per-image check from the two index lines: (stale, unknown, source changed)."""
+    if data[:1] == b"{":  # no index lines (written by hand or by a future format): the slow path
+        rec = _parse_record(data)
+        changed = source_changed(rec["source"]) if rec and rec.get("source") else None
+        return (*stale_reasons(rec, names, expected, passes, changed), changed)
+    first, second, _ = data.split(b"\n", 2)
+    head, _, path = first.decode().partition("\t")
+    _, size, mtime_ns, sha = head.split(" ")
+    changed = None
+    if sha != "-":
+        if "\\" in path:
+            path = path.replace("\\n", "\n").replace("\\\\", "\\")
+        try:
+            st = os.stat(path)
+            changed = str(st.st_size) != size or str(st.st_mtime_ns) != mtime_ns
+        except OSError:
+            changed = None
+    entries = {}
+    for token in second.decode().split():
+        name, kid, stamp, src, flag, inputs = token.split(":", 5)
+        entries[name] = (kid, stamp, src, flag,
+                         dict(i.split("=", 1) for i in inputs.split(",")) if inputs else {})
+
+    def why(name: str) -> str:
+        rec = _parse_record(data)
+        return key_reason(rec["passes"][name].get("key"), expected[name]) or "key changed"
+
+    return (*_verdict(entries, None if sha == "-" else sha, names, expected_ids, passes, changed, why), changed)
 
 
 _files_of = pass_files  # (a module-level name: one lookup less per pass per image)
@@ -458,6 +553,7 @@ class ProvenanceStatus:
     sources_missing: int = 0
     stale_images: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # ≤ MAX_LISTED per pass
     _current: dict | None = None
+    _ids: dict = field(default_factory=dict)
     _passes: tuple[str, ...] = ()
 
     MAX_LISTED = 1000
@@ -468,18 +564,21 @@ class ProvenanceStatus:
             from stratum_core.artifacts import pass_names
 
             self._current, self._passes = read_current(store.state_dir), pass_names()
+            self._ids = {n: key_id(k) for n, k in self._current.items()}
         if RECORD_NAME not in names:
             for name in self._passes:
                 if pass_files(name) <= names:
                     self.unknown[name] += 1
             return
-        rec = read_record(store, image_id)
-        changed = source_changed(rec["source"]) if rec and rec.get("source") else None
+        data = _read_raw(store, image_id)
+        try:
+            stale, unknown, changed = _fast_verdict(data or b"", names, self._current, self._ids, self._passes)
+        except (ValueError, UnicodeDecodeError):  # a damaged record: its artifacts' provenance is unknown
+            stale, unknown, changed = {}, {n for n in self._passes if pass_files(n) <= names}, None
         if changed:
             self.sources_changed += 1
-        elif changed is None and rec and rec.get("source"):
+        elif changed is None and data and not data.startswith(b"#1 - "):
             self.sources_missing += 1
-        stale, unknown = stale_reasons(rec, names, self._current, self._passes, changed)
         for name in unknown:
             self.unknown[name] += 1
         for name, reason in stale.items():

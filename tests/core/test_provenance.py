@@ -44,7 +44,7 @@ def mtimes(output: Path) -> dict[str, int]:
 
 
 def record_of(output: Path, image_id: str) -> dict:
-    return json.loads((output / image_id / provenance.RECORD_NAME).read_text())
+    return provenance.read_record(Store(output), image_id)
 
 
 @pytest.fixture
