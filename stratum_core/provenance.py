@@ -395,8 +395,12 @@ def _verdict(entries: Mapping[str, tuple], source_sha: str | None, names: set[st
     which key field changed (only called for a stale key, so the fast path never decodes the full key)."""
     stale: dict[str, str] = {}
     unknown: set[str] = set()
+    files_of = _FILES_OF
     for name in passes:  # dependency order: an upstream's verdict is known before its downstream's
-        if not _files_of(name) <= names:
+        files = files_of.get(name)
+        if files is None:
+            files = files_of[name] = pass_files(name)
+        if not files <= names:
             continue
         entry = entries.get(name)
         if entry is None or entry[3] == "-":
@@ -448,17 +452,28 @@ def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[s
     entries = {}
     for token in second.decode().split():
         name, kid, stamp, src, flag, inputs = token.split(":", 5)
-        entries[name] = (kid, stamp, src, flag,
-                         dict(i.split("=", 1) for i in inputs.split(",")) if inputs else {})
-
-    def why(name: str) -> str:
-        rec = _parse_record(data)
-        return key_reason(rec["passes"][name].get("key"), expected[name]) or "key changed"
-
+        entries[name] = (kid, stamp, src, flag, dict(i.split("=", 1) for i in inputs.split(",")) if inputs else _NONE)
+    why = _KeyReason(data, expected)
     return (*_verdict(entries, None if sha == "-" else sha, names, expected_ids, passes, changed, why), changed)
 
 
-_files_of = pass_files  # (a module-level name: one lookup less per pass per image)
+_NONE: dict = {}
+
+
+class _KeyReason:
+    """Which key field changed, from the record's JSON: decoded only when a key id differs."""
+
+    __slots__ = ("data", "expected")
+
+    def __init__(self, data: bytes, expected: Mapping[str, Any]):
+        self.data, self.expected = data, expected
+
+    def __call__(self, name: str) -> str:
+        rec = _parse_record(self.data)
+        return key_reason(rec["passes"][name].get("key"), self.expected[name]) or "key changed"
+
+
+_FILES_OF: dict[str, frozenset[str]] = {}  # pass → its file names (a plain dict: no call per pass per image)
 
 
 # ---------------------------------------------------------------------- the current configuration
