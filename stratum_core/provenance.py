@@ -617,7 +617,7 @@ class ProvenanceStatus:
                     detail = ", ".join(f"{r} {n:,}" if len(reasons) > 1 else r for r, n in reasons.most_common())
                     lines.append(f"  {name}: {sum(reasons.values()):,} stale ({detail})")
         if self.sources_changed:
-            lines.append(f"{self.sources_changed:,} sources changed")
+            lines.append(f"{self.sources_changed:,} source{'s' if self.sources_changed > 1 else ''} changed")
         if self.sources_missing:
             lines.append(f"{self.sources_missing:,} sources not found where they were read (moved?)")
         if self.unknown:
