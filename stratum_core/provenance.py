@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from stratum_core import __version__
 from stratum_core.artifacts import pass_files
-from stratum_core.store import STATE_DIR, Store, write_atomic
+from stratum_core.store import Store, write_atomic
 
 log = logging.getLogger("stratum.provenance")
 
@@ -196,7 +196,7 @@ def upstream_of() -> dict[str, list[str]]:
 
         table = {}
         for name in REGISTRY:
-            with contextlib.suppress(PassUnavailable):
+            with contextlib.suppress(PassUnavailable, ImportError):  # a pass this build cannot import reads nothing
                 table[name] = upstream_passes(name)
         _UPSTREAM = table
     return _UPSTREAM
@@ -338,7 +338,7 @@ def record(store: Store, image_id: str, p: Any, outcome: Any) -> None:
             rec["passes"][p.name] = entry
 
         _update(store, image_id, change)
-    except (OSError, ValueError, TypeError) as exc:
+    except Exception as exc:  # never lose the artifacts over their record: the entry stays pending (stale)
         log.warning("provenance of %s [%s] not recorded: %s", image_id, p.name, exc)
 
 
@@ -431,7 +431,8 @@ def _verdict(entries: Mapping[str, tuple], source_sha: str | None, names: set[st
 
 
 def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[str, Any]],
-                  expected_ids: Mapping[str, str], passes: Sequence[str]) -> tuple[dict[str, str], set[str], bool | None]:
+                  expected_ids: Mapping[str, str],
+                  passes: Sequence[str]) -> tuple[dict[str, str], set[str], bool | None]:
     """Status's per-image check from the two index lines: (stale, unknown, source changed)."""
     if data[:1] == b"{":  # no index lines (written by hand or by a future format): the slow path
         rec = _parse_record(data)
