@@ -688,3 +688,38 @@ def shard_data_version(output_dir: Path, image_ids: Iterable[str], pass_name: st
         entry = rec["passes"].get(pass_name) or {}
         digest.update(f"{image_id}\0{entry.get('stamp')}\0{(rec.get('source') or {}).get('sha256')}\n".encode())
     return digest.hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------- publish (not wired yet: see docs)
+def layer_provenance(output_dir: Path, image_ids: Iterable[str], pass_name: str,
+                     allow_mixed: bool = False) -> dict[str, Any]:
+    """What produced one layer of the published images: `model`, `weights` (revision), pass `version`
+    and `precision`, with `images` counts; `variants` lists every combination when they differ.
+
+    Raises ConfigError when the images were produced by more than one combination, unless `allow_mixed`
+    (then the caller reports `variants`). Images without an entry count as `unknown`.
+    """
+    from stratum_core.errors import ConfigError
+
+    store = Store(output_dir)
+    combos: Counter = Counter()
+    unknown = 0
+    for image_id in image_ids:
+        entry = ((read_record(store, image_id) or {"passes": {}})["passes"].get(pass_name) or {})
+        key = entry.get("key") if not entry.get("pending") else None
+        if not key:
+            unknown += 1
+            continue
+        combos[(key.get("model"), key.get("weights"), key.get("version"), key.get("precision"))] += 1
+    variants = [{"model": m, "weights": w, "version": v, "precision": p, "images": n}
+                for (m, w, v, p), n in combos.most_common()]
+    if len(variants) > 1 and not allow_mixed:
+        detail = "; ".join(f"{x['images']} by {x['model']} {x['weights']} v{x['version']} {x['precision']}"
+                           for x in variants)
+        raise ConfigError(f"layer {pass_name} mixes {len(variants)} model revisions ({detail}): "
+                          "run `stratum process --redo stale` first, or allow mixed revisions")
+    result: dict[str, Any] = dict(variants[0]) if variants else {"images": 0}
+    result["unknown"] = unknown
+    if len(variants) > 1:
+        result["variants"] = variants
+    return result

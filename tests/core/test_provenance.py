@@ -361,3 +361,25 @@ def test_provenance_survives_sigkill_mid_redo(many_sources, tmp_path):
     assert all(set(reasons) == {provenance.INTERRUPTED} for reasons in interrupted.values())
     assert subprocess.run(cmd + ["--redo", "stale"], capture_output=True, timeout=120).returncode == 0
     assert stale(output) == {} and verify(output).ok
+
+
+# ---------------------------------------------------------------- publish
+def test_a_layers_provenance_names_its_model_revision_and_pass_version(sapiens_run):
+    layer = provenance.layer_provenance(sapiens_run, ["a", "b", "c"], "seg")
+    assert layer["model"] == "facebook/sapiens-seg-1b-torchscript" and layer["weights"].startswith("sha256:")
+    assert (layer["version"], layer["images"], layer["unknown"]) == ("1", 3, 0) and "variants" not in layer
+
+
+def test_a_layer_of_mixed_model_revisions_is_refused_unless_allowed(sapiens_run, input_dir, model_dirs, tmp_path,
+                                                                    capsys):
+    from stratum_core.errors import ConfigError
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{input_dir / 'a.png'}\n")  # only image a is redone, with the other seg model
+    assert process(input_dir, sapiens_run, "--passes", "seg", "--model-dir", str(model_dirs[1]),
+                   "--image-list", str(listing), "--redo", "all") == 0
+    with pytest.raises(ConfigError, match="mixes 2 model revisions"):
+        provenance.layer_provenance(sapiens_run, ["a", "b", "c"], "seg")
+    layer = provenance.layer_provenance(sapiens_run, ["a", "b", "c"], "seg", allow_mixed=True)
+    assert sorted(v["images"] for v in layer["variants"]) == [1, 2]
+
