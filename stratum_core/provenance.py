@@ -254,20 +254,39 @@ def key_id(key: Mapping[str, Any] | None) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+def _entry_states(record: Mapping[str, Any]) -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """pass → (key id, state, upstream passes) — everything staleness needs besides the current keys and
+    the source's stat. state: `p` pending, `-` no key, `s` computed from another source, `u.<up>` the
+    upstream entry was rewritten since, `k` consistent. The record is rewritten whenever any entry changes,
+    so these verdicts, derived from the whole record at write time, stay true until the next write."""
+    passes = record.get("passes") or {}
+    source_sha = (record.get("source") or {}).get("sha256")
+    states = {}
+    for name, entry in passes.items():
+        if not isinstance(entry, dict):
+            continue
+        inputs = entry.get("inputs") or {}
+        if entry.get("pending"):
+            state = "p"
+        elif "key" not in entry:
+            state = "-"
+        elif source_sha and entry.get("source_sha256") not in (None, source_sha):
+            state = "s"
+        else:
+            changed = [u for u, stamp in inputs.items() if stamp != (passes.get(u) or {}).get("stamp")]
+            state = f"u.{changed[0]}" if changed else "k"
+        states[name] = (key_id(entry.get("key")), state, tuple(inputs))
+    return states
+
+
 def _index_lines(record: Mapping[str, Any]) -> str:
     """Two text lines before the JSON with just what staleness needs, parsed without a JSON decoder:
-    `#1 <size> <mtime_ns> <sha256>\t<source path>` and, per pass, `name:keyid:stamp:source sha:flag:up=stamp,…`."""
+    `#1 <size> <mtime_ns> <sha256>\t<source path>` and, per pass, `name:keyid:state:up,…`. The second line
+    holds no per-image values, so status decides it once for all the images that share it."""
     source = record.get("source") or {}
     path = str(source.get("path", "")).replace("\\", "\\\\").replace("\n", "\\n")
     first = f"#{FORMAT} {source.get('size', '-')} {source.get('mtime_ns', '-')} {source.get('sha256') or '-'}\t{path}"
-    tokens = []
-    for name, entry in record["passes"].items():
-        if not isinstance(entry, dict):
-            continue
-        inputs = ",".join(f"{u}={st}" for u, st in (entry.get("inputs") or {}).items())
-        flag = "p" if entry.get("pending") else ("k" if "key" in entry else "-")
-        tokens.append(f"{name}:{key_id(entry.get('key'))}:{entry.get('stamp') or '-'}:"
-                      f"{entry.get('source_sha256') or '-'}:{flag}:{inputs}")
+    tokens = [f"{name}:{kid}:{state}:{','.join(ups)}" for name, (kid, state, ups) in _entry_states(record).items()]
     return first + "\n" + " ".join(tokens) + "\n"
 
 
@@ -373,26 +392,21 @@ def stale_reasons(rec: Mapping[str, Any] | None, names: set[str] | frozenset[str
 
     `source_status` is `source_changed(rec["source"])`, given by the caller so it is computed once.
     """
-    entries = {}
-    for name, entry in ((rec or {}).get("passes") or {}).items():
-        if isinstance(entry, dict):
-            flag = "p" if entry.get("pending") else ("k" if "key" in entry else "-")
-            entries[name] = (key_id(entry.get("key")), entry.get("stamp") or "-", entry.get("source_sha256") or "-",
-                             flag, entry.get("inputs") or {})
+    rec = rec or {"passes": {}}
     ids = {n: key_id(k) for n, k in expected.items() if k is not None}
-    source_sha = ((rec or {}).get("source") or {}).get("sha256")
 
     def why(name: str) -> str:
         return key_reason(rec["passes"][name].get("key"), expected[name]) or "key changed"
 
-    return _verdict(entries, source_sha, names, ids, passes, source_status, why)
+    has_source = bool((rec.get("source") or {}).get("sha256"))
+    return _verdict(_entry_states(rec), has_source, names, ids, passes, source_status, why)
 
 
-def _verdict(entries: Mapping[str, tuple], source_sha: str | None, names: set[str] | frozenset[str],
+def _verdict(entries: Mapping[str, tuple], has_source: bool, names: set[str] | frozenset[str],
              expected_ids: Mapping[str, str], passes: Iterable[str], source_status: bool | None,
              why) -> tuple[dict[str, str], set[str]]:
-    """The staleness rules over compact entries (key id, stamp, source sha, flag, inputs); `why(pass)` says
-    which key field changed (only called for a stale key, so the fast path never decodes the full key)."""
+    """The staleness rules over `_entry_states`; `why(pass)` says which key field changed (called only
+    for a key id that differs, so status never decodes a full key of a current image)."""
     stale: dict[str, str] = {}
     unknown: set[str] = set()
     files_of = _FILES_OF
@@ -403,37 +417,34 @@ def _verdict(entries: Mapping[str, tuple], source_sha: str | None, names: set[st
         if not files <= names:
             continue
         entry = entries.get(name)
-        if entry is None or entry[3] == "-":
-            if source_sha:  # metadata came with provenance, so this pass's record was lost mid-write
+        if entry is None or entry[1] == "-":
+            if has_source:  # metadata came with provenance, so this pass's record was lost mid-write
                 stale[name] = NO_RECORD
             else:
                 unknown.add(name)
             continue
-        kid, _, src, flag, inputs = entry
-        reason = INTERRUPTED if flag == "p" else None
-        if reason is None and source_status:
-            reason = SOURCE_CHANGED
+        kid, state, ups = entry
         want = expected_ids.get(name)
-        if reason is None and want is not None and kid != want:
-            reason = why(name)
-        if reason is None and source_sha and src not in ("-", source_sha):
+        if state == "p":
+            reason = INTERRUPTED
+        elif source_status or state == "s":
             reason = SOURCE_CHANGED
-        for up, stamp in inputs.items():  # upstream pass → its stamp when this entry was written
-            if reason is not None:
-                break
-            if up in stale:
-                reason = f"{up} is stale"
-            elif up not in entries or stamp != entries[up][1]:
-                reason = f"{up} changed"
+        elif want is not None and kid != want:
+            reason = why(name)
+        else:
+            reason = next((f"{up} is stale" for up in ups if up in stale), None)
+            if reason is None and state != "k":
+                reason = f"{state[2:]} changed"
         if reason is not None:
             stale[name] = reason
     return stale, unknown
 
 
 def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[str, Any]],
-                  expected_ids: Mapping[str, str],
-                  passes: Sequence[str]) -> tuple[dict[str, str], set[str], bool | None]:
-    """Status's per-image check from the two index lines: (stale, unknown, source changed)."""
+                  expected_ids: Mapping[str, str], passes: Sequence[str],
+                  cache: dict | None = None) -> tuple[dict[str, str], set[str], bool | None]:
+    """Status's per-image check from the two index lines: (stale, unknown, source changed). `cache` maps
+    (second line, source changed, file names) to a verdict: images that share them share it."""
     if data[:1] == b"{":  # no index lines (written by hand or by a future format): the slow path
         rec = _parse_record(data)
         changed = source_changed(rec["source"]) if rec and rec.get("source") else None
@@ -450,15 +461,18 @@ def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[s
             changed = str(st.st_size) != size or str(st.st_mtime_ns) != mtime_ns
         except OSError:
             changed = None
+    cache_key = (second, changed, sha != "-", frozenset(names)) if cache is not None else None
+    if cache_key is not None and cache_key in cache:
+        return (*cache[cache_key], changed)
     entries = {}
     for token in second.decode().split():
-        name, kid, stamp, src, flag, inputs = token.split(":", 5)
-        entries[name] = (kid, stamp, src, flag, dict(i.split("=", 1) for i in inputs.split(",")) if inputs else _NONE)
-    why = _KeyReason(data, expected)
-    return (*_verdict(entries, None if sha == "-" else sha, names, expected_ids, passes, changed, why), changed)
+        name, kid, state, ups = token.split(":", 3)
+        entries[name] = (kid, state, tuple(ups.split(",")) if ups else ())
+    verdict = _verdict(entries, sha != "-", names, expected_ids, passes, changed, _KeyReason(data, expected))
+    if cache_key is not None and len(cache) < 4096:
+        cache[cache_key] = verdict
+    return (*verdict, changed)
 
-
-_NONE: dict = {}
 
 
 class _KeyReason:
@@ -570,6 +584,7 @@ class ProvenanceStatus:
     stale_images: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # ≤ MAX_LISTED per pass
     _current: dict | None = None
     _ids: dict = field(default_factory=dict)
+    _verdicts: dict = field(default_factory=dict)  # see _fast_verdict
     _passes: tuple[str, ...] = ()
 
     MAX_LISTED = 1000
@@ -588,7 +603,8 @@ class ProvenanceStatus:
             return
         data = _read_raw(store, image_id)
         try:
-            stale, unknown, changed = _fast_verdict(data or b"", names, self._current, self._ids, self._passes)
+            stale, unknown, changed = _fast_verdict(data or b"", names, self._current, self._ids, self._passes,
+                                                    self._verdicts)
         except (ValueError, UnicodeDecodeError):  # a damaged record: its artifacts' provenance is unknown
             stale, unknown, changed = {}, {n for n in self._passes if pass_files(n) <= names}, None
         if changed:
