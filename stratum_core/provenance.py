@@ -188,21 +188,11 @@ def _actual_key(p: Any, state_dir: Path) -> dict[str, Any]:
         return key
 
 
-def upstream_of() -> dict[str, list[str]]:
-    """pass → passes whose artifacts it reads (t5 → caption; depth, normal → seg)."""
-    global _UPSTREAM
-    if _UPSTREAM is None:
-        from stratum_core.passes import REGISTRY, PassUnavailable, upstream_passes
+def upstream_of(p: Any) -> list[str]:
+    """Passes whose artifacts `p` reads (t5 → caption; depth, normal → seg), from its `needs`."""
+    from stratum_core.artifacts import BY_NAME
 
-        table = {}
-        for name in REGISTRY:
-            with contextlib.suppress(PassUnavailable, ImportError):  # a pass this build cannot import reads nothing
-                table[name] = upstream_passes(name)
-        _UPSTREAM = table
-    return _UPSTREAM
-
-
-_UPSTREAM: dict[str, list[str]] | None = None
+    return list(dict.fromkeys(BY_NAME[n].pass_name for n in p.needs if n in BY_NAME))
 
 
 # ---------------------------------------------------------------------- the per-image record
@@ -352,7 +342,7 @@ def record(store: Store, image_id: str, p: Any, outcome: Any) -> None:
             if p.name != "metadata" and (rec["passes"].get("metadata") or {}).get("pending"):
                 entry["awaits_source"] = True  # the metadata of the source it read is still to come
             entry["source_sha256"] = (rec.get("source") or {}).get("sha256")
-            entry["inputs"] = {u: rec["passes"][u].get("stamp") for u in upstream_of().get(p.name, ())
+            entry["inputs"] = {u: rec["passes"][u].get("stamp") for u in upstream_of(p)
                                if u in rec["passes"]}
             rec["passes"][p.name] = entry
 
@@ -538,9 +528,9 @@ def _plan_state(engine: Any) -> _PlanState:
                     write_current(engine.store.state_dir, expected)
                 names = tuple(p.name for p in engine.passes)
                 downstream: dict[str, list[str]] = defaultdict(list)
-                for name in names:
-                    for up in upstream_of().get(name, ()):
-                        downstream[up].append(name)
+                for p in engine.passes:  # (from the passes' own `needs`: no pass module is imported here)
+                    for up in upstream_of(p):
+                        downstream[up].append(p.name)
                 state = _PlanState(redo, expected, names, dict(downstream))
                 _plan_states[engine] = state
     return state
