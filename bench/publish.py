@@ -1,10 +1,12 @@
 """Bench: bytes/s of packing a layer (data parquet + WebDataset tar) vs reading the same npy files from disk.
 
-Goal: packing >= 0.7x the plain read rate. Default: 300 images of the dinov3 layer (1024x1024 bucket:
+Goal: packing >= 0.9x the plain read rate. Default: 300 images of the dinov3 layer (1024x1024 bucket:
 4096 patch tokens, ~8 MB per image); `--full-size` uses 2000 images. The layer is packed as publish packs
 it: tars of at most `--max-tar-mb`, each held in memory and freed before the next one (through one
 `PayloadPool`, so the next chunk reuses the freed one's memory; `--no-pool` packs each into a fresh memfd);
-both sides start from a cold page cache.
+both sides start from a cold page cache. By default the pool starts holding one chunk's pages, as for every
+chunk of a publish after its first; `--first-chunk` starts from a fresh pool (fresh pages are slow to fault
+in, slowest in a VM).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stratum_core.artifacts import BY_NAME  # noqa: E402
+from stratum_core.publish.config import PublishConfig  # noqa: E402
 from stratum_core.publish.layout import split_by_size, tar_artifacts  # noqa: E402
 from stratum_core.publish.pack import PayloadPool, pack_data, pack_tar, tar_member_bytes  # noqa: E402
 from stratum_core.store import Store  # noqa: E402
@@ -41,11 +44,16 @@ def make(root: Path, n: int, patches: int) -> list[str]:
 
 
 def read_all(root: Path, ids: list[str]) -> int:
+    """Read every file packing reads: the layer's npy files (the tar) and metadata.json, caption.txt and
+    dinov3_cls.npy (the parquet); returns the bytes of the npy files of the tar."""
     total = 0
     for image_id in ids:
         for artifact in tar_artifacts("dinov3"):
             with open(root / image_id / artifact.filename, "rb") as f:
                 total += len(f.read())
+        for name in ("metadata.json", BY_NAME["caption"].filename):
+            with open(root / image_id / name, "rb") as f:
+                f.read()
     return total
 
 
@@ -71,20 +79,28 @@ def timed_read(root: Path, ids: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def timed_pack(root: Path, ids: list[str], max_tar_mb: float, pooled: bool) -> tuple[float, float]:
-    """Seconds to pack the dinov3 tars and the data parquet of `ids` (payloads freed, as after upload;
-    freeing the pool's memory at the end is counted too)."""
+def timed_pack(root: Path, ids: list[str], max_tar_mb: float, pooled: bool, first_chunk: bool) -> tuple[float, float]:
+    """Seconds to pack the dinov3 tars and the data parquet of `ids` (payloads freed, as after upload).
+
+    Default (steady state): the pool already holds one freed chunk's pages, as it does for every chunk of a
+    publish after its first; freeing the pool at the end of the publish is not counted. `first_chunk`: a
+    fresh pool, as for a publish's first chunk, freeing its memory counted too.
+    """
     groups = split_by_size(ids, [tar_member_bytes(root, "dinov3", i) for i in ids], int(max_tar_mb * 2**20))
+    pool = PayloadPool() if pooled else None
+    if pool is not None and not first_chunk:
+        pack_tar(root, "dinov3", max(groups, key=len), "dinov3/x.tar", pool=pool).close()
     drop_cache(root)
     t0 = time.perf_counter()
-    pool = PayloadPool() if pooled else None
     for group in groups:
         pack_tar(root, "dinov3", group, "dinov3/x.tar", pool=pool).close()
     t1 = time.perf_counter()
     pack_data(root, ids, ("caption", "dinov3"), "data/x.parquet", pool=pool).close()
-    if pool is not None:
+    if pool is not None and first_chunk:
         pool.close()
     t2 = time.perf_counter()
+    if pool is not None:
+        pool.close()
     return t1 - t0, t2 - t1
 
 
@@ -93,8 +109,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-tar-mb", type=float, default=1024.0)
+    parser.add_argument("--max-tar-mb", type=float, default=PublishConfig.max_tar_mb)
     parser.add_argument("--no-pool", action="store_true", help="a fresh memfd per chunk (no page reuse)")
+    parser.add_argument("--first-chunk", action="store_true",
+                        help="start from a fresh pool, as a publish's first chunk does (default: steady state)")
     args = parser.parse_args()
     n = args.images or (2000 if args.full_size else 300)
     with tempfile.TemporaryDirectory(prefix="stratum-bench-") as tmp:
@@ -106,7 +124,8 @@ def main() -> None:
             # Alternate which side goes first, so neither always runs right after the other's writeback.
             if repeat % 2:
                 read_s.append(timed_read(root, ids))
-            tar, parquet = timed_pack(root, ids, args.max_tar_mb, pooled=not args.no_pool)
+            tar, parquet = timed_pack(root, ids, args.max_tar_mb, pooled=not args.no_pool,
+                                      first_chunk=args.first_chunk)
             tar_s.append(tar)
             parquet_s.append(parquet)
             if not repeat % 2:
@@ -114,11 +133,12 @@ def main() -> None:
         pack_s = [t + p for t, p in zip(tar_s, parquet_s)]
         read_rate = nbytes / min(read_s)
         pack_rate = nbytes / min(pack_s)
-        print(f"images: {n}, npy bytes: {nbytes / 1e6:.1f} MB (best of {args.repeats}, cold page cache)")
-        print(f"read npy files:        {read_rate / 1e6:8.1f} MB/s")
+        mode = "first chunk of a publish (fresh pool)" if args.first_chunk else "steady state (pool holds one chunk)"
+        print(f"images: {n}, npy bytes: {nbytes / 1e6:.1f} MB (best of {args.repeats}, cold page cache, {mode})")
+        print(f"read the same files:   {read_rate / 1e6:8.1f} MB/s   (npy bytes per second)")
         print(f"pack tar only:         {nbytes / min(tar_s) / 1e6:8.1f} MB/s")
         print(f"pack tar + parquet:    {pack_rate / 1e6:8.1f} MB/s   (parquet {min(parquet_s) * 1e3:.0f} ms)")
-        print(f"ratio pack/read:       {pack_rate / read_rate:8.2f}x   (goal >= 0.70x)")
+        print(f"ratio pack/read:       {pack_rate / read_rate:8.2f}x   (goal >= 0.90x)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from stratum_core import __version__
-from stratum_core.errors import ConfigError, StratumError
+from stratum_core.errors import ConfigError, RunInterrupted, StratumError
+from stratum_core.stopping import SIGNAL_EXIT_CODES
 
 log = logging.getLogger("stratum")
 
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("stratum").setLevel(logging.DEBUG)
     try:
         return args.handler(args)
+    except RunInterrupted as exc:  # a clean stop (SIGINT 130, SIGTERM 143): the summary is printed already
+        log.error("%s", exc)
+        return exc.exit_code
     except StratumError as exc:
         log.error("error: %s", exc)
         return 2
@@ -72,7 +76,9 @@ def _add_process(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated passes, or 'all' (caption,dinov3,t5,pose,seg,depth,normal); "
                         "'pixel' only when named")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--precision", default="auto",
+                   help="auto | fp32 | tf32 | bf16 | fp16, or per pass, e.g. bf16,depth=fp32 (auto: each pass's "
+                        "default on CUDA: bf16, depth tf32, pose fp32; fp32 on the CPU)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per model batch (default: chosen from free GPU memory, 8 on CPU)")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
@@ -110,6 +116,10 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check every artifact's shape, dtype and values")
     p.add_argument("output_dir", type=Path)
     p.add_argument("--fix", action="store_true", help="delete bad files so the next run redoes them")
+    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                   help="processes checking image folders in parallel (default: CPU count, at most 8)")
+    p.add_argument("--progress-every", type=float, default=30.0,
+                   help="seconds between progress lines on stderr (default 30)")
     p.set_defaults(handler=cmd_verify)
 
 
@@ -129,11 +139,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from stratum_core.verify import verify
+    from stratum_core.verify import ProgressLines, verify
 
     if not args.output_dir.is_dir():
         raise StratumError(f"no dataset at {args.output_dir}")
-    report = verify(args.output_dir, fix=args.fix)
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    report = verify(args.output_dir, fix=args.fix, workers=args.workers,
+                    progress=ProgressLines(sys.stderr, every=args.progress_every))
     _write(report.format())
     return 0 if report.ok or args.fix else 1
 
@@ -151,12 +164,10 @@ def parse_model_paths(values: Sequence[str]) -> dict[str, Path]:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from stratum_core.devices import claim_device
-    from stratum_core.discover import IMAGE_EXTENSIONS, discover, parse_shard
-    from stratum_core.engine import RunConfig, run
-    from stratum_core.models import model_dir_from_env, offline_from_env
-    from stratum_core.passes import MODEL_PASSES, parse_passes, pass_class
-    from stratum_core.passes.base import PassOptions
+    from stratum_core.discover import parse_shard
+    from stratum_core.passes import parse_passes, pass_class
+    from stratum_core.stopping import StopRequest, stop_on_signals
+    from stratum_core.store import check_output_dir
 
     if args.shard_key and args.image_list:
         raise ConfigError("--image-list and --shard-key both choose the images: give one")
@@ -164,6 +175,23 @@ def cmd_process(args: argparse.Namespace) -> int:
     configs = {n: pass_class(n).config_from_args(args, os.environ) for n in names}
     if args.shard:
         parse_shard(args.shard)  # a typo fails now, before the device claim imports torch
+    check_output_dir(args.output)  # a read-only or non-folder output is a usage error before any work
+    stop = StopRequest()
+    with stop_on_signals(stop):  # SIGINT/SIGTERM: a clean stop; a second one exits at once
+        summary = _process(args, names, configs, stop)
+    _write(summary.format())
+    return summary.exit_code
+
+
+def _process(args: argparse.Namespace, names: tuple[str, ...], configs: dict, stop):
+    """Claim the device, find the images and run them; returns the RunSummary."""
+    from stratum_core.devices import claim_device
+    from stratum_core.discover import IMAGE_EXTENSIONS, discover
+    from stratum_core.engine import RunConfig, run
+    from stratum_core.models import model_dir_from_env, offline_from_env
+    from stratum_core.passes import MODEL_PASSES
+    from stratum_core.passes.base import PassOptions
+
     claim = claim_device(args.device if set(names) & set(MODEL_PASSES) else "cpu")
     try:
         options = PassOptions(
@@ -184,15 +212,25 @@ def cmd_process(args: argparse.Namespace) -> int:
             raise ConfigError(f"no images found under {args.input_dir} "
                               f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
         log.info("stratum: %d images, passes %s, device %s", len(images), ",".join(names), claim.device)
-        summary = run(config, images, errors)
+        try:
+            return run(config, images, errors, stop=stop)
+        except StratumError as exc:
+            if exc.summary is not None:  # the run had started: say what was done before the error
+                _write(exc.summary.format())
+            raise
     finally:
         claim.release()
-    _write(summary.format())
-    return summary.exit_code
 
 
 def console_main() -> None:
-    sys.exit(main())
+    code = main()
+    if code in SIGNAL_EXIT_CODES.values():
+        # A clean stop is complete (record saved, summary printed); a request still waiting on a hung
+        # server must not hold the exit (the interpreter would join its worker threads first).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 CommandHandler = Callable[[argparse.Namespace], int]

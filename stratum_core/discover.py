@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
+import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
@@ -14,17 +16,55 @@ from stratum_core.errors import ConfigError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-@dataclass(frozen=True, order=True, slots=True)  # slots: millions of these live through a run
 class SourceImage:
-    """One source file: `rel_path` is POSIX and relative to the input dir."""
+    """One source file: `rel_path` is POSIX and relative to the input dir; `path` is where it is read.
 
-    rel_path: str
-    path: Path = field(compare=False)
-    image_id: str = field(init=False, compare=False, repr=False)
+    Millions of these live through a run (a no-op re-run of 10M images holds them all), so each
+    holds strings only: `path` is rebuilt on use from a prefix shared by every image under it and
+    `rel_path` (a Path per image cost ~300 bytes). Immutable; equal, hashed and ordered by `rel_path`.
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = ("rel_path", "image_id", "_prefix", "_full")
+
+    def __init__(self, rel_path: str, path: str | os.PathLike):
+        where = os.fspath(path)
+        shared = where.endswith(rel_path) and (len(where) == len(rel_path) or where[-len(rel_path) - 1] == os.sep)
+        object.__setattr__(self, "rel_path", rel_path)
         # Computed once: planning reads it several times per image.
-        object.__setattr__(self, "image_id", image_id_for(self.rel_path))
+        object.__setattr__(self, "image_id", image_id_for(rel_path))
+        object.__setattr__(self, "_prefix", sys.intern(where[:len(where) - len(rel_path)]) if shared else "")
+        object.__setattr__(self, "_full", None if shared else where)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._full if self._full is not None else self._prefix + self.rel_path)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"SourceImage is immutable (cannot set {name!r})")
+
+    def __reduce__(self):
+        return SourceImage, (self.rel_path, str(self.path))
+
+    def __repr__(self) -> str:
+        return f"SourceImage(rel_path={self.rel_path!r}, path={self.path!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return self.rel_path == other.rel_path if isinstance(other, SourceImage) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.rel_path,))
+
+    def __lt__(self, other: SourceImage) -> bool:
+        return self.rel_path < other.rel_path if isinstance(other, SourceImage) else NotImplemented
+
+    def __le__(self, other: SourceImage) -> bool:
+        return self.rel_path <= other.rel_path if isinstance(other, SourceImage) else NotImplemented
+
+    def __gt__(self, other: SourceImage) -> bool:
+        return self.rel_path > other.rel_path if isinstance(other, SourceImage) else NotImplemented
+
+    def __ge__(self, other: SourceImage) -> bool:
+        return self.rel_path >= other.rel_path if isinstance(other, SourceImage) else NotImplemented
 
 
 @dataclass(frozen=True)
@@ -59,6 +99,63 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def printable(rel_path: str) -> str:
+    """`rel_path` safe to print and store as UTF-8: undecodable bytes of a file name appear as \\xNN."""
+    return rel_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir decodes bytes that are not UTF-8 as lone surrogates
+        return False
+    return True
+
+
+def entry_kind(entry: os.DirEntry, root: str, rel_path: str) -> tuple[str, DiscoveryError | None]:
+    """("dir" | "file" | "other", refusal): what a directory entry is, or why it is refused.
+
+    Only entries that could hold or be images are refused (a folder, or a name with an image
+    extension): a loop, a dangling link or an unreadable entry never stops the scan, and a FIFO
+    or device named like an image is reported instead of vanishing. Plain entries cost no
+    syscall (the kind comes from the directory listing); only symlinks are stat'ed.
+    """
+    image_named = is_image_name(entry.name)
+    try:
+        if entry.is_symlink():
+            try:
+                mode = os.stat(entry.path).st_mode
+            except FileNotFoundError:
+                if not image_named:
+                    return "other", None
+                return "other", DiscoveryError(printable(rel_path), "not_found",
+                                               f"dangling symlink to {printable(os.readlink(entry.path))!r}")
+            target = os.path.realpath(entry.path)
+            if not _inside(target, root):
+                if stat.S_ISDIR(mode) or image_named:
+                    return "other", DiscoveryError(printable(rel_path), "outside_input",
+                                                   f"symlink points outside the input directory: {printable(target)}")
+                return "other", None
+            kind = "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "special"
+        else:
+            kind = ("dir" if entry.is_dir(follow_symlinks=False) else
+                    "file" if entry.is_file(follow_symlinks=False) else "special")
+    except OSError as exc:  # ELOOP (a link to itself), EACCES, ...
+        return "other", DiscoveryError(printable(rel_path), "unreadable", f"cannot read: {exc.strerror or exc}")
+    if kind == "dir" or image_named:
+        if not entry.name.isascii() and not _is_utf8(entry.name):  # isascii: the common case, in C
+            return "other", DiscoveryError(printable(rel_path), "bad_name",
+                                           "the name is not valid UTF-8; rename it to process it")
+    if kind == "dir":
+        return kind, None
+    if not image_named:
+        return "other", None
+    if kind == "special":
+        return "other", DiscoveryError(printable(rel_path), "not_a_file",
+                                       "not a regular file (a FIFO, socket or device)")
+    return kind, None
+
+
 def scan(input_dir: Path, recursive: bool = True) -> tuple[list[SourceImage], list[DiscoveryError]]:
     """List image files under `input_dir` (recursively by default), following only symlinks that stay inside."""
     root = os.path.realpath(input_dir)
@@ -67,33 +164,29 @@ def scan(input_dir: Path, recursive: bool = True) -> tuple[list[SourceImage], li
     visited: set[str] = {root}
 
     def walk(directory: str, rel: str) -> None:
-        directory_path = Path(directory)  # joining a child name is cheaper than parsing each full path
         try:
             with os.scandir(directory) as it:
                 # Sorted, so which of two links to one folder is walked (and names the ids) is stable;
                 # hidden entries (.DS_Store, ._x.jpg, .thumbnails/) are skipped, as the output walk does.
                 entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as exc:
-            errors.append(DiscoveryError(rel or ".", "not_found", f"cannot list directory: {exc}"))
+            errors.append(DiscoveryError(printable(rel or "."), "unreadable", f"cannot list directory: {exc}"))
             return
         for entry in entries:
             rel_path = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not _inside(target, root):
-                    if entry.is_dir() or is_image_name(entry.name):
-                        errors.append(DiscoveryError(
-                            rel_path, "outside_input", f"symlink points outside the input directory: {target}"))
-                    continue
-            if entry.is_dir():
+            kind, refusal = entry_kind(entry, root, rel_path)
+            if refusal is not None:
+                errors.append(refusal)
+                continue
+            if kind == "dir":
                 if not recursive:
                     continue
                 real = os.path.realpath(entry.path)
                 if real not in visited:  # symlink loops and duplicate links are walked once
                     visited.add(real)
                     walk(entry.path, rel_path)
-            elif entry.is_file() and is_image_name(entry.name):
-                images.append(SourceImage(rel_path, directory_path / entry.name))
+            elif kind == "file":
+                images.append(SourceImage(rel_path, entry.path))  # a str: no Path per image
 
     walk(str(input_dir), "")
     return images, errors
@@ -142,6 +235,11 @@ def split_collisions(images: Iterable[SourceImage]) -> tuple[list[SourceImage], 
     kept: list[SourceImage] = []
     errors: list[DiscoveryError] = []
     for image_id, group in by_id.items():
+        if (artifact := _artifact_component(image_id)) is not None:
+            errors.extend(DiscoveryError(g.rel_path, "id_collision",
+                                         f"image id {image_id!r} would put a folder where an image's "
+                                         f"{artifact} lives") for g in group)
+            continue
         if len(group) == 1:
             kept.append(group[0])
             continue
@@ -150,6 +248,12 @@ def split_collisions(images: Iterable[SourceImage]) -> tuple[list[SourceImage], 
                       for g in group)
     kept.sort(key=_by_rel_path)
     return kept, errors
+
+
+def _artifact_component(image_id: str) -> str | None:
+    """The artifact file name among the id's folders (`a/pixel.npy` from `a/pixel.npy.png`), if any:
+    that output folder would be another image's artifact path."""
+    return next((part for part in image_id.split("/")[1:] if part in BY_FILENAME), None)
 
 
 def _by_rel_path(image: SourceImage) -> str:

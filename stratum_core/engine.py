@@ -6,6 +6,7 @@ bounded: decodes in flight, per-bucket batches and every queue have a fixed size
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import queue
@@ -21,14 +22,17 @@ from stratum_core import provenance
 from stratum_core.artifacts import BY_NAME, pass_files, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.discover import DiscoveryError, SourceImage
-from stratum_core.errors import ConfigError, InfrastructureError, ItemError, is_out_of_memory
+from stratum_core.errors import (ConfigError, InfrastructureError, ItemError, RunInterrupted, StratumError,
+                                 is_out_of_memory)
 from stratum_core.intake import Decoded, decode
 from stratum_core.outcomes import FAILED, OK, Outcome
 from stratum_core.passes import build_passes
 from stratum_core.passes.base import Item, Pass, PassOptions
 from stratum_core.progress import Progress
-from stratum_core.store import FAILURE_PREFIX, Store
+from stratum_core.stopping import STOP_GRACE_S, StopRequest
+from stratum_core.store import FAILURE_PREFIX, Store, check_output_dir, sweep_dead_temp_files
 from stratum_core.summary import Failure, PassStats, RunSummary
+from stratum_core.writer import WriterPool, join_until, put_until, writer_count
 
 log = logging.getLogger("stratum.engine")
 
@@ -36,6 +40,12 @@ _STOP = object()
 DEFAULT_CPU_GROUP = 8
 DEFAULT_GPU_GROUP = 32
 MAX_AUTO_GROUP = 64  # a pass's own batch choice may grow the groups up to this (64 crops ≈ 200 MB)
+# A full disk, a full quota, a read-only filesystem: no later write can succeed either.
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class _Dropped(Exception):
+    """An image left out of this run without a new failure (a stop came first, or it is already recorded)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,7 @@ class RunConfig:
     workers: int = 2  # decode threads
     batch_size: int | None = None  # images per same-bucket batch handed to the lanes (None: by device)
     progress_every: float = 30.0  # seconds between plain progress lines
+    writers: int | None = None  # writer threads (None: from the bytes each image writes)
     verbose: bool = False
     redo: str = "none"  # "stale" | "all": also recompute existing artifacts (provenance.plan)
 
@@ -73,12 +84,14 @@ class _Planned:
 class _Batch:
     """Same-bucket items on their way through the lanes; the last lane to finish reports progress."""
 
-    def __init__(self, items: list[Item], todo: dict[str, tuple[Pass, ...]], lanes: int, progress: Progress):
+    def __init__(self, items: list[Item], todo: dict[str, tuple[Pass, ...]], lanes: int, progress: Progress,
+                 on_done=None):
         self.items = items
         self.todo = todo  # image id → passes to run
         self._pending = lanes
         self._lock = threading.Lock()
         self._progress = progress
+        self._on_done = on_done  # called with the number of images once every lane is done
 
     def halt_progress(self) -> None:
         self._progress.halt()
@@ -89,6 +102,8 @@ class _Batch:
             last = self._pending == 0
         if last:
             self._progress.advance(len(self.items))
+            if self._on_done is not None:
+                self._on_done(len(self.items))
 
 
 def plan_lanes(passes: Sequence[Pass]) -> list[list[Pass]]:
@@ -118,9 +133,11 @@ def plan_lanes(passes: Sequence[Pass]) -> list[list[Pass]]:
 class Engine:
     """Runs a list of passes over a list of images; see `run`."""
 
-    def __init__(self, config: RunConfig, passes: Sequence[Pass] | None = None, preloaded: bool = False):
+    def __init__(self, config: RunConfig, passes: Sequence[Pass] | None = None, preloaded: bool = False,
+                 recheck: bool = True):
         """`passes` default to those of `config`; `preloaded`: the caller already called their load()
-        (benchmarks warm models up before the clock starts)."""
+        (benchmarks warm models up before the clock starts); `recheck`: skip an image whose artifacts
+        another process wrote since planning (one listing per image and pass)."""
         self.config = config
         self.store = Store(config.output_dir)
         self.passes = list(passes) if passes is not None else build_passes(
@@ -131,6 +148,12 @@ class Engine:
         self._loaded: set[str] = set()
         self._load_lock = threading.Lock()
         self._abort: BaseException | None = None
+        self._stop = StopRequest()  # run(stop=...) replaces it with the caller's
+        self._disk_full = False  # once set, the writer drops what is left instead of failing each file
+        self._abandoned = False  # a stop's grace period is over: nothing more is written after the summary
+        self.summary: RunSummary | None = None  # the current (or last) run's summary, also when run() raised
+        self._metadata_pass = next((p for p in self.passes if p.name == "metadata"), None)
+        self._recheck = recheck  # look for another run's artifacts again before each model call
         self._stats_lock = threading.Lock()
         # A lane with several threads must not run one pass on two batches at once unless
         # the pass is built for it (concurrency > 1): GPU passes stay one batch at a time.
@@ -146,58 +169,116 @@ class Engine:
     def plan(self, source: SourceImage) -> _Planned:
         """Which passes this image still needs (one directory listing, no decode)."""
         on_disk = frozenset(self.store.listing(source.image_id))
+        if any(name.endswith(".tmp") for name in on_disk):
+            sweep_dead_temp_files(self.store.image_dir(source.image_id), on_disk)
         todo = tuple(p for p, files in self._pass_files if not files <= on_disk)
         todo = provenance.plan(self, source, on_disk, todo)  # --redo stale|all; marks what runs as pending
         return _Planned(source, todo, on_disk)
 
     # ------------------------------------------------------------------ run
     def run(self, images: Sequence[SourceImage], discovery_errors: Iterable[DiscoveryError] = (),
-            progress: Progress | None = None) -> RunSummary:
+            progress: Progress | None = None, stop: StopRequest | None = None) -> RunSummary:
+        """Process `images`; return the summary (also kept as `self.summary`, even when this raises).
+
+        `stop`: once another thread requests it, no new image is started, the batches and writes in
+        flight get `STOP_GRACE_S` seconds to finish, and RunInterrupted (carrying the summary) is raised.
+        An exception raised in this thread (KeyboardInterrupt, Dagster's interrupt on terminate) stops
+        the run the same way and is re-raised. An infrastructure error (dead server, full disk) is raised
+        once the run has stopped, with `summary.infrastructure_error` set.
+        """
         for p in self.passes:
             p.check_requirements()
         for p in self.passes:
             if p.io_bound:  # no weights to load: check the server now, before any image is touched
                 self._ensure_loaded(p)
+        self._stop = stop or self._stop  # a request_stop() made before run() still counts
         summary = RunSummary(total_images=len(images), passes={p.name: PassStats() for p in self.passes},
                              discovery_errors=list(discovery_errors))
+        self.summary = summary
         progress = progress or Progress(len(images), every=self.config.progress_every)
         started = time.monotonic()
         lane_queues = [queue.Queue(maxsize=4) for _ in self.lanes]
-        # Entries hold arrays (a 1 MP normal map is 6 MB): a few batches of slack is enough.
-        write_queue: queue.Queue = queue.Queue(maxsize=4 * self.config.group_size)
-        writer = threading.Thread(target=self._write_loop, args=(write_queue, summary), name="stratum-writer",
-                                  daemon=True)
-        lane_threads = [threading.Thread(target=self._lane_loop, args=(lane, q, write_queue, summary),
+        writer = self._start_writers(summary)
+        lane_threads = [threading.Thread(target=self._lane_loop, args=(lane, q, writer, summary),
                                          name=f"stratum-lane-{i}-{j}", daemon=True)
                         for i, (lane, q) in enumerate(zip(self.lanes, lane_queues))
                         for j in range(self.lane_parallelism(lane))]
-        writer.start()
         for t in lane_threads:
             t.start()
+        interrupted = False
         try:
             self._feed(images, lane_queues, summary, progress)
         except BaseException as exc:  # Ctrl-C or a load failure: lanes drop what is still queued
             self._abort = self._abort or exc
+            interrupted = not isinstance(exc, Exception)  # KeyboardInterrupt and the like: stop cleanly
+            summary.stopped = f"interrupted ({type(exc).__name__})" if interrupted else str(exc)
+            if isinstance(exc, StratumError):
+                summary.infrastructure_error = str(exc)
             progress.halt()
             raise
         finally:
-            try:
-                for lane, q in zip(self.lanes, lane_queues):
-                    for _ in range(self.lane_parallelism(lane)):
-                        q.put(_STOP)
-                for t in lane_threads:
-                    t.join()
-            finally:  # even a second Ctrl-C must not strand the writer on an empty queue
-                write_queue.put(_STOP)
-                writer.join()
-                for p in self.passes:
-                    if p.name in self._loaded:
-                        summary.provenance[p.name] = p.provenance()
+            stopping = interrupted or self._stop.requested
+            if stopping:
+                log.info("stopping: finishing the writes in flight (at most %.0f s)", STOP_GRACE_S)
+            all_stopped = self._shut_down(lane_threads, lane_queues, writer, STOP_GRACE_S if stopping else None)
+            for p in self.passes:
+                if p.name in self._loaded:
+                    summary.provenance[p.name] = p.provenance()
+                if all_stopped:  # a lane still inside a pass must not have it closed under it
                     p.close()
-                summary.elapsed = time.monotonic() - started
+            summary.elapsed = time.monotonic() - started
+        return self._finish(summary, progress)
+
+    def _finish(self, summary: RunSummary, progress: Progress) -> RunSummary:
+        """Raise what stopped the run, with the summary saying so; else return the summary."""
         if self._abort is not None:
+            summary.stopped = summary.stopped or str(self._abort)
+            if isinstance(self._abort, StratumError):
+                summary.infrastructure_error = str(self._abort)
             raise self._abort
+        if self._stop.requested and summary.images_left:
+            progress.halt()
+            summary.stopped = self._stop.reason
+            raise RunInterrupted(self._stop.reason, self._stop.exit_code, summary)
         return summary
+
+    def request_stop(self, reason: str = "stop requested", exit_code: int = 130) -> None:
+        """Stop the current run cleanly (from any thread); `run` then raises RunInterrupted."""
+        self._stop.request(reason, exit_code)
+
+    def _shut_down(self, lane_threads: list[threading.Thread], lane_queues: list[queue.Queue],
+                   writer: WriterPool, grace: float | None) -> bool:
+        """Stop the lanes, then the writers; True when every thread has ended.
+
+        With `grace` (a stop): batches no lane has started are dropped, and threads still busy after
+        `grace` seconds are left behind (daemons; each write is atomic, so at most a temp file is left,
+        which the next run sweeps).
+        """
+        deadline = [None if grace is None else time.monotonic() + grace]
+
+        def until() -> float | None:
+            """The deadline; a stop requested while this waits (a hung server) starts one too."""
+            if deadline[0] is None and self._stop.requested:
+                log.info("stopping: finishing the writes in flight (at most %.0f s)", STOP_GRACE_S)
+                deadline[0] = time.monotonic() + STOP_GRACE_S
+                for q in lane_queues:
+                    _drain(q)
+            return deadline[0]
+
+        if grace is not None:
+            for q in lane_queues:
+                _drain(q)
+        try:
+            for lane, q in zip(self.lanes, lane_queues):
+                for _ in range(self.lane_parallelism(lane)):
+                    put_until(q, _STOP, until)
+            for t in lane_threads:
+                join_until(t, until)
+        finally:  # even a second Ctrl-C must not strand the writers on empty queues
+            writer.close(until)
+        all_stopped = not writer.alive() and not any(t.is_alive() for t in lane_threads)
+        self._abandoned = not all_stopped  # what a thread left behind finishes now is not written
+        return all_stopped
 
     def lane_parallelism(self, lane: Sequence[Pass]) -> int:
         """Batches a lane works on at once: one, or for a concurrent pass (caption) enough batches that
@@ -213,12 +294,18 @@ class Engine:
         with ThreadPoolExecutor(self.config.workers, thread_name_prefix="stratum-decode") as pool:
             for planned, future in _bounded_map(pool, self._prepare, self._planned(images, summary, progress),
                                                 prefetch):
-                if self._abort is not None:
+                if self._halting:
+                    pool.shutdown(wait=True, cancel_futures=True)  # decodes not started are not started
                     break
                 try:
                     item = future.result()
                 except ItemError as exc:
                     self._record_decode_failure(planned, exc, summary)
+                    self._count_finished(1)
+                    progress.advance()
+                    continue
+                except _Dropped:
+                    self._count_finished(1)
                     progress.advance()
                     continue
                 group = buckets[item.bucket]
@@ -226,8 +313,17 @@ class Engine:
                 if len(group) >= self._group_size:
                     self._dispatch(buckets.pop(item.bucket), lane_queues, progress)
             for group in buckets.values():
-                if self._abort is None:
+                if not self._halting:
                     self._dispatch(group, lane_queues, progress)
+
+    @property
+    def _halting(self) -> bool:
+        """Take no new work: an error stopped the run, or a stop was requested."""
+        return self._abort is not None or self._stop.requested
+
+    def _count_finished(self, n: int) -> None:
+        with self._stats_lock:
+            self.summary.finished_images += n
 
     def _record_decode_failure(self, planned: _Planned, exc: ItemError, summary: RunSummary) -> None:
         """An image that no longer decodes: the failure belongs to metadata when it has none yet,
@@ -248,12 +344,15 @@ class Engine:
         all_stats = [summary.passes[p.name] for p in self.passes]
         finished = 0
         for source in images:
+            if self._stop.requested:
+                break
             planned = self.plan(source)
             if not planned.todo:
                 for stats in all_stats:
                     stats.existing += 1
                 finished += 1
                 if finished >= 256:
+                    self._count_finished(finished)
                     progress.advance(finished, worked=False)
                     finished = 0
                 continue
@@ -261,15 +360,19 @@ class Engine:
                 if p not in planned.todo:
                     stats.existing += 1
             if finished:
+                self._count_finished(finished)
                 progress.advance(finished, worked=False)
                 finished = 0
             summary.work_images += 1
             yield planned
         if finished:
+            self._count_finished(finished)
             progress.advance(finished, worked=False)
 
     def _prepare(self, planned: _Planned) -> Item:
         """Worker thread: decode and crop (or, for passes that never look at pixels, read the bucket)."""
+        if self._halting:
+            raise _Dropped()  # a stop arrived while this image waited for a worker
         if not any(p.uses_image for p in planned.todo) and "metadata.json" in planned.on_disk:
             try:
                 metadata = self.store.read(planned.source.image_id, BY_NAME["metadata"])
@@ -286,7 +389,43 @@ class Engine:
             raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from exc
         if f"{FAILURE_PREFIX}metadata.json" in planned.on_disk:  # the source decodes again
             self.store.clear_failure(planned.source.image_id, "metadata")
+        self._write_metadata_first(planned, item)
         return item
+
+    def _write_metadata_first(self, planned: _Planned, item: Item) -> None:
+        """Worker thread: write a newly decoded image's metadata.json before the image joins a batch.
+
+        So a killed run never leaves an artifact without its metadata.json, whatever order the
+        writer(s) use, and an image whose metadata cannot be written gets no other artifact
+        (ItemError "write_error"; a full disk also stops the run).
+        """
+        p = self._metadata_pass
+        if p is None or p not in planned.todo:
+            return
+        for q in planned.todo:  # missing weights stop the run before the first file is written
+            if q.name not in self._loaded:
+                self._ensure_loaded(q)
+        [outcome] = p.run_batch([item])
+        try:
+            self._write_outcome(item.image_id, item.bucket, p, outcome, self.summary)
+        except Exception as exc:
+            already_full = self._disk_full
+            self._note_write_error(exc)
+            if already_full:  # the run is stopping on a full disk: not one more failure per image
+                raise _Dropped() from exc
+            raise ItemError("write_error", f"{type(exc).__name__}: {exc}") from exc
+        planned.todo = tuple(q for q in planned.todo if q is not p)
+        if outcome.status != OK or not self.store.path(item.image_id, BY_NAME["metadata"]).exists():
+            raise _Dropped()  # its failure is recorded; without metadata nothing else is written
+
+    def _note_write_error(self, exc: BaseException) -> None:
+        """A full (or read-only) disk stops the run: every further write would fail the same way."""
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS and not self._disk_full:
+            self._disk_full = True
+            self._abort = self._abort or InfrastructureError(
+                f"cannot write to {self.config.output_dir}: {exc.strerror or exc}; free some space (or make "
+                "it writable) and re-run the same command to resume")
+            log.debug("stopping the run: %s", exc)
 
     def _dispatch(self, group: list[tuple[Item, tuple[Pass, ...]]], lane_queues: list[queue.Queue],
                   progress: Progress) -> None:
@@ -295,9 +434,9 @@ class Engine:
         for p in dict.fromkeys(p for _, todo in group for p in todo):
             self._ensure_loaded(p)
         batch = _Batch([item for item, _ in group], {item.image_id: todo for item, todo in group},
-                       len(self.lanes), progress)
+                       len(self.lanes), progress, self._count_finished)
         for q in lane_queues:
-            while self._abort is None:
+            while not self._halting:
                 try:
                     q.put(batch, timeout=0.5)
                     break
@@ -312,12 +451,13 @@ class Engine:
             if batch is _STOP:
                 return
             try:
-                if self._abort is None:
-                    for p in lane:
-                        self._run_pass(p, batch, write_queue, summary)
-                    self._drop_scratch(lane, batch)
-            except BaseException as exc:  # infrastructure failure: stop the whole run
-                log.error("%s", exc)
+                for p in lane:
+                    if self._halting:  # a stop leaves the passes this batch has not started
+                        break
+                    self._run_pass(p, batch, write_queue, summary)
+                self._drop_scratch(lane, batch)
+            except BaseException as exc:  # infrastructure failure: stop the whole run (the CLI prints it once)
+                log.debug("lane stopped: %s", exc)
                 self._abort = self._abort or exc
                 batch.halt_progress()
             finally:
@@ -332,7 +472,7 @@ class Engine:
                 item.scratch.pop(key, None)
 
     def _run_pass(self, p: Pass, batch: _Batch, write_queue: queue.Queue, summary: RunSummary) -> None:
-        items = [it for it in batch.items if p in batch.todo[it.image_id]]
+        items = self._not_done_elsewhere(p, [it for it in batch.items if p in batch.todo[it.image_id]], summary)
         ready: list[Item] = []
         for item in items:
             missing, unreadable = self._fill_inputs(p, item)
@@ -364,7 +504,23 @@ class Engine:
         for item, outcome in zip(ready, outcomes):
             if outcome.status == OK:
                 item.inputs.update((k, v) for k, v in outcome.values.items() if k in self._needed)
+                if outcome.note:
+                    with self._stats_lock:
+                        summary.passes[p.name].notes.add(outcome.note)
             write_queue.put((item.image_id, item.bucket, p, outcome))
+
+    def _not_done_elsewhere(self, p: Pass, items: list[Item], summary: RunSummary) -> list[Item]:
+        """The items whose artifacts of `p` are still missing, checked again just before the model call:
+        another run on the same output may have written them since this run planned the image
+        (those count as existing). One directory listing per item, next to a model call."""
+        if not self._recheck:
+            return items
+        files = pass_files(p.name)
+        todo = [it for it in items if not files <= self.store.listing(it.image_id)]
+        if len(todo) < len(items):
+            with self._stats_lock:
+                summary.passes[p.name].existing += len(items) - len(todo)
+        return todo
 
     def _fill_inputs(self, p: Pass, item: Item) -> tuple[list[str], str]:
         """Put each artifact `p` needs into item.inputs (from this run or disk).
@@ -400,16 +556,27 @@ class Engine:
             self._group_size = max(self._group_size, min(p.chosen_batch, MAX_AUTO_GROUP))
 
     # ------------------------------------------------------------------ writer
+    def _start_writers(self, summary: RunSummary) -> WriterPool:
+        """The writer threads (see writer.py); `put` as on a queue, `close()` drains them.
+
+        Entries hold arrays (a 1 MP normal map is 6 MB): a few batches of slack in all is enough.
+        """
+        threads = writer_count((a for p in self.passes for a in p.artifacts), self.config.writers)
+        return WriterPool(lambda q: self._write_loop(q, summary), threads, 4 * self.config.group_size, _STOP)
+
     def _write_loop(self, write_queue: queue.Queue, summary: RunSummary) -> None:
         while True:
             entry = write_queue.get()
             if entry is _STOP:
                 return
             image_id, bucket, p, outcome = entry
+            if self._disk_full or self._abandoned:
+                continue  # the run is stopping: what is left would only fail the same way
             try:
                 self._write_outcome(image_id, bucket, p, outcome, summary)
-            except Exception as exc:  # disk full, permissions, a bad value: lose this artifact, keep going
+            except Exception as exc:  # permissions, a bad value: lose this artifact, keep going
                 # (an escaping exception would end this thread and leave the lanes blocked on a full queue)
+                self._note_write_error(exc)
                 message = f"{type(exc).__name__}: {exc}"
                 self._record(summary, Failure(image_id, p.name, "write_error", message))
                 self._record_on_disk(image_id, p.name, "write_error", message)
@@ -453,6 +620,14 @@ class Engine:
                 failure.image, failure.pass_name, failure.reason, failure.message)
 
 
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, limit: int) -> Iterator[tuple[Any, Future]]:
     """Submit fn(item) for each item with at most `limit` in flight; yield (item, future) in order."""
     pending: list[tuple[Any, Future]] = []
@@ -465,8 +640,36 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, limit: int) -> I
 
 
 def run(config: RunConfig, images: Sequence[SourceImage], discovery_errors: Iterable[DiscoveryError] = (),
-        progress: Progress | None = None) -> RunSummary:
-    """Process `images` with the passes of `config`; save and return the run summary."""
-    summary = Engine(config).run(images, discovery_errors, progress)
-    summary.save(Store(config.output_dir).state_dir)
+        progress: Progress | None = None, stop: StopRequest | None = None) -> RunSummary:
+    """Process `images` with the passes of `config`; save the run record and return the summary.
+
+    The output folder is checked first: one that cannot be written is a ConfigError before any decode.
+    Stopping: pass a `stopping.StopRequest` and call its `request(reason, exit_code)` from any thread
+    (or wrap the call in `stopping.stop_on_signals`, main thread only): the run takes no new images,
+    finishes the writes in flight, saves the record and raises `errors.RunInterrupted` (`.summary`,
+    `.exit_code`). An exception raised into this thread (KeyboardInterrupt, an orchestrator's interrupt)
+    stops it the same way and propagates. An error that stops a started run (a dead caption server, a
+    full disk) propagates with the saved summary as `exc.summary`. A run record that cannot be saved
+    (a full disk) is reported in `summary.record_error` (exit code 2), never raised.
+    """
+    check_output_dir(config.output_dir)
+    engine = Engine(config)
+    try:
+        summary = engine.run(images, discovery_errors, progress, stop)
+    except BaseException as exc:
+        if engine.summary is not None:
+            save_record(engine.summary, config.output_dir)
+            if isinstance(exc, StratumError) and exc.summary is None:
+                exc.summary = engine.summary
+        raise
+    save_record(summary, config.output_dir)
     return summary
+
+
+def save_record(summary: RunSummary, output_dir: Path) -> Path | None:
+    """Save the run record; on failure (disk full) say why in `summary.record_error` instead of raising."""
+    try:
+        return summary.save(Store(output_dir).state_dir)
+    except OSError as exc:
+        summary.record_error = f"{type(exc).__name__}: {exc}"
+        return None

@@ -6,6 +6,10 @@ from __future__ import annotations
 class StratumError(Exception):
     """Base class for errors stratum reports to the user with a clear message."""
 
+    # The run summary when the error stopped a run that had started (set by `engine.run`, which has
+    # saved it as the run record): the CLI prints it before the error.
+    summary = None
+
 
 class ConfigError(StratumError):
     """Invalid options, detected before any work starts."""
@@ -40,3 +44,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """
     text = str(exc).lower()
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "failed to allocate memory" in text
+
+
+class RunInterrupted(StratumError):
+    """A run stopped cleanly on request (SIGINT, SIGTERM, `StopRequest.request`).
+
+    Raised by `engine.run` after the writes in flight are finished and the run record is saved;
+    `summary` is that record (what was done and what is left: re-running resumes), `exit_code`
+    is 130 for SIGINT and 143 for SIGTERM.
+    """
+
+    def __init__(self, reason: str, exit_code: int, summary=None):
+        super().__init__(f"stopped: {reason}; re-run the same command to resume")
+        self.reason = reason
+        self.exit_code = exit_code
+        self.summary = summary

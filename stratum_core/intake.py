@@ -54,11 +54,17 @@ def _decode_open(img: Image.Image) -> Decoded:
     if raw_w * raw_h > MAX_PIXELS:
         raise ItemError("too_large", f"{raw_w}x{raw_h} = {raw_w * raw_h} pixels exceeds the limit of {MAX_PIXELS}")
     orientation = img.getexif().get(0x0112, 1)
-    width, height = (raw_h, raw_w) if orientation in _SWAPPING_ORIENTATIONS else (raw_w, raw_h)
-    bucket = choose_bucket(width, height)
-    _draft_jpeg(img, width, height, bucket, orientation)
+    if img.format == "JPEG":  # only a JPEG is drafted, and its opened size is the stored one
+        guess_w, guess_h = (raw_h, raw_w) if orientation in _SWAPPING_ORIENTATIONS else (raw_w, raw_h)
+        _draft_jpeg(img, guess_w, guess_h, choose_bucket(guess_w, guess_h), orientation)
     img.load()
+    loaded = img.size
     img = ImageOps.exif_transpose(img) or img
+    # The size comes from what the transpose did, never from the tag: some decoders (TIFF) open
+    # already oriented, and swapping again would put a portrait into a landscape bucket.
+    swapped = img.size != loaded
+    width, height = (raw_h, raw_w) if swapped else (raw_w, raw_h)
+    bucket = choose_bucket(width, height)
     img = to_rgb(img)
     # The draft may have shrunk the decode; compute the crop in the decoded image's pixels.
     box = cover_crop_box(img.width, img.height, bucket)

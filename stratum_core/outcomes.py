@@ -15,6 +15,9 @@ REASONS: dict[str, str] = {
     "not_found": "the listed file does not exist",
     "not_an_image": "the listed file does not have an image extension",
     "hidden": "the listed path has a hidden component (a name starting with '.')",
+    "unreadable": "the entry cannot be read (a symlink loop, no permission)",
+    "not_a_file": "named like an image but not a regular file (a FIFO, socket or device)",
+    "bad_name": "the file name is not valid UTF-8",
     "missing_input": "an artifact this pass needs is missing",
     "bad_input": "an artifact this pass needs is empty or unreadable",
     "empty_result": "the model returned an empty result",
@@ -24,6 +27,7 @@ REASONS: dict[str, str] = {
     "client_error": "the model server refused the request",
     "inference_error": "the model failed on this image",
     "write_error": "an artifact could not be written",
+    "truncated": "the caption was cut at the token or size limit (with --caption-truncated fail)",
 }
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -37,6 +41,7 @@ class Outcome:
     values: Mapping[str, Any] = field(default_factory=dict)
     reason: str | None = None
     message: str = ""
+    note: str = ""  # a success worth counting in the run record (e.g. "truncated"), "" for none
 
     def __post_init__(self) -> None:
         if self.status not in (OK, FAILED, SKIPPED):

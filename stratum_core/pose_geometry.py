@@ -28,10 +28,20 @@ POSE_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # RGB
 POSE_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
 
+def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB → BGR, the detector's channel order.
+
+    mmdet's YOLOX-L (the checkpoint DWPose's yolox_l.onnx was exported from) trains on images as
+    OpenCV loads them, BGR, with `bgr_to_rgb=False`, mean 0, std 1. The pose model's mmpose config
+    has `bgr_to_rgb=True`: it sees RGB, with the RGB mean/std below.
+    """
+    return np.ascontiguousarray(image[..., ::-1])
+
+
 def letterbox(image: np.ndarray, size: int = DETECTOR_SIZE) -> tuple[np.ndarray, float]:
     """Resize keeping the aspect ratio, paste top-left on a `size`² canvas of 114s.
 
-    image: (H, W, 3) uint8 (RGB, fed as is, like the reference ONNX pipeline).
+    image: (H, W, 3) uint8, in the channel order the detector takes (BGR: see `rgb_to_bgr`).
     Returns (3, size, size) float32 with raw 0–255 values (no normalisation) and the
     ratio r such that detector pixels = image pixels × r.
     """
@@ -125,23 +135,49 @@ def box_to_center_scale(box: np.ndarray, input_w: int, input_h: int,
                         padding: float = BOX_PADDING) -> tuple[np.ndarray, np.ndarray]:
     """(4,) xyxy → center (2,) and scale (2,): the box grown by `padding`, then widened or
     heightened (never shrunk) to the input aspect input_w / input_h (0.75 for 288×384)."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    center = np.array([(x1 + x2) / 2, (y1 + y2) / 2], dtype=np.float64)
-    w, h = (x2 - x1) * padding, (y2 - y1) * padding
+    # float32 throughout, as the reference computes it from the detector's float32 boxes: the crop
+    # matrix is built from these values, and the crop must match the reference's bit for bit.
+    box = np.asarray(box, dtype=np.float32)
+    center = (box[:2] + box[2:]) * np.float32(0.5)
+    w, h = (box[2:] - box[:2]) * np.float32(padding)
     aspect = input_w / input_h
-    scale = np.array([w, w / aspect] if w > h * aspect else [h * aspect, h], dtype=np.float64)
+    scale = np.array([w, w / aspect] if w > h * aspect else [h * aspect, h], dtype=np.float32)
     return center, scale
 
 
-def crop_matrix(center: np.ndarray, scale: np.ndarray, input_w: int, input_h: int) -> np.ndarray:
-    """(2, 3) affine matrix mapping image pixels to crop pixels (no rotation).
+def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The point a quarter turn from `a` around `b`, in the inputs' dtype."""
+    d = a - b
+    return b + np.array([-d[1], d[0]], dtype=a.dtype)
 
-    The image region `scale` centred on `center` lands exactly on the input_w × input_h crop;
-    equal to the reference's get_warp_matrix with rot = 0.
+
+def crop_points(center: np.ndarray, scale: np.ndarray, input_w: int,
+                input_h: int) -> tuple[np.ndarray, np.ndarray]:
+    """(3, 2) float32 source (image) and destination (crop) points that define the crop, built as the
+    reference builds them with rot = 0: the centre, the point half a box width above it, and the
+    point a quarter turn from that, each row rounded to float32 before the next is derived."""
+    src = np.zeros((3, 2), dtype=np.float32)
+    src[0] = np.asarray(center, dtype=np.float64)
+    src[1] = np.asarray(center, dtype=np.float64) + np.array([0.0, float(scale[0]) * -0.5])
+    src[2] = _third_point(src[0], src[1])
+    dst = np.zeros((3, 2), dtype=np.float32)
+    dst[0] = [input_w * 0.5, input_h * 0.5]
+    dst[1] = np.array([input_w * 0.5, input_h * 0.5]) + np.array([0.0, input_w * -0.5])
+    dst[2] = _third_point(dst[0], dst[1])
+    return src, dst
+
+
+def crop_matrix(center: np.ndarray, scale: np.ndarray, input_w: int, input_h: int) -> np.ndarray:
+    """(2, 3) float64 affine matrix mapping image pixels to crop pixels (no rotation).
+
+    The image region `scale` centred on `center` lands on the input_w × input_h crop. Solved by
+    cv2.getAffineTransform from float32 points, as the reference does: the analytic float64 matrix
+    differs in the last bits, enough to change ~0.1% of crop pixels by one grey level.
     """
-    s = input_w / scale[0]
-    return np.array([[s, 0.0, input_w / 2 - s * center[0]],
-                     [0.0, s, input_h / 2 - s * center[1]]], dtype=np.float64)
+    import cv2
+
+    src, dst = crop_points(center, scale, input_w, input_h)
+    return cv2.getAffineTransform(src, dst)
 
 
 def crop_person(image: np.ndarray, center: np.ndarray, scale: np.ndarray, input_w: int,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from stratum_core.artifacts import pass_files, pass_names
-from stratum_core.discover import DiscoveryError, SourceImage, image_id_for, is_image_name, scan, split_collisions
+from stratum_core.discover import DiscoveryError, SourceImage, entry_kind, image_id_for, scan, split_collisions
 from stratum_core.errors import ConfigError
 from stratum_core.store import FAILURE_PREFIX, STATE_DIR, Store, write_atomic
 
@@ -105,11 +105,12 @@ def list_groups(input_dir: Path) -> list[str]:
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
-            real = os.path.realpath(entry.path)
-            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-                groups.append(entry.name)
-        elif entry.is_file() and is_image_name(entry.name):
+        kind, refusal = entry_kind(entry, root, entry.name)  # a link loop or a FIFO must not crash this
+        if refusal is not None:
+            has_root_images = True  # the root group's scan reports it (and registers no image for it)
+        elif kind == "dir":
+            groups.append(entry.name)
+        elif kind == "file":
             has_root_images = True
     groups.sort()
     return ([ROOT_GROUP] if has_root_images else []) + groups

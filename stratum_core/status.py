@@ -31,6 +31,8 @@ class DatasetStatus:
     # image directory, so only the run record knows them.
     refused_sources: list[dict] = field(default_factory=list)
     refused_in: str = ""  # the run record they come from
+    # Counted successes of the latest run per pass (e.g. caption: {"truncated": 3}), from its record.
+    notes: dict[str, dict[str, int]] = field(default_factory=dict)
     provenance: ProvenanceStatus = field(default_factory=ProvenanceStatus)  # stale / unknown per pass
 
     def add_failure(self, image_id: str, pass_name: str, record: dict) -> None:
@@ -46,7 +48,7 @@ class DatasetStatus:
                 "failed_images": {p: [{"image_id": i, "reason": r, "message": m} for i, r, m in listed]
                                   for p, listed in self.failed_images.items()},
                 "without_metadata": self.without_metadata,
-                "refused_sources": self.refused_sources, "refused_in": self.refused_in,
+                "refused_sources": self.refused_sources, "refused_in": self.refused_in, "notes": self.notes,
                 "provenance": self.provenance.to_dict()}
 
     def format(self) -> str:
@@ -67,6 +69,8 @@ class DatasetStatus:
         if self.without_metadata:
             lines.append(f"Folders with artifacts but no metadata.json: {self.without_metadata} "
                          "(not counted above; `stratum process` rebuilds it)")
+        for pass_name, notes in self.notes.items():
+            lines.append(f"Last run's {pass_name} notes: " + ", ".join(f"{k} {n}" for k, n in notes.items()))
         if self.refused_sources:
             lines.append(f"Sources refused by the last run ({self.refused_in}): {len(self.refused_sources)}")
             lines.extend(f"  {e.get('source')}: {e.get('reason')}: {e.get('message')}"
@@ -99,7 +103,19 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
                 pass_name = name[len(FAILURE_PREFIX):-len(".json")]
                 status.add_failure(image_id, pass_name, store.read_failure(image_id, pass_name) or {})
     status.refused_in, status.refused_sources = last_refused_sources(store.state_dir / "runs")
+    status.notes = last_run_notes(store.state_dir / "runs", status.refused_in)
     return status
+
+
+def last_run_notes(runs_dir: Path, name: str) -> dict[str, dict[str, int]]:
+    """Per-pass notes (truncated captions, ...) of run record `name`; {} when it has none."""
+    if not name:
+        return {}
+    try:
+        passes = json.loads((runs_dir / name).read_text(encoding="utf-8")).get("passes") or {}
+        return {p: dict(stats["notes"]) for p, stats in passes.items() if isinstance(stats, dict) and stats.get("notes")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def last_refused_sources(runs_dir: Path) -> tuple[str, list[dict]]:

@@ -11,15 +11,18 @@ import errno
 import io
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
 from stratum_core.artifacts import Artifact, load_json_bytes
+from stratum_core.errors import ConfigError
 
 FAILURE_PREFIX = ".failed-"
 STATE_DIR = ".stratum"
@@ -48,9 +51,13 @@ class Store:
         return self.image_dir(image_id) / artifact.filename
 
     def listing(self, image_id: str) -> set[str]:
-        """File names present in the image's directory (one syscall; empty if absent)."""
+        """Names of the files in the image's directory (one listing; empty if absent).
+
+        Folders are left out: `a/pixel.npy/` (another image's folder) is not image `a`'s artifact.
+        """
         try:
-            return set(os.listdir(self._image_dir_str(image_id)))
+            with os.scandir(self._image_dir_str(image_id)) as it:
+                return {e.name for e in it if not e.is_dir(follow_symlinks=False)}
         except (FileNotFoundError, NotADirectoryError):
             return set()
 
@@ -60,7 +67,7 @@ class Store:
         if artifact.kind == "npy":
             array = np.ascontiguousarray(value)
             # Streamed into the temp file: no in-memory copy of a large array.
-            write_atomic(target, lambda f: np.lib.format.write_array(f, array, allow_pickle=False))
+            write_atomic(target, lambda f: write_npy(f, array))
         else:
             write_atomic(target, encode(artifact, value))
         return target
@@ -88,6 +95,20 @@ class Store:
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
+
+
+def write_npy(f: BinaryIO, array: np.ndarray) -> None:
+    """The bytes of `np.save` (format 1.0) for a C-contiguous array, written through `f.write`.
+
+    numpy's own writer hands a real file to `ndarray.tofile`, whose short write on a full disk
+    raises an OSError without errno ("N requested and M written"); through `f.write` a full disk
+    is ENOSPC, which the engine needs to stop the run.
+    """
+    if array.dtype.hasobject:
+        raise ValueError("object arrays are not stored")
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+    if array.size:
+        f.write(memoryview(array).cast("B"))
 
 
 def encode(artifact: Artifact, value: Any) -> bytes:
@@ -153,13 +174,15 @@ def _unlink_quietly(path: str) -> None:
 
 
 def _create_temp(target: Path) -> tuple[int, str]:
-    """A new hidden `.<name>.<random>.tmp` beside target, created with the umask's permissions.
+    """A new hidden `.<name>.<host>~<pid>~<random>.tmp` beside target, created with the umask's permissions.
 
-    (tempfile.mkstemp would make every artifact 0600, unreadable to other users of a shared dataset.)
+    The host and pid name the writer, so a later run can tell a dead writer's leftover from a live
+    one's file in progress (`sweep_dead_temp_files`). (tempfile.mkstemp would make every artifact
+    0600, unreadable to other users of a shared dataset.)
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     while True:
-        tmp = os.path.join(target.parent, f".{target.name}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(target.parent, f".{target.name}.{_WRITER}~{secrets.token_hex(6)}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
@@ -168,3 +191,85 @@ def _create_temp(target: Path) -> tuple[int, str]:
 
 def is_temp_file(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
+
+
+def _writer_tag() -> str:
+    """`<host>~<pid>` of this process, the host reduced to characters safe in a file name."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}~{os.getpid()}"
+
+
+_WRITER = _writer_tag()
+
+
+def _reset_writer_tag() -> None:
+    global _WRITER
+    _WRITER = _writer_tag()
+
+
+os.register_at_fork(after_in_child=_reset_writer_tag)  # a forked child is a different writer
+
+_TEMP_WRITER = re.compile(r"\.([A-Za-z0-9-]+)~(\d+)~[0-9a-f]+\.tmp$")
+
+
+def sweep_dead_temp_files(directory: Path, names: Iterable[str]) -> int:
+    """Remove the temp files among `names` whose writer (this host, a pid no longer alive) is gone.
+
+    A killed run leaves up to one temp file per artifact in flight; this runs when a later run plans
+    the image. Temp files of other hosts (a shared output folder) or of live processes are left alone.
+    """
+    host = _WRITER.split("~", 1)[0]
+    removed = 0
+    for name in names:
+        match = _TEMP_WRITER.search(name) if is_temp_file(name) else None
+        if match is None or match.group(1) != host or _alive(int(match.group(2))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def check_output_dir(root: Path) -> None:
+    """ConfigError unless `root` is a folder this process can write, or one it can create.
+
+    Checked before any image is decoded: a read-only or non-folder output otherwise fails every
+    image, or all the work is lost when the run record cannot be saved. Nothing is left behind
+    (a missing output is not created here; a probe file in an existing one is removed).
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--output {root} exists and is not a folder")
+    if not root.exists():
+        parent = next((p for p in root.absolute().parents if p.exists()), None)
+        if parent is None or not parent.is_dir():
+            raise ConfigError(f"cannot create the output folder {root}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):  # EROFS too, even for root
+            raise ConfigError(f"cannot create the output folder {root}: {parent} is not writable "
+                              f"({'Read-only file system' if _read_only(parent) else 'Permission denied'})")
+        return
+    probe = root / f".write-check.{_WRITER}~{secrets.token_hex(4)}.tmp"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the output folder {root}: {exc.strerror or exc}") from exc
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

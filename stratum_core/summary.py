@@ -24,11 +24,12 @@ class PassStats:
     skipped: CappedCounter = field(default_factory=CappedCounter)
     failed: CappedCounter = field(default_factory=CappedCounter)
     seconds: float = 0.0  # time spent in this pass's run_batch
+    notes: CappedCounter = field(default_factory=CappedCounter)  # successes worth counting, e.g. truncated captions
 
     def to_dict(self) -> dict[str, Any]:
         return {"done": self.done, "existing": self.existing, "skipped": sum(self.skipped.values()),
                 "failed": sum(self.failed.values()), "skipped_reasons": dict(self.skipped),
-                "failed_reasons": dict(self.failed), "seconds": round(self.seconds, 3)}
+                "failed_reasons": dict(self.failed), "seconds": round(self.seconds, 3), "notes": dict(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class RunSummary:
     started: float = field(default_factory=time.time)
     elapsed: float = 0.0
     work_images: int = 0  # images that needed at least one pass
+    finished_images: int = 0  # images whose every pass has an outcome (existing ones included)
+    stopped: str = ""  # why the run ended before every image was finished ("" = it did not)
+    infrastructure_error: str = ""  # what stopped it when that was not a request (disk full, dead server)
+    record_error: str = ""  # why the run record could not be saved
 
     def add_failure(self, failure: Failure) -> None:
         self.passes[failure.pass_name].failed.add(failure.reason)
@@ -65,7 +70,14 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
+        """0 ok, 1 some images failed, 2 infrastructure error (a full disk, no run record)."""
+        if self.infrastructure_error or self.record_error:
+            return 2
         return 1 if self.failed_count else 0
+
+    @property
+    def images_left(self) -> int:
+        return max(0, self.total_images - self.finished_images)
 
     @property
     def rate(self) -> float:
@@ -77,6 +89,8 @@ class RunSummary:
             "total_images": self.total_images, "work_images": self.work_images,
             "elapsed_s": round(self.elapsed, 3), "images_per_s": round(self.rate, 3),
             "failed": self.failed_count,
+            "stopped": self.stopped, "images_left": self.images_left if self.stopped else 0,
+            "infrastructure_error": self.infrastructure_error,
             "passes": {name: stats.to_dict() for name, stats in self.passes.items()},
             "discovery_errors": [vars(e) for e in self.discovery_errors],
             "failures": [vars(f) for f in self.failures],
@@ -101,11 +115,19 @@ class RunSummary:
         if self.discovery_errors:
             lines.append(f"  {len(self.discovery_errors)} sources refused:")
             lines.extend(f"    {e.source}: {e.reason}: {e.message}" for e in self.discovery_errors[:20])
+        for name, s in self.passes.items():
+            if s.notes:
+                lines.append(f"  {name:<9} notes: {_reasons(s.notes)}")
         if self.failures:
             lines.append("  failures:")
             lines.extend(f"    {f.image} [{f.pass_name}] {f.reason}: {f.message}" for f in self.failures[:20])
             if self.failed_count > 20:
                 lines.append(f"    … {self.failed_count - 20} more in the run record")
+        if self.stopped:
+            lines.append(f"STOPPED EARLY ({self.stopped}): {self.finished_images} of {self.total_images} images "
+                         f"finished, {self.images_left} left; re-run the same command to resume")
+        if self.record_error:
+            lines.append(f"the run record could not be saved: {self.record_error}")
         return "\n".join(lines)
 
     def save(self, state_dir: Path) -> Path:

@@ -74,7 +74,7 @@ class StratumResource(dg.ConfigurableResource):
     model_dir: Optional[str] = Field(default=None, description="models as <hub id>/ (default $STRATUM_MODEL_DIR)")
     model_paths: dict[str, str] = Field(default_factory=dict, description="pass name → explicit weights path")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N; auto claims a free GPU")
-    precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16")
+    precision: str = Field(default="auto", description="auto | fp32 | tf32 | bf16 | fp16, or per pass: 'bf16,depth=fp32'")
     batch_size: Optional[int] = Field(default=None, description="images per batch (default: by device, as the CLI)")
     workers: Optional[int] = Field(default=None, description="decode threads (default: as the CLI, cores up to 8)")
     shard_size: int = Field(default=1000, description="images per new shard")
@@ -147,16 +147,20 @@ class HubResource(dg.ConfigurableResource):
         default=_PUBLISH_DEFAULTS["attribution_file"], description="text file credited in the card and ATTRIBUTION.md")
     private: bool = Field(default=_PUBLISH_DEFAULTS["private"], description="create the repo private (when it does not exist)")
     rows_per_parquet: int = Field(default=_PUBLISH_DEFAULTS["rows_per_parquet"], description="images per parquet file")
-    images_per_tar: int = Field(default=_PUBLISH_DEFAULTS["images_per_tar"], description="images per tar")
+    images_per_tar: Optional[int] = Field(default=_PUBLISH_DEFAULTS["images_per_tar"],
+                                          description="images per tar (default: per layer, tars of about 4 GB)")
     max_tar_mb: float = Field(default=_PUBLISH_DEFAULTS["max_tar_mb"], description="split a tar above this size")
     chunks_per_commit: int = Field(default=_PUBLISH_DEFAULTS["chunks_per_commit"], description="chunk files per commit")
+    folder_limit: int = Field(default=_PUBLISH_DEFAULTS["folder_limit"], description="entries per repo folder")
+    commits_per_hour: float = Field(default=_PUBLISH_DEFAULTS["commits_per_hour"], description="commit pace")
 
     def publish_config(self) -> PublishConfig:
         """The same config object `stratum publish` builds from its flags."""
         return PublishConfig(hub_repo=self.repo_id, layers=tuple(self.layers), offset=self.offset, limit=self.limit,
                              license=self.license, attribution_file=self.attribution_file, private=self.private,
                              rows_per_parquet=self.rows_per_parquet, images_per_tar=self.images_per_tar,
-                             max_tar_mb=self.max_tar_mb, chunks_per_commit=self.chunks_per_commit)
+                             max_tar_mb=self.max_tar_mb, chunks_per_commit=self.chunks_per_commit,
+                             folder_limit=self.folder_limit, commits_per_hour=self.commits_per_hour)
 
     def hub_token(self) -> Optional[str]:
         """The configured token, else $HF_TOKEN as the run sees it; None lets huggingface_hub use its saved

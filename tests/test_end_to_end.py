@@ -249,7 +249,7 @@ def test_publish_to_the_fake_hub_counts_every_good_image(processed, work):
     assert manifest["total_images"] == len(GOOD_IMAGES)
     for layer in ("caption", "dinov3", "pose"):
         assert manifest["layers"][layer]["count"] == len(GOOD_IMAGES), layer
-    assert {"dinov3/00000-00004.tar", "pose/00000-00004.tar", "data/00000-00004.parquet"} <= set(files)
+    assert {"dinov3/00000/00000-00004.tar", "pose/00000/00000-00004.tar", "data/00000/00000-00004.parquet"} <= set(files)
 
 
 # ------------------------------------------------------------------ infrastructure failures

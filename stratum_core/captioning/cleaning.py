@@ -39,8 +39,27 @@ def strip_preambles(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+# Control characters that are not whitespace: C0 (NUL, ESC, ...), DEL and C1. Tabs, line breaks
+# and the other whitespace controls collapse to spaces below instead.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+
+# Most characters a stored caption keeps (about 1,500 words); the token limit normally ends an
+# answer long before this, so only a runaway server reaches it.
+MAX_CAPTION_CHARS = 8192
+
+
 def clean_caption(text: str) -> str:
-    """One paragraph with single spaces and no preamble; "" when nothing is left."""
+    """One paragraph with single spaces, no control characters and no preamble; "" when nothing is left."""
+    text = _CONTROL.sub("", text)
     text = _MARKUP.sub("", text)
     text = " ".join(text.split()).strip(_QUOTES + " ")
     return strip_preambles(text).strip(_QUOTES + " ")
+
+
+def cap_caption(text: str, limit: int = MAX_CAPTION_CHARS) -> tuple[str, bool]:
+    """(text, cut): at most `limit` characters, cut at the last space before it where there is one."""
+    if len(text) <= limit:
+        return text, False
+    cut = text[:limit + 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else text[:limit]).rstrip(), True

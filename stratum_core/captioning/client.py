@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 # HTTP statuses worth asking again: rate limiting and server-side faults. Every other 4xx
@@ -30,6 +31,14 @@ class RequestFailure(Exception):
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after  # seconds the server asked us to wait (429 Retry-After)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A model's raw caption text; `truncated`: the server stopped it at the token limit."""
+
+    text: str
+    truncated: bool = False
 
 
 class CaptionClient:
@@ -60,8 +69,8 @@ class CaptionClient:
         """Raise InfrastructureError with a clear message if the server is down or lacks the model."""
         raise NotImplementedError
 
-    def caption(self, jpeg: bytes, prompt: str) -> str:
-        """The raw text the model answers for one JPEG; raises RequestFailure."""
+    def caption(self, jpeg: bytes, prompt: str) -> Answer:
+        """The raw answer of the model for one JPEG; raises RequestFailure."""
         raise NotImplementedError
 
 

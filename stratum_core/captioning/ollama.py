@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from stratum_core.captioning.client import CaptionClient, RequestFailure, request_json, safe_url
+from stratum_core.captioning.client import Answer, CaptionClient, RequestFailure, request_json, safe_url
 from stratum_core.errors import InfrastructureError
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434/api/generate"
@@ -45,7 +45,7 @@ class OllamaClient(CaptionClient):
                 f"the Ollama server at {safe_url(self.base)} has no model {self.model!r} "
                 f"(it has: {listed}); run `ollama pull {self.model}` or choose one with --ollama-model")
 
-    def caption(self, jpeg: bytes, prompt: str) -> str:
+    def caption(self, jpeg: bytes, prompt: str) -> Answer:
         payload = {"model": self.model, "prompt": prompt, "images": [base64.b64encode(jpeg).decode("ascii")],
                    "stream": False, "options": {"num_predict": self.max_tokens}}
         answer = request_json(self.url, payload, self.timeout, self._headers)
@@ -54,7 +54,7 @@ class OllamaClient(CaptionClient):
             error = answer.get("error") if isinstance(answer, dict) else None
             raise RequestFailure("bad_response", "Ollama answered without a response text"
                                  + (f": {error}" if error else ""))
-        return text
+        return Answer(text, truncated=answer.get("done_reason") == "length")  # num_predict reached
 
 
 def _models(tags: object) -> list[dict]:

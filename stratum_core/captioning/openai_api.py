@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from stratum_core.captioning.client import CaptionClient, RequestFailure, request_json, safe_url
+from stratum_core.captioning.client import Answer, CaptionClient, RequestFailure, request_json, safe_url
 from stratum_core.errors import InfrastructureError
 
 DEFAULT_OPENAI_URL = "http://localhost:8000/v1"
@@ -41,7 +41,7 @@ class OpenAIClient(CaptionClient):
                 f"the server at {safe_url(self.base)} does not serve model {self.model!r} "
                 f"(it has: {', '.join(available) or 'none'}); choose one with --caption-model")
 
-    def caption(self, jpeg: bytes, prompt: str) -> str:
+    def caption(self, jpeg: bytes, prompt: str) -> Answer:
         image_url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
         payload = {
             "model": self.model,
@@ -54,11 +54,12 @@ class OpenAIClient(CaptionClient):
         }
         answer = request_json(self.url, payload, self.timeout, self._headers)
         try:
-            text = answer["choices"][0]["message"]["content"]
+            choice = answer["choices"][0]
+            text = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise RequestFailure("bad_response", "the server answered without choices[0].message.content") from None
         if text is None:
-            return ""
+            return Answer("")
         if not isinstance(text, str):
             raise RequestFailure("bad_response", f"message content is {type(text).__name__}, not text")
-        return text
+        return Answer(text, truncated=choice.get("finish_reason") == "length")  # max_tokens reached

@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import importlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -25,7 +25,27 @@ from stratum_core.outcomes import Outcome
 
 log = logging.getLogger("stratum.passes")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")  # tf32: fp32 values, TF32 tensor-core matmuls on CUDA
+
+
+def parse_precision(spec: str) -> tuple[str, dict[str, str]]:
+    """`"bf16"`, `"depth=fp32"` or `"bf16,depth=fp32,pose=fp32"` → (the value for every pass not
+    named, {pass: value}). A plain value applies to every pass; `auto` lets each pass choose."""
+    default, per_pass = "auto", {}
+    for part in (p.strip() for p in str(spec).split(",")):
+        name, sep, value = part.rpartition("=")
+        if value not in PRECISIONS:
+            raise ConfigError(f"--precision takes {' | '.join(PRECISIONS)} or PASS=VALUE (e.g. depth=fp32), "
+                              f"got {part!r}")
+        if not sep:
+            default = value
+            continue
+        from stratum_core.passes import REGISTRY  # here: the registry module imports this one
+
+        if name not in REGISTRY:
+            raise ConfigError(f"--precision {part!r}: unknown pass {name!r}; choose from {', '.join(REGISTRY)}")
+        per_pass[name] = value
+    return default, per_pass
 
 
 @dataclass(frozen=True)
@@ -33,15 +53,14 @@ class PassOptions:
     """Settings every pass shares; built by the CLI or the Dagster resources."""
 
     device: str = "cpu"  # resolved: "cpu" or "cuda:N"
-    precision: str = "auto"
+    precision: str = "auto"  # one value, or per pass: "bf16,depth=fp32" (see parse_precision)
     batch_size: int | None = None  # None: the pass chooses (from free GPU memory on CUDA)
     model_dir: Path | None = None  # $STRATUM_MODEL_DIR, read at the edge
     model_paths: Mapping[str, Path] = field(default_factory=dict)  # pass name → explicit path
     offline: bool = False  # HF_HUB_OFFLINE, read at the edge
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        parse_precision(self.precision)  # raises ConfigError on a bad value or pass name
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"unresolved device {self.device!r}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -53,10 +72,20 @@ class PassOptions:
 
     @property
     def resolved_precision(self) -> str:
-        """`auto` is bf16 on CUDA and fp32 on the CPU."""
-        if self.precision == "auto":
+        """`auto` is bf16 on CUDA and fp32 on the CPU (a pass's own `auto` is applied by `for_pass`)."""
+        precision = parse_precision(self.precision)[0]
+        if precision == "auto":
             return "bf16" if self.is_cuda else "fp32"
-        return self.precision
+        return precision
+
+    def for_pass(self, name: str, auto: str | None = None) -> "PassOptions":
+        """These options as pass `name` sees them: its own precision (its entry, else the plain value),
+        with `auto` replaced by the pass's `auto` on CUDA when it has one (depth: tf32, pose: fp32)."""
+        default, per_pass = parse_precision(self.precision)
+        precision = per_pass.get(name, default)
+        if precision == "auto" and auto is not None:
+            precision = auto if self.is_cuda else "fp32"  # the CPU's auto is fp32 for every pass
+        return replace(self, precision=precision)
 
 
 @dataclass
@@ -107,9 +136,12 @@ class Pass:
     scratch_keys: ClassVar[tuple[str, ...]] = ()  # item.scratch entries it makes; dropped after its lane's batch
     model: ClassVar[ModelSpec | None] = None
     config_class: ClassVar[type] = NoConfig
+    # What `--precision auto` means for this pass; None: bf16 on CUDA, fp32 on the CPU. A pass whose
+    # artifact needs more than bf16 resolution says so here (depth: tf32, pose: fp32).
+    auto_precision: ClassVar[str | None] = None
 
     def __init__(self, options: PassOptions, config: Any = None):
-        self.options = options
+        self.options = options.for_pass(self.name, self.auto_precision)  # this pass's own precision
         self.config = config if config is not None else self.config_class()
         self.chosen_batch: int | None = None  # set by load() where it picks a size (from free GPU memory)
         self.oom_limit: int | None = None  # largest batch that has not run out of device memory
@@ -191,6 +223,13 @@ class Pass:
         # the import lock makes this thread wait until the module is complete.
         import torch
 
+        if self.options.is_cuda and self.options.resolved_precision == "tf32":
+            from stratum_core.passes.torch_utils import tf32_matmuls
+
+            stack = contextlib.ExitStack()
+            stack.enter_context(tf32_matmuls())
+            stack.enter_context(torch.inference_mode())
+            return stack
         return torch.inference_mode()
 
     def run_batch(self, items: Sequence[Item]) -> list[Outcome]:

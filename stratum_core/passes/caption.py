@@ -17,19 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from stratum_core.captioning.cleaning import clean_caption
-from stratum_core.captioning.client import CaptionClient, RequestFailure, safe_url
+from stratum_core.captioning.cleaning import MAX_CAPTION_CHARS, cap_caption, clean_caption
+from stratum_core.captioning.client import Answer, CaptionClient, RequestFailure, safe_url
 from stratum_core.captioning.jpeg import JPEG_QUALITY, encode_jpeg
 from stratum_core.captioning.ollama import DEFAULT_OLLAMA_MODEL, DEFAULT_OLLAMA_URL, OllamaClient
 from stratum_core.captioning.openai_api import DEFAULT_OPENAI_URL, OpenAIClient
 from stratum_core.captioning.prompt import DEFAULT_PROMPT
 from stratum_core.captioning.retry import RetryPolicy, call_with_retries
 from stratum_core.errors import ConfigError
-from stratum_core.outcomes import Outcome
+from stratum_core.outcomes import OK, Outcome
 from stratum_core.passes.base import Item, Pass
 
 log = logging.getLogger("stratum.caption")
 
+TRUNCATED_POLICIES = ("keep", "fail")
 BACKENDS: dict[str, Callable[..., CaptionClient]] = {"ollama": OllamaClient, "openai": OpenAIClient}
 DEFAULT_URLS = {"ollama": DEFAULT_OLLAMA_URL, "openai": DEFAULT_OPENAI_URL}
 API_KEY_VARIABLES = {"ollama": ("STRATUM_CAPTION_API_KEY",), "openai": ("STRATUM_CAPTION_API_KEY", "OPENAI_API_KEY")}
@@ -52,8 +53,12 @@ class CaptionConfig:
     backoff_base: float = 1.0  # seconds; the n-th retry waits up to backoff_base · 2ⁿ (full jitter)
     backoff_max: float = 30.0
     jpeg_quality: int = JPEG_QUALITY
+    on_truncated: str = "keep"  # a caption cut at the token or size limit: "keep" it (counted) or "fail" it
 
     def __post_init__(self) -> None:
+        if self.on_truncated not in TRUNCATED_POLICIES:
+            raise ConfigError(f"--caption-truncated must be one of {', '.join(TRUNCATED_POLICIES)}, "
+                              f"got {self.on_truncated!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--caption-backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "openai" and not self.model:
@@ -125,6 +130,10 @@ class CaptionPass(Pass):
         group.add_argument("--caption-backoff", type=float, default=CaptionConfig.backoff_base,
                            help="seconds of the first retry's backoff; the n-th waits up to this · 2ⁿ, "
                                 f"with jitter (default {CaptionConfig.backoff_base:g})")
+        group.add_argument("--caption-truncated", choices=TRUNCATED_POLICIES, default="keep",
+                           help="a caption cut at --caption-max-tokens (or at the stored limit of "
+                                f"{MAX_CAPTION_CHARS} characters): keep it, counted as 'truncated' in the run "
+                                "record (default), or fail the image")
         group.add_argument("--caption-prompt-file", type=Path, default=None,
                            help="UTF-8 text file whose content replaces the built-in caption prompt")
 
@@ -140,7 +149,8 @@ class CaptionPass(Pass):
         return CaptionConfig(backend=backend, url=url, model=model, max_tokens=args.caption_max_tokens,
                              concurrency=args.caption_concurrency, timeout=args.caption_timeout,
                              retries=args.caption_retries, backoff_base=args.caption_backoff, prompt=prompt,
-                             prompt_file=prompt_file, api_key=api_key)
+                             prompt_file=prompt_file, api_key=api_key,
+                             on_truncated=getattr(args, "caption_truncated", "keep"))
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -177,7 +187,7 @@ class CaptionPass(Pass):
     def preprocess(self, item: Item) -> bytes:
         return encode_jpeg(item.crop, self.config.jpeg_quality)
 
-    def forward(self, batch: list[bytes]) -> list[str | RequestFailure]:
+    def forward(self, batch: list[bytes]) -> list[Answer | RequestFailure]:
         """Each JPEG → its cleaned caption, or the RequestFailure that ended its retries."""
         if self._pool is None:
             raise RuntimeError("CaptionPass.forward before load()")
@@ -189,11 +199,21 @@ class CaptionPass(Pass):
             self._client.check()
         return results
 
-    def postprocess(self, outputs: list[str | RequestFailure], items: Sequence[Item]) -> list[Outcome]:
-        return [Outcome.ok(caption=o) if isinstance(o, str) else Outcome.failed(o.reason, o.message)
-                for o in outputs]
+    def postprocess(self, outputs: list[Answer | RequestFailure], items: Sequence[Item]) -> list[Outcome]:
+        return [self._outcome(o) for o in outputs]
 
-    def _caption_with_retries(self, jpeg: bytes) -> str | RequestFailure:
+    def _outcome(self, output: Answer | RequestFailure) -> Outcome:
+        """A cleaned answer → ok (noted "truncated" when cut), or failed under --caption-truncated fail."""
+        if isinstance(output, RequestFailure):
+            return Outcome.failed(output.reason, output.message)
+        if not output.truncated:
+            return Outcome.ok(caption=output.text)
+        if self.config.on_truncated == "fail":
+            return Outcome.failed("truncated", f"the caption was cut at the limit (--caption-max-tokens "
+                                               f"{self.config.max_tokens}, {MAX_CAPTION_CHARS} characters stored)")
+        return Outcome(OK, {"caption": output.text}, note="truncated")
+
+    def _caption_with_retries(self, jpeg: bytes) -> Answer | RequestFailure:
         try:
             return call_with_retries(lambda: self._caption_once(jpeg), self._policy, self._rng)
         except RequestFailure as failure:
@@ -201,17 +221,19 @@ class CaptionPass(Pass):
         except Exception as exc:  # a client bug fails this image, not the run
             return RequestFailure("inference_error", f"{type(exc).__name__}: {exc}")
 
-    def _caption_once(self, jpeg: bytes) -> str:
-        text = clean_caption(self._client.caption(jpeg, self.config.prompt))
+    def _caption_once(self, jpeg: bytes) -> Answer:
+        answer = self._client.caption(jpeg, self.config.prompt)
+        text, cut = cap_caption(clean_caption(answer.text))
         if not text:
             raise RequestFailure("empty_result", "the model answered an empty caption")
-        return text
+        return Answer(text, truncated=answer.truncated or cut)
 
     def provenance(self) -> dict[str, Any]:
         c = self.config
         return {"pass": self.name, "version": self.version, "backend": c.backend,
                 "url": safe_url(c.resolved_url), "model": c.resolved_model, "prompt": c.prompt,
-                "prompt_file": c.prompt_file, "max_tokens": c.max_tokens, "jpeg_quality": c.jpeg_quality}
+                "prompt_file": c.prompt_file, "max_tokens": c.max_tokens, "jpeg_quality": c.jpeg_quality,
+                "max_caption_chars": MAX_CAPTION_CHARS, "on_truncated": c.on_truncated}
 
 
 def read_prompt_file(path: Path) -> str:

@@ -1,23 +1,31 @@
-"""The pose pass: DWPose whole-body keypoints (YOLOX-L detector + DWPose-L SimCC) on onnxruntime.
+"""The pose pass: DWPose whole-body keypoints (YOLOX-L detector + DWPose-L SimCC), on onnxruntime or torch.
 
 Per image: letterbox → detector → person boxes → the largest person → 288×384 affine crop →
 pose model → SimCC decode → bucket pixels → pose.npy (133, 3) float16: x, y in [−1, 1] of the
 bucket (2x/bw − 1, 2y/bh − 1) and the confidence. No person gives zeros, a result, not an error.
 Detector and pose calls are batched across the images of a batch where the model's batch
 dimension is dynamic; a fixed batch dimension (often 1 in exported files) is honoured by chunking.
+
+Backends (`--pose-backend`): onnxruntime runs the files as they are; torch runs them through
+`onnx_torch` (no onnxruntime-gpu needed). `auto` takes onnxruntime unless the pass runs on CUDA and
+onnxruntime has no working CUDA provider, then torch, and says so in the log and the provenance.
+Channel order: the detector is fed BGR (mmdet's YOLOX was trained on OpenCV-loaded BGR images with
+`bgr_to_rgb=False`), the pose model RGB (mmpose's `bgr_to_rgb=True`); see docs/pose.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from stratum_core import pose_geometry as geo
-from stratum_core.errors import InfrastructureError
+from stratum_core.errors import ConfigError, InfrastructureError
 from stratum_core.models import ModelSpec
 from stratum_core.outcomes import Outcome
 from stratum_core.passes.base import Item, Pass
@@ -47,6 +55,40 @@ def providers_for(device: str, available: Sequence[str]) -> list[Any]:
             "(`pip install 'stratum[pose]'` on Linux x86_64) or use --device cpu")
     index = int(device.split(":")[1]) if ":" in device else 0
     return [("CUDAExecutionProvider", {"device_id": index, **CUDA_PROVIDER_OPTIONS}), "CPUExecutionProvider"]
+
+
+BACKENDS = ("auto", "onnxruntime", "torch")
+BACKEND_MODULES = {"onnxruntime": ("onnxruntime",), "torch": ("torch", "onnx")}
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    """The pose pass's own options."""
+
+    backend: str = "auto"  # auto | onnxruntime | torch
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--pose-backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+
+
+def choose_backend(requested: str, device: str, ort_providers: Sequence[str] | None) -> str:
+    """The backend to run: `requested` unless it is `auto`; auto = onnxruntime, except on CUDA when
+    onnxruntime is missing (`ort_providers` None) or has no CUDAExecutionProvider: then torch."""
+    if requested != "auto":
+        return requested
+    if not device.startswith("cuda"):
+        return "onnxruntime"
+    return "onnxruntime" if ort_providers and "CUDAExecutionProvider" in ort_providers else "torch"
+
+
+def _available_ort_providers() -> list[str] | None:
+    """onnxruntime's providers, or None when it is not installed."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
 
 
 def _static(dim: Any) -> int | None:
@@ -183,8 +225,8 @@ class PoseModel:
 class PosePrepared:
     """An image ready for the detector: the bucket crop and its 640² letterbox."""
 
-    image: np.ndarray  # (bh, bw, 3) uint8 RGB
-    letterboxed: np.ndarray  # (3, 640, 640) float32, raw 0–255
+    image: np.ndarray  # (bh, bw, 3) uint8 RGB (the pose model's order)
+    letterboxed: np.ndarray  # (3, 640, 640) float32, raw 0–255, BGR (the detector's order)
     ratio: float  # detector pixels per image pixel
 
 
@@ -201,22 +243,77 @@ def pose_array(person: np.ndarray | None, bucket_w: int, bucket_h: int) -> np.nd
 
 class DWPosePass(Pass):
     name = "pose"
-    version = "1"
-    requires = ("onnxruntime", "cv2")
+    version = "2"  # 2: detector fed BGR, crop matrix built from float32 points (bit-exact with the reference)
+    requires = ("cv2",)  # plus the backend's modules (BACKEND_MODULES), checked in check_requirements
     extra = "pose"
     model = ModelSpec("yzd-v/DWPose", (DETECTOR_FILE, POSE_FILE))
+    config_class = PoseConfig
+    auto_precision = "fp32"  # the ONNX files are fp32 and SimCC argmax flips on small logit changes
 
     detector: Detector | None = None
     pose_model: PoseModel | None = None
+    backend: str | None = None  # the backend load() chose
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--pose-backend", choices=BACKENDS, default="auto",
+                            help="pose runtime: auto (onnxruntime; torch on CUDA when onnxruntime has no CUDA "
+                                 "provider) | onnxruntime | torch")
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> PoseConfig:
+        return PoseConfig(backend=getattr(args, "pose_backend", "auto") or "auto")
+
+    def _backend(self) -> str:
+        return choose_backend(self.config.backend, self.options.device, _available_ort_providers())
+
+    def check_requirements(self) -> None:
+        super().check_requirements()
+        backend = self._backend()
+        missing = [m for m in BACKEND_MODULES[backend] if importlib.util.find_spec(m) is None]
+        if missing:
+            raise InfrastructureError(f"the pose pass's {backend} backend needs {', '.join(missing)}: "
+                                      f"pip install {' '.join(missing)}")
+        if backend == "torch" and self.options.is_cuda:
+            from stratum_core.devices import require_torch_cuda
+
+            require_torch_cuda(self.options.device)
 
     @property
     def max_batch(self) -> int:
         return self.options.batch_size or (32 if self.options.is_cuda else 8)
 
     def load(self) -> None:
+        location = self.resolve_weights()
+        self.backend = self._backend()
+        if self.config.backend == "auto" and self.backend == "torch":
+            log.warning("pose: onnxruntime has no CUDA provider here; running the ONNX files on torch (%s) "
+                        "instead of the CPU (--pose-backend onnxruntime to insist)", self.options.device)
+        if self.backend == "onnxruntime":
+            try:
+                self._load_onnxruntime(location)
+            except InfrastructureError as exc:
+                if self.config.backend != "auto" or "could not start CUDA" not in str(exc):
+                    raise
+                # onnxruntime-gpu whose CUDA/cuDNN libraries do not match this machine's: torch can run it.
+                log.warning("pose: %s; running the ONNX files on torch (%s) instead", exc, self.options.device)
+                self.backend = "torch"
+        if self.backend == "torch":
+            from stratum_core.passes.onnx_torch import TorchOnnxModel
+
+            precision = self.options.resolved_precision
+            self.detector = Detector(TorchOnnxModel(location.file(DETECTOR_FILE), self.options.device, precision))
+            self.pose_model = PoseModel(TorchOnnxModel(location.file(POSE_FILE), self.options.device, precision))
+        log.info("pose: %s (batch %s) and %s (batch %s) on %s", DETECTOR_FILE,
+                 self.detector.model.fixed_batch or "dynamic", POSE_FILE,
+                 self.pose_model.model.fixed_batch or "dynamic", self.detector.model.providers[0])
+
+    def _load_onnxruntime(self, location: Any) -> None:
         import onnxruntime as ort
 
-        location = self.resolve_weights()
+        if self.options.resolved_precision != "fp32":
+            log.warning("pose: onnxruntime runs the fp32 files in fp32 (--precision pose=%s needs "
+                        "--pose-backend torch)", self.options.resolved_precision)
         if self.options.is_cuda and hasattr(ort, "preload_dlls"):
             try:  # finds the CUDA/cuDNN libraries pip wheels (e.g. torch's) installed
                 ort.preload_dlls()
@@ -225,12 +322,10 @@ class DWPosePass(Pass):
         providers = providers_for(self.options.device, ort.get_available_providers())
         self.detector = Detector(OnnxModel(location.file(DETECTOR_FILE), providers))
         self.pose_model = PoseModel(OnnxModel(location.file(POSE_FILE), providers))
-        log.info("pose: %s (batch %s) and %s (batch %s) on %s", DETECTOR_FILE,
-                 self.detector.model.fixed_batch or "dynamic", POSE_FILE,
-                 self.pose_model.model.fixed_batch or "dynamic", self.detector.model.providers[0])
 
     def preprocess(self, item: Item) -> PosePrepared:
-        letterboxed, ratio = geo.letterbox(item.crop, self.detector.size if self.detector else geo.DETECTOR_SIZE)
+        size = self.detector.size if self.detector else geo.DETECTOR_SIZE
+        letterboxed, ratio = geo.letterbox(geo.rgb_to_bgr(item.crop), size)
         return PosePrepared(item.crop, letterboxed, ratio)
 
     def forward(self, batch: list[PosePrepared]) -> list[np.ndarray | None]:
@@ -251,8 +346,10 @@ class DWPosePass(Pass):
 
     def provenance(self) -> dict[str, Any]:
         record = super().provenance()
-        record["precision"] = "fp32"  # the ONNX files are fp32; --precision does not apply
+        if self.backend != "torch":
+            record["precision"] = "fp32"  # onnxruntime runs the fp32 files as they are
         if self.detector is not None:
+            record["backend"] = self.backend
             record["providers"] = self.detector.model.providers
             record["files"] = [DETECTOR_FILE, POSE_FILE]
         return record

@@ -6,16 +6,17 @@ does for every registered pass) never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from stratum_core.errors import ConfigError, InfrastructureError
 
 log = logging.getLogger("stratum.torch")
 
-_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-_BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2}
+_DTYPE_NAMES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 
 CPU_BATCH_SIZE = 2  # the CPU gains nothing from big batches and memory grows with them
 
@@ -27,6 +28,23 @@ def torch_dtype(precision: str) -> Any:
     if precision not in _DTYPE_NAMES:
         raise ConfigError(f"precision must be one of {', '.join(_DTYPE_NAMES)}, got {precision!r}")
     return getattr(torch, _DTYPE_NAMES[precision])
+
+
+@contextlib.contextmanager
+def tf32_matmuls() -> Iterator[None]:
+    """fp32 matmuls and convolutions on TF32 tensor cores (Ampere and newer) inside the block.
+
+    torch's switches are process-wide, so they are set for the block and put back after it; the
+    GPU lane runs one pass at a time, and a concurrent lane's bf16 work does not read them.
+    """
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def bytes_per_element(precision: str) -> int:

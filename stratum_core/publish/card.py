@@ -22,6 +22,27 @@ def data_files_pattern(layer: str) -> str:
     return f"{DATA_DIR}/*.parquet" if layer in TEXT_LAYERS else f"{layer}/*.tar"
 
 
+def data_files_patterns(layer: str, manifest: Mapping) -> list[str]:
+    """The glob(s) reaching the layer's chunks: flat (`dinov3/*.tar`), nested (`dinov3/*/*.tar`) or both, only
+    those that match files (datasets refuses a pattern that matches nothing)."""
+    flat = data_files_pattern(layer)
+    folder, _, name = flat.rpartition("/")
+    entry = manifest.get("data", {}) if layer in (DATA_DIR, *TEXT_LAYERS) else manifest.get("layers", {}).get(layer, {})
+    paths = list(entry.get("paths", {}).values())
+    if not paths:
+        return [flat]
+    patterns = []
+    if any(p.count("/") == 1 for p in paths):
+        patterns.append(flat)
+    if any(p.count("/") == 2 for p in paths):
+        patterns.append(f"{folder}/*/{name}")
+    return patterns
+
+
+def _patterns(layer: str, manifest: Mapping) -> str:
+    return ", ".join(f"`{p}`" for p in data_files_patterns(layer, manifest))
+
+
 def seg_classes_section() -> list[str]:
     """The body-part name of each value in `seg.npy`, so the tars can be read without the model's docs."""
     lines = ["### seg classes", "", "| id | name |", "|---|---|"]
@@ -38,23 +59,28 @@ def build_card(repo_id: str, manifest: Mapping, license: str, attribution: str |
     if not any(n in TEXT_LAYERS for n in names) and manifest.get("data", {}).get("chunks"):
         names = ["data", *names]
     for name in names:
-        pattern = data_files_pattern(name) if name != "data" else f"{DATA_DIR}/*.parquet"
-        yaml += [f"- config_name: {name}", "  data_files:", "  - split: train", f"    path: {pattern}"]
+        patterns = data_files_patterns(name, manifest)
+        yaml += [f"- config_name: {name}", "  data_files:", "  - split: train"]
+        yaml += [f"    path: {patterns[0]}"] if len(patterns) == 1 else ["    path:"] + [f"    - {p}" for p in patterns]
     yaml.append("---")
     body = [f"# {repo_id.split('/')[1]}", "",
             f"Multi-modal annotations for {total} images, published with {manifest.get('created_with', 'stratum')}.",
             "", "| layer | format | images | files |", "|---|---|---|---|"]
     body.append(f"| data (metadata table) | parquet | {manifest.get('data', {}).get('count', 0)} | "
-                f"`{DATA_DIR}/*.parquet` |")
+                f"{_patterns('data', manifest)} |")
     for name, entry in layers.items():
-        body.append(f"| {name} | {entry['format']} | {entry.get('count', 0)} | `{data_files_pattern(name)}` |")
+        body.append(f"| {name} | {entry['format']} | {entry.get('count', 0)} | {_patterns(name, manifest)} |")
     body += ["", "## Layout", "",
-             f"- `{DATA_DIR}/<first>-<last>.parquet`: image_id, width, height, aspect_bucket, caption, "
+             f"- `{DATA_DIR}/<folder>/<first>-<last>.parquet`: image_id, width, height, aspect_bucket, caption, "
              "pose (133×3 float16), dinov3_cls (1024 float16); a column is null where that layer is not published.",
-             "- `<layer>/<first>-<last>.tar`: uncompressed WebDataset tars, members `<key>.<artifact>.npy`; "
+             "- `<layer>/<folder>/<first>-<last>.tar`: uncompressed WebDataset tars, members `<key>.<artifact>.npy`; "
              "in the last path component of an id `%` is written `%25` and `.` is written `%2E`.",
-             "- `*.index.json`: the ids and counts of each chunk; `manifest.json`: every chunk and count.",
-             "- `<first>-<last>` are positions (5+ digits, inclusive) in the dataset's sorted image order.", ""]
+             "- `<folder>/<first>-<last>.index.json`: the ids and counts of the folder's chunks in that range "
+             "(`chunks` → range → entry); `manifest.json`: every chunk, its path and count.",
+             "- `<first>-<last>` are positions (5+ digits, inclusive) in the dataset's image order (sorted, or "
+             "shard registration order when the dataset was registered in shards); `<folder>` groups chunks "
+             "so that no folder nears the Hub's 10,000 entries. Older repos may hold flat `<dir>/<first>-<last>.*` "
+             "files, each with its own index.", ""]
     arrays = [BY_NAME[a] for entry in layers.values() for a in entry.get("artifacts", []) if a in BY_NAME]
     if arrays:
         body += ["## Arrays", ""] + [f"- `{a.name}` ({a.dtype}): {a.description}" for a in arrays] + [""]

@@ -48,9 +48,13 @@ class PublishConfig:
     attribution_file: str | None = None  # local path; its text goes into the card and ATTRIBUTION.md
     private: bool = False
     rows_per_parquet: int = 10_000
-    images_per_tar: int = 1_000
-    max_tar_mb: float = 1024.0
+    images_per_tar: int | None = None  # None: per layer, as many as make a tar of about target_tar_mb
+    max_tar_mb: float = 4800.0  # a tar that would be larger is split (the Hub recommends 1-5 GB files)
+    target_tar_mb: float = 4000.0  # what per-layer sizing aims at (capped by max_tar_mb)
     chunks_per_commit: int = 50  # chunk files per commit (each commit also carries manifest and card)
+    folder_limit: int = 9_999  # entries per folder (the Hub: < 10,000)
+    file_limit: int = 99_999  # files per repo (the Hub: < 100,000)
+    commits_per_hour: float = 100.0  # pace (the Hub allows about 128 an hour per repo)
     commit_retries: int = 5  # re-reads after losing a race on the parent commit
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -66,8 +70,11 @@ class PublishConfig:
             raise ConfigError("--offset and --limit must be >= 0")
         if self.chunks_per_commit < 1:
             raise ConfigError("chunks_per_commit must be >= 1")
-        if self.rows_per_parquet < 1 or self.images_per_tar < 1 or self.max_tar_mb <= 0:
+        if self.rows_per_parquet < 1 or (self.images_per_tar is not None and self.images_per_tar < 1) or \
+                self.max_tar_mb <= 0 or self.target_tar_mb <= 0:
             raise ConfigError("--rows-per-parquet and --images-per-tar must be >= 1, --max-tar-mb > 0")
+        if self.folder_limit < 2 or self.file_limit < 1 or self.commits_per_hour <= 0:
+            raise ConfigError("--folder-limit must be >= 2, --commits-per-hour > 0")
         if not self.license or any(c.isspace() for c in self.license):
             raise ConfigError(f"--license must be one SPDX-like id, got {self.license!r}")
 
@@ -83,6 +90,7 @@ class PublishResult:
     images: dict[str, int] = field(default_factory=dict)  # layer → images in the published chunks
     total_images: int = 0  # images in the manifest after publishing
     bytes_uploaded: int = 0
+    shards: dict[str, str] = field(default_factory=dict)  # shard key → range of its positions in this publish
 
     @property
     def changed(self) -> bool:
@@ -91,7 +99,8 @@ class PublishResult:
     def to_dict(self) -> dict:
         return {"repo_id": self.repo_id, "commits": self.commits, "uploaded_files": self.uploaded_files,
                 "skipped_chunks": self.skipped_chunks, "images": self.images,
-                "total_images": self.total_images, "bytes_uploaded": self.bytes_uploaded}
+                "total_images": self.total_images, "bytes_uploaded": self.bytes_uploaded,
+                "shards": self.shards}
 
 
 @dataclass

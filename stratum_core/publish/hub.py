@@ -47,7 +47,45 @@ class RepoState:
     sha: str
     files: dict[str, RemoteFile] = field(default_factory=dict)
     manifest: dict | None = None
+    _chunks: dict | None = field(default=None, repr=False, compare=False)
 
+    def chunk(self, path: str):
+        """The layout.ChunkFile at `path` (None when it is not a chunk of this repo)."""
+        if self._chunks is None:
+            from stratum_core.publish.layout import list_chunks
+
+            self._chunks = {c.path: c for c in list_chunks(self.files)}
+        return self._chunks.get(path)
+
+
+class Pacer:
+    """At most `per_hour` commits in any sliding hour: `wait()` sleeps until the next one may go."""
+
+    WINDOW_S = 3600.0
+
+    def __init__(self, per_hour: float, clock: Callable[[], float], sleep: Callable[[float], None]):
+        self.per_hour, self.clock, self.sleep = per_hour, clock, sleep
+        self.times: list[float] = []  # clock() of recent commits (ours, and the repo's seeded at start)
+
+    def wait(self) -> float:
+        now = self.clock()
+        # 1 ms of slack: commit dates read back from the Hub carry rounding of their own.
+        self.times = [t for t in self.times if now - t < self.WINDOW_S - 1e-3]
+        if len(self.times) < self.per_hour:
+            return 0.0
+        wait = self.times[-int(self.per_hour)] + self.WINDOW_S - now
+        log.info("publish: %d commits in the last hour (limit %g); waiting %.0fs before the next one",
+                 len(self.times), self.per_hour, wait)
+        self.sleep(wait)
+        return wait
+
+    def committed(self) -> None:
+        self.times.append(self.clock())
+
+
+# Module-level so tests can replace the clock and the sleep of every client (pacing waits an hour).
+_clock = time.time
+_sleep = time.sleep
 
 # Network errors of whichever HTTP client the installed huggingface_hub uses (2.x: httpx2, 1.x: httpx).
 _TRANSIENT_NAMES = ("TimeoutException", "NetworkError", "RemoteProtocolError")
@@ -68,14 +106,18 @@ class HubClient:
     """One repo on one endpoint; every call goes through `_call` (retries) — nothing here prints the token."""
 
     def __init__(self, repo_id: str, token: str | None = None, endpoint: str | None = None,
-                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep):
+                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] | None = None,
+                 commits_per_hour: float = float("inf"), clock: Callable[[], float] | None = None):
         from huggingface_hub import HfApi
 
         self.repo_id = check_repo_id(repo_id)
         self.retry = retry or RetryPolicy()
-        self.sleep = sleep
+        self.sleep = sleep or _sleep
+        self.clock = clock or _clock
         self.api = HfApi(endpoint=endpoint, token=token)
         self.waited_s = 0.0
+        self.pacer = Pacer(commits_per_hour, self.clock, self.sleep)
+        self._json: dict[tuple[str, str], dict | None] = {}
 
     # ---- retries ---------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
@@ -102,7 +144,30 @@ class HubClient:
                     raise PublishError(f"{what} on {self.repo_id}: connection failed after {attempt} attempts: "
                                        f"{type(exc).__name__}") from None
                 self._wait(what, attempt, type(exc).__name__, None)
+            except RuntimeError as exc:
+                # huggingface_hub ends an LFS upload that kept failing (after its own tries) with a bare
+                # RuntimeError("Error while uploading ..."): transient like a 5xx; nothing is committed yet.
+                if what != "preupload" or "Error while uploading" not in str(exc):
+                    raise
+                if attempt == self.retry.attempts:
+                    raise PublishError(f"{what} on {self.repo_id}: LFS upload still failing after {attempt} "
+                                       f"attempts: {_first_line(exc)}") from None
+                self._wait(what, attempt, "LFS upload failed", None)
         raise AssertionError("unreachable")
+
+    def seed_pace(self) -> None:
+        """Count the repo's commits of the last hour (anyone's) toward the pace, so a re-run after an
+        interruption keeps it; a Hub that cannot list commits leaves only this run's own."""
+        now = self.clock()
+        try:
+            commits = self._call("list_repo_commits", lambda: list(self.api.list_repo_commits(
+                self.repo_id, repo_type=REPO_TYPE)))
+        except (PublishError, KeyError, TypeError, ValueError) as exc:
+            log.warning("publish: cannot list the repo's commits (%s); pacing counts this run's only", exc)
+            return
+        # A commit dated a little in our future is the Hub's clock running ahead (or rounding): it is recent.
+        ages = [max(0.0, now - c.created_at.timestamp()) for c in commits if getattr(c, "created_at", None)]
+        self.pacer.times = sorted(now - age for age in ages if age < Pacer.WINDOW_S)
 
     def _retry_after(self, exc) -> float | None:
         value = exc.response.headers.get("Retry-After") if exc.response is not None else None
@@ -142,6 +207,19 @@ class HubClient:
                 log.warning("manifest.json in %s is not valid JSON; rebuilding it", self.repo_id)
         return RepoState(sha, files, manifest)
 
+    def read_state_if_exists(self) -> RepoState | None:
+        """`read_state`, or None when the repo does not exist (yet)."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            self.api.dataset_info(self.repo_id, revision="main")
+        except HfHubHTTPError as exc:  # RepositoryNotFoundError is one; a bare 404 from other servers too
+            if exc.response is not None and exc.response.status_code == 404:
+                return None
+        except Exception:  # noqa: BLE001 - read_state's retries and messages handle the rest
+            pass
+        return self.read_state()
+
     def download(self, path: str, revision: str) -> bytes:
         from huggingface_hub import hf_hub_download
 
@@ -154,14 +232,17 @@ class HubClient:
         """The JSON object stored at `path` in `state`; None when absent or not a JSON object (logged)."""
         if path not in state.files:
             return None
-        try:
-            value = json.loads(self.download(path, state.sha))
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            log.warning("publish: %s in %s is not a JSON object; ignored", path, self.repo_id)
-            return None
-        return value
+        key = (state.sha, path)
+        if key not in self._json:  # a commit's files never change: read each once
+            try:
+                value = json.loads(self.download(path, state.sha))
+            except ValueError:
+                value = None
+            if not isinstance(value, dict):
+                log.warning("publish: %s in %s is not a JSON object; ignored", path, self.repo_id)
+                value = None
+            self._json[key] = value
+        return self._json[key]
 
     def preupload(self, additions: Sequence) -> None:
         """Upload large files to LFS storage ahead of the commit (huggingface_hub shows progress bars)."""
@@ -169,7 +250,13 @@ class HubClient:
                    repo_type=REPO_TYPE)
 
     def commit(self, operations: Sequence, message: str, parent: str) -> str:
-        """One commit on top of `parent`; raises ParentMoved when main moved since."""
+        """One commit on top of `parent`, paced; raises ParentMoved when main moved since."""
+        self.waited_s += self.pacer.wait()
         info = self._call("commit", self.api.create_commit, self.repo_id, operations=list(operations),
                           commit_message=message, repo_type=REPO_TYPE, parent_commit=parent)
+        self.pacer.committed()
         return info.oid
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

@@ -20,24 +20,31 @@ def chunk_counts_from_manifest(manifest: Mapping | None) -> dict[str, dict]:
     if not manifest:
         return known
     data = manifest.get("data", {})
+    data_paths = data.get("paths", {})
     for label, count in data.get("chunks", {}).items():
-        known[f"{DATA_DIR}/{label}.parquet"] = {"count": count, "counts": {}}
+        known[data_paths.get(label, f"{DATA_DIR}/{label}.parquet")] = {"count": count, "counts": {}}
     for layer, entry in manifest.get("layers", {}).items():
+        paths = entry.get("paths", {})
         for label, count in entry.get("chunks", {}).items():
             if layer in TEXT_LAYERS:
-                known.setdefault(f"{DATA_DIR}/{label}.parquet", {"count": None, "counts": {}})["counts"][layer] = count
+                path = data_paths.get(label, f"{DATA_DIR}/{label}.parquet")
+                known.setdefault(path, {"count": None, "counts": {}})["counts"][layer] = count
             else:
-                known[f"{layer}/{label}.tar"] = {"count": count, "counts": {}}
+                known[paths.get(label, f"{layer}/{label}.tar")] = {"count": count, "counts": {}}
     return known
 
 
-def build_manifest(chunk_info: Mapping[str, Mapping], now: _dt.datetime | None = None) -> dict:
+def build_manifest(chunk_info: Mapping[str, Mapping], now: _dt.datetime | None = None,
+                   chunking: Mapping[str, Mapping] | None = None) -> dict:
     """Manifest for the given chunk files.
 
     `chunk_info` maps each payload path in the repo to {"count": images in the chunk,
-    "counts": {layer: images with that layer} (data chunks), "exact": bool}.
+    "counts": {layer: images with that layer} (data chunks), "exact": bool}. `chunking`: each layer's grid
+    {"images_per_chunk", "chunks_per_folder"}, kept so later runs cut the same chunks.
+    Each layer (and `data`) lists `chunks` {range: count} and `paths` {range: file in the repo}.
     """
     data_chunks: dict[str, int] = {}
+    data_paths: dict[str, str] = {}
     layers: dict[str, dict] = {}
     estimated: list[str] = []
     for path in sorted(chunk_info):
@@ -52,23 +59,28 @@ def build_manifest(chunk_info: Mapping[str, Mapping], now: _dt.datetime | None =
         count = len(chunk) if count is None else int(count)
         if layer == DATA_DIR:
             data_chunks[chunk.label] = count
+            data_paths[chunk.label] = path
             for text_layer in TEXT_LAYERS:
                 n = info.get("counts", {}).get(text_layer)
                 if n:
                     _layer_entry(layers, text_layer)["chunks"][chunk.label] = int(n)
+                    _layer_entry(layers, text_layer)["paths"][chunk.label] = path
         else:
             _layer_entry(layers, layer)["chunks"][chunk.label] = count
+            _layer_entry(layers, layer)["paths"][chunk.label] = path
     for entry in layers.values():
         entry["count"] = sum(entry["chunks"].values())
     manifest = {
         "version": MANIFEST_VERSION,
         "total_images": sum(data_chunks.values()),
         "data": {"format": "parquet", "path": DATA_DIR, "columns": data_schema().names,
-                 "chunks": data_chunks, "count": sum(data_chunks.values())},
+                 "chunks": data_chunks, "count": sum(data_chunks.values()), "paths": data_paths},
         "layers": {name: layers[name] for name in sorted(layers)},
         "created_with": f"stratum {__version__}",
         "updated_at": (now or _dt.datetime.now(_dt.timezone.utc)).replace(microsecond=0).isoformat(),
     }
+    if chunking:
+        manifest["chunking"] = {k: dict(v) for k, v in sorted(chunking.items())}
     if estimated:
         manifest["estimated_counts"] = estimated
     return manifest
@@ -77,10 +89,11 @@ def build_manifest(chunk_info: Mapping[str, Mapping], now: _dt.datetime | None =
 def _layer_entry(layers: dict, layer: str) -> dict:
     if layer not in layers:
         if layer in TEXT_LAYERS:
-            layers[layer] = {"format": "parquet", "path": DATA_DIR, "column": layer, "chunks": {}}
+            layers[layer] = {"format": "parquet", "path": DATA_DIR, "column": layer, "chunks": {}, "paths": {}}
         else:
             entry = {"format": "webdataset", "path": layer,
-                     "artifacts": [a.name for a in artifacts_of(layer) if a.kind == "npy"], "chunks": {}}
+                     "artifacts": [a.name for a in artifacts_of(layer) if a.kind == "npy"], "chunks": {},
+                     "paths": {}}
             if layer in PARQUET_LAYERS:
                 entry["column"] = "dinov3_cls" if layer == "dinov3" else layer
             layers[layer] = entry

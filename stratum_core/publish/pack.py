@@ -17,6 +17,7 @@ import json
 import os
 import tarfile
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,7 @@ RECORD = 20 * BLOCK  # tar archives are padded to whole records
 CLS_DIM = 1024
 POSE_SHAPE = (133, 3)
 PREFETCH_FILES = 2  # npy files whose reads are started ahead of the one being copied
+ROW_READERS = 8  # threads reading a parquet's small per-image files
 
 
 class Payload:
@@ -235,13 +237,8 @@ def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], path_
     import pyarrow.parquet as pq
 
     schema = data_schema()
-    meta = [json.loads((root / i / "metadata.json").read_text(encoding="utf-8")) for i in image_ids]
-    captions = [_read_text(root / i / BY_NAME["caption"].filename) if "caption" in layers else None
-                for i in image_ids]
-    poses = [_read_npy(root / i / BY_NAME["pose"].filename, POSE_SHAPE) if "pose" in layers else None
-             for i in image_ids]
-    cls = [_read_npy(root / i / BY_NAME["dinov3_cls"].filename, (CLS_DIM,)) if "dinov3" in layers else None
-           for i in image_ids]
+    rows = _read_rows(root, image_ids, layers)
+    meta, captions, poses, cls = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
     table = pa.table({
         "image_id": pa.array(list(image_ids), pa.string()),
         "width": pa.array([int(m["width"]) for m in meta], pa.int32()),
@@ -266,6 +263,27 @@ def pack_data(root: Path, image_ids: Sequence[str], layers: Sequence[str], path_
              "layers": sorted(layer for layer in layers if counts.get(layer)),
              "counts": {k: v for k, v in counts.items() if k in layers}}
     return PackedChunk("data", path_in_repo, payload, index, payload.size)
+
+
+def _read_rows(root: Path, image_ids: Sequence[str], layers: Sequence[str]) -> list[tuple]:
+    """(metadata, caption, pose, cls) of each image, in order. Read by a few threads: these are small files,
+    often cold, and a thread waiting on the disk lets the others read."""
+    base = os.fspath(root)
+    want_caption, want_pose, want_cls = "caption" in layers, "pose" in layers, "dinov3" in layers
+
+    def row(image_id: str) -> tuple:
+        folder = os.path.join(base, image_id)
+        with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        return (meta,
+                _read_text(Path(folder, BY_NAME["caption"].filename)) if want_caption else None,
+                _read_npy(Path(folder, BY_NAME["pose"].filename), POSE_SHAPE) if want_pose else None,
+                _read_npy(Path(folder, BY_NAME["dinov3_cls"].filename), (CLS_DIM,)) if want_cls else None)
+
+    if len(image_ids) < 64:
+        return [row(i) for i in image_ids]
+    with ThreadPoolExecutor(ROW_READERS, thread_name_prefix="stratum-parquet") as readers:
+        return list(readers.map(row, image_ids, chunksize=32))
 
 
 def _read_text(path: Path) -> str | None:

@@ -7,10 +7,10 @@ import logging
 from stratum_core.publish.card import build_card
 from stratum_core.publish.config import PublishConfig, ReconcileResult
 from stratum_core.publish.hub import HubClient, ParentMoved, PublishError, RepoState
-from stratum_core.publish.layout import (ATTRIBUTION_PATH, CARD_PATH, INDEX_SUFFIX, MANIFEST_PATH, index_path,
-                                         parse_chunk_path)
+from stratum_core.publish.layout import (ATTRIBUTION_PATH, CARD_PATH, INDEX_SUFFIX, MANIFEST_PATH, index_entry,
+                                         list_chunks, parse_chunk_path)
 from stratum_core.publish.manifest import build_manifest, dumps, same_content
-from stratum_core.publish.publisher import read_attribution
+from stratum_core.publish.publisher import INDEX_VERSION, live_entries, index_bytes, read_attribution
 
 log = logging.getLogger("stratum.publish")
 
@@ -18,23 +18,36 @@ KNOWN_FILES = {MANIFEST_PATH, CARD_PATH, ATTRIBUTION_PATH, ".gitattributes"}
 
 
 def chunk_info_from_repo(hub: HubClient, state: RepoState) -> tuple[dict, list[str]]:
-    """payload path → counts, exact from the chunk's index where present, else from its range label."""
+    """payload path → counts, exact from the chunk's index entry where present, else from its range label
+    (both layouts: flat chunks with an index each, nested ones with one index per folder and batch)."""
     info: dict[str, dict] = {}
     problems: list[str] = []
     for path in sorted(state.files):
-        if path in KNOWN_FILES or path.endswith(INDEX_SUFFIX):
-            continue
-        parsed = parse_chunk_path(path)
-        if parsed is None:
+        if path not in KNOWN_FILES and not path.endswith(INDEX_SUFFIX) and parse_chunk_path(path) is None:
             problems.append(f"{path}: not part of the stratum layout (ignored)")
-            continue
-        index = hub.read_json(state, index_path(path))
-        if index is None:
-            info[path] = {"count": None, "exact": False}
+    for chunk in list_chunks(state.files):
+        entry = index_entry(hub.read_json(state, chunk.index), chunk) if chunk.index else None
+        if entry is None:
+            info[chunk.path] = {"count": None, "exact": False}
         else:
-            info[path] = {"count": int(index.get("count", len(index.get("ids", [])))),
-                          "counts": index.get("counts", {}), "exact": True}
+            info[chunk.path] = {"count": int(entry.get("count", len(entry.get("ids", [])))),
+                                "counts": entry.get("counts", {}), "exact": True}
     return info, problems
+
+
+def stale_indexes(hub: HubClient, state: RepoState) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """Index files to rewrite (nested ones listing chunks that are gone) and to delete (indexes of no chunk)."""
+    indexed = {c.index for c in list_chunks(state.files) if c.index}
+    writes: list[tuple[str, bytes]] = []
+    deletes = [p for p in state.files if p.endswith(INDEX_SUFFIX) and p not in indexed]
+    for path in sorted(indexed):
+        index = hub.read_json(state, path) or {}
+        if index.get("version", 1) < 2:
+            continue
+        live = live_entries(hub, state, path, lambda _: True)
+        if len(live) < len(index.get("chunks", {})):
+            writes.append((path, index_bytes({"version": INDEX_VERSION, "chunks": dict(sorted(live.items()))})))
+    return writes, sorted(set(deletes))
 
 
 def _repo_text(hub: HubClient, state: RepoState, path: str) -> str | None:
@@ -49,23 +62,24 @@ def reconcile(config: PublishConfig, dry_run: bool = False, token: str | None = 
     for attempt in range(config.commit_retries + 1):
         state = hub.read_state()
         info, problems = chunk_info_from_repo(hub, state)
-        manifest = build_manifest(info)
+        manifest = build_manifest(info, chunking=(state.manifest or {}).get("chunking"))
         attribution = read_attribution(config, hub, state)
         card = build_card(config.hub_repo, manifest, config.license, attribution)
         current_card = _repo_text(hub, state, CARD_PATH)
-        orphans = [p for p in state.files if p.endswith(INDEX_SUFFIX)
-                   and not any(index_path(c) == p for c in info)]
+        rewrites, orphans = stale_indexes(hub, state)
         problems += [f"{p}: index without its chunk (deleted)" for p in orphans]
+        problems += [f"{p}: lists chunks that are gone (rewritten)" for p, _ in rewrites]
         # --attribution-file rewrites ATTRIBUTION.md only when its text differs from the repo's copy.
         new_attribution = bool(config.attribution_file) and \
             attribution != _repo_text(hub, state, ATTRIBUTION_PATH)
         changed = not same_content(manifest, state.manifest) or card != current_card or bool(orphans) or \
-            new_attribution
+            bool(rewrites) or new_attribution
         result = ReconcileResult(config.hub_repo, manifest, card, changed, problems=problems)
         if dry_run or not changed:
             return result
         operations = [CommitOperationAdd(MANIFEST_PATH, dumps(manifest)), CommitOperationAdd(CARD_PATH, card.encode())]
         operations += [CommitOperationDelete(p) for p in orphans]
+        operations += [CommitOperationAdd(p, data) for p, data in rewrites]
         if new_attribution:
             operations.append(CommitOperationAdd(ATTRIBUTION_PATH, attribution.encode()))
         try:

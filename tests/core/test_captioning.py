@@ -210,7 +210,7 @@ def test_openai_check_names_the_missing_model() -> None:
 
 def test_openai_client_reads_the_message_content() -> None:
     with FakeOpenAI(models=["m"], captions="A chair.") as url:
-        assert OpenAIClient(url, "m", 10, 5).caption(b"jpeg", "prompt") == "A chair."
+        assert OpenAIClient(url, "m", 10, 5).caption(b"jpeg", "prompt").text == "A chair."
 
 
 # ---------------------------------------------------------------------------- JPEG

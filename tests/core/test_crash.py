@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import pytest
 
 from stratum_core.discover import discover
 from stratum_core.engine import RunConfig, run
+from stratum_core.errors import InfrastructureError
 from stratum_core.progress import Progress
 from stratum_core.store import is_temp_file
 from stratum_core.verify import verify
@@ -117,7 +119,8 @@ class _DiskFull:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_a_full_disk_fails_only_that_write(input_dir, tmp_path, monkeypatch):
+def test_a_full_disk_stops_the_run_early_and_a_rerun_completes_it(input_dir, tmp_path, monkeypatch):
+    """Issue 12 defect 3: the first ENOSPC stops the run (the other images are not each tried and failed)."""
     victim = "d1/001"
     real_fdopen = os.fdopen
 
@@ -128,14 +131,19 @@ def test_a_full_disk_fails_only_that_write(input_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fdopen", fdopen)
     found = discover(input_dir)
-    summary = run(RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pixel"), workers=2),
-                  found.images, found.errors, Progress(len(found.images), every=3600))
+    with pytest.raises(InfrastructureError, match="No space left on device.*re-run") as stopped:
+        run(RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pixel"), workers=2, batch_size=1),
+            found.images, found.errors, Progress(len(found.images), every=3600))
     monkeypatch.undo()
 
+    summary = stopped.value.summary
+    assert summary.exit_code == 2 and "No space left on device" in summary.stopped
     assert [(f.image, f.pass_name, f.reason) for f in summary.failures] == [(victim, "pixel", "write_error")]
-    assert "No space left on device" in summary.failures[0].message
-    assert summary.exit_code == 1
-    assert summary.passes["pixel"].done == N_IMAGES - 1
-    assert sorted(os.listdir(tmp_path / "out" / victim)) == [".failed-pixel.json", ".provenance.json", "metadata.json"]
+    assert summary.passes["pixel"].done < N_IMAGES - 1  # it stopped instead of trying every image
+    record = json.loads(next((tmp_path / "out" / ".stratum" / "runs").iterdir()).read_text())
+    assert "No space left on device" in record["infrastructure_error"] and record["images_left"] > 0
     assert not [p for p in (tmp_path / "out").rglob("*") if is_temp_file(p.name)]
     assert verify(tmp_path / "out").ok
+
+    rerun = run(RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pixel")), found.images)
+    assert rerun.exit_code == 0 and len(complete(tmp_path / "out")) == N_IMAGES

@@ -1,8 +1,11 @@
-"""Device choice: auto claims a GPU no other stratum run holds, else the CPU."""
+"""Device choice: auto claims a GPU no other stratum run holds (waiting, bounded, when all are held), else the CPU."""
 
 from __future__ import annotations
 
+import stat
 import sys
+import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -153,3 +156,67 @@ def test_an_onnx_pass_on_a_gpu_does_not_need_torch_cuda():
     from stratum_core.passes.dwpose import DWPosePass
 
     DWPosePass(PassOptions(device="cuda:0")).check_requirements()
+
+
+def test_auto_waits_for_a_gpu_to_free_instead_of_sharing_one(tmp_path, caplog):
+    held = claim_device("auto", gpu_count=1, lock_dir=tmp_path)
+    timer = threading.Timer(0.5, held.release)
+    timer.start()
+    with caplog.at_level("WARNING", logger="stratum.devices"):
+        claim = claim_device("auto", gpu_count=1, lock_dir=tmp_path, wait_s=10)
+    timer.join()
+    assert claim.device == "cuda:0"
+    assert "every GPU (1) is held by another stratum run; waiting up to 10 s" in caplog.text
+    claim.release()
+
+
+def test_auto_fails_clearly_when_every_gpu_stays_held(tmp_path):
+    first = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    second = claim_device("auto", gpu_count=2, lock_dir=tmp_path)
+    with pytest.raises(InfrastructureError, match=r"every GPU \(2\) is held by another stratum run .*waited 0 s"):
+        claim_device("auto", gpu_count=2, lock_dir=tmp_path, wait_s=0.2)
+    first.release()
+    second.release()
+
+
+def test_locks_are_keyed_by_gpu_uuid_so_reordered_views_agree(tmp_path):
+    # Two runs see the same two GPUs in opposite CUDA orders (CUDA_VISIBLE_DEVICES=0,1 vs 1,0).
+    first = claim_device("auto", gpu_count=2, lock_dir=tmp_path, ids=["GPU-aaa", "GPU-bbb"])
+    second = claim_device("auto", gpu_count=2, lock_dir=tmp_path, ids=["GPU-aaa", "GPU-bbb"][::-1])
+    # the second run's cuda:0 is GPU-bbb, which nobody holds: it gets it, not a double claim of GPU-aaa
+    assert (first.device, second.device) == ("cuda:0", "cuda:0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stratum-gpu-GPU-aaa.lock", "stratum-gpu-GPU-bbb.lock"]
+    first.release()
+    second.release()
+
+
+def test_lock_files_are_shared_by_every_user_outside_tmpdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "private-tmp"))
+    monkeypatch.setattr(devices.tempfile, "tempdir", None)
+    assert devices.default_lock_dir() == Path("/dev/shm/stratum-gpu-locks")
+    lock_dir = tmp_path / "locks"
+    claim = claim_device("auto", gpu_count=1, lock_dir=lock_dir, ids=["GPU-aaa"])
+    assert stat.S_IMODE(lock_dir.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((lock_dir / "stratum-gpu-GPU-aaa.lock").stat().st_mode) == 0o666
+    claim.release()
+
+
+def test_gpu_uuids_come_from_the_driver_in_bus_order_narrowed_by_cuda_visible_devices(tmp_path, monkeypatch):
+    for bus, uuid in (("0000:41:00.0", "GPU-bbb"), ("0000:01:00.0", "GPU-aaa")):
+        (tmp_path / bus).mkdir()
+        (tmp_path / bus / "information").write_text(f"Model: NVIDIA H200\nGPU UUID: \t {uuid}\nBus Location: {bus}\n")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert devices._driver_gpu_uuids(tmp_path) == ["GPU-aaa", "GPU-bbb"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert devices._driver_gpu_uuids(tmp_path) == ["GPU-bbb"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbb,GPU-aaa")
+    assert devices._visible_uuids() == ["GPU-bbb", "GPU-aaa"]
+
+
+def test_gpus_without_a_known_uuid_are_keyed_by_index(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices, "_torch_gpu_uuids", lambda: [])
+    monkeypatch.setattr(devices, "_driver_gpu_uuids", lambda: ["GPU-aaa"])
+    assert devices.gpu_ids(2) == ["GPU-aaa", "1"]
+    monkeypatch.setattr(devices, "_driver_gpu_uuids", lambda: [])
+    assert devices.gpu_ids(2) == ["0", "1"]

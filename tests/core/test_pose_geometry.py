@@ -113,3 +113,55 @@ def test_decode_simcc_divides_by_split_ratio_and_scores_with_the_smaller_max():
 def test_to_unit_square_maps_corners_to_plus_minus_one():
     points = np.array([[0.0, 0.0], [1216.0, 832.0], [608.0, 416.0]])
     np.testing.assert_allclose(geo.to_unit_square(points, 1216, 832), [[-1, -1], [1, 1], [0, 0]])
+
+
+def test_rgb_to_bgr_reverses_the_channels_for_the_detector():
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[..., 0], image[..., 2] = 10, 200  # red 10, blue 200
+    bgr = geo.rgb_to_bgr(image)
+    assert bgr[0, 0].tolist() == [200, 0, 10] and bgr.flags["C_CONTIGUOUS"]
+
+
+def test_box_to_center_scale_computes_in_float32_like_the_detector_boxes():
+    center, scale = geo.box_to_center_scale(np.array([123.37, 245.91, 377.13, 688.29], np.float32), 288, 384)
+    assert center.dtype == np.float32 and scale.dtype == np.float32
+    box = np.array([123.37, 245.91, 377.13, 688.29], np.float32)
+    assert center.tolist() == ((box[:2] + box[2:]) * np.float32(0.5)).tolist()
+
+
+def reference_crop_matrix(center: np.ndarray, scale: np.ndarray, w: int, h: int) -> np.ndarray:
+    """The reference's recipe (rot = 0), restated: float32 rows for the centre, the point half a box
+    width above it, and the point a quarter turn from the centre around that one; then
+    cv2.getAffineTransform on those float32 points."""
+    import cv2
+
+    def quarter_turn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return b + np.array([-(a - b)[1], (a - b)[0]], dtype=np.float32)
+
+    src = np.zeros((3, 2), np.float32)
+    src[0] = center
+    src[1] = center + np.array([0.0, scale[0] * -0.5])
+    src[2] = quarter_turn(src[0], src[1])
+    dst = np.zeros((3, 2), np.float32)
+    dst[0] = [w * 0.5, h * 0.5]
+    dst[1] = np.array([w * 0.5, h * 0.5]) + np.array([0.0, w * -0.5])
+    dst[2] = quarter_turn(dst[0], dst[1])
+    return cv2.getAffineTransform(src, dst)
+
+
+def test_the_crop_is_bit_exact_with_the_reference_matrix_built_from_float32_points():
+    import cv2
+
+    center, scale = geo.box_to_center_scale(np.array([123.37, 245.91, 377.13, 688.29], np.float32), 288, 384)
+    matrix = geo.crop_matrix(center, scale, 288, 384)
+    reference = reference_crop_matrix(center, scale, 288, 384)
+    assert np.array_equal(matrix, reference)
+    # The analytic float64 matrix (what stratum used to build) is not the same in the last bits ...
+    s = 288 / float(scale[0])
+    analytic = np.array([[s, 0, 144 - s * float(center[0])], [0, s, 192 - s * float(center[1])]])
+    assert not np.array_equal(matrix, analytic)
+    image = np.random.default_rng(0).integers(0, 256, (832, 1216, 3), np.uint8)
+    ours = cv2.warpAffine(image, matrix, (288, 384), flags=cv2.INTER_LINEAR)
+    assert np.array_equal(ours, cv2.warpAffine(image, reference, (288, 384), flags=cv2.INTER_LINEAR))
+    # ... and that difference moves pixels by a grey level: the reason to build it the reference way.
+    assert (ours != cv2.warpAffine(image, analytic, (288, 384), flags=cv2.INTER_LINEAR)).any()

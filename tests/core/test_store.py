@@ -103,3 +103,14 @@ def test_write_atomic_without_replace_leaves_no_temp_file_when_the_write_fails(t
     with pytest.raises(OSError, match="No space"):
         write_atomic(tmp_path / "record.json", half_then_disk_full, replace=False)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("array", [np.zeros((3, 4, 5), np.float16), np.arange(512, dtype=np.uint8),
+                                   np.zeros((0, 1024), np.float16), np.ones((133, 3), np.float16)])
+def test_npy_files_are_byte_for_byte_what_np_save_writes(tmp_path, array):
+    from stratum_core.store import write_npy
+
+    with open(tmp_path / "ours.npy", "wb") as f:
+        write_npy(f, array)
+    np.save(tmp_path / "numpy.npy", array)
+    assert (tmp_path / "ours.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()

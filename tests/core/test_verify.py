@@ -162,23 +162,35 @@ def test_verify_fix_then_process_redoes_the_artifact(tmp_path, capsys):
     assert np.array_equal(np.load(out / "x" / "pixel.npy"), good)
 
 
-def test_verify_reports_artifacts_whose_metadata_is_gone(dataset):
+def test_artifacts_whose_metadata_is_gone_are_unfinished_not_broken(dataset, capsys):
+    """Issue 12 defect 5: a re-run completes such a folder, so verify exits 0 and says so."""
     (dataset / "img" / "metadata.json").unlink()
-    (problem,) = verify(dataset).problems
-    assert (problem.image_id, problem.filename) == ("img", "metadata.json")
-    assert problem.message.startswith("missing, so the shapes of the other artifacts cannot be checked")
+    report = verify(dataset)
+    assert report.ok and report.problems == []
+    assert report.unfinished == ["img"]
+    assert main(["verify", str(dataset)]) == 0
+    assert "1 unfinished image folders" in capsys.readouterr().out
+
+
+def test_a_damaged_artifact_without_metadata_is_still_broken(dataset):
+    (dataset / "img" / "metadata.json").unlink()
+    (dataset / "img" / "seg.npy").write_bytes(b"not an npy")
+    report = verify(dataset)
+    assert not report.ok and [p.filename for p in report.problems] == ["seg.npy"]
 
 
 def test_check_image_of_one_pass_reads_only_its_artifacts_and_the_metadata(dataset, monkeypatch):
     # Each Dagster asset check verifies one pass: it must not read the other 20 MB of the image.
+    import stratum_core.verify as verify_module
+
     read: list[str] = []
-    real_read = Store.read
+    real_read = verify_module.read_value
 
-    def recording_read(self, image_id, artifact):
+    def recording_read(store, image_id, artifact):
         read.append(artifact.filename)
-        return real_read(self, image_id, artifact)
+        return real_read(store, image_id, artifact)
 
-    monkeypatch.setattr(Store, "read", recording_read)
+    monkeypatch.setattr(verify_module, "read_value", recording_read)
     (dataset / "img" / "seg.npy").write_bytes(b"broken")
     names = set(os.listdir(dataset / "img"))
     problems = check_image(Store(dataset), "img", names, only={"seg.npy"})

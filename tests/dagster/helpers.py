@@ -10,10 +10,14 @@ from PIL import Image
 
 from stratum_core import shards
 from stratum_dagster.defs.passes import assets as pass_area
+from stratum_dagster.defs.passes.factory import build_pass_defs
 from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
 from stratum_dagster.resources import CaptionServerResource, StratumResource
 
 GREY, RED = (128, 128, 128), (255, 0, 0)
+# The pass area as built for Dagster, less the retry policy: every asset and check retries an infrastructure
+# error after 30 s and 90 s (execute_in_process cannot turn that off); these tests want the failure at once.
+PASSES_WITHOUT_RETRIES = build_pass_defs(retry_policy=None)
 
 
 def write_image(path: Path, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
@@ -49,7 +53,7 @@ def materialize(names: list[str], key: str, instance: dg.DagsterInstance, stratu
                 caption: CaptionServerResource | None = None, raise_on_error: bool = True) -> dg.ExecuteInJobResult:
     """Materialise the pass assets `names` (with their verify checks) for shard `key`."""
     return dg.materialize(
-        [*pass_area.defs.assets, *pass_area.defs.asset_checks], selection=names, partition_key=key,
+        [*PASSES_WITHOUT_RETRIES.assets, *PASSES_WITHOUT_RETRIES.asset_checks], selection=names, partition_key=key,
         instance=instance, resources={"stratum": stratum, "caption_server": caption or CaptionServerResource()},
         raise_on_error=raise_on_error)
 
@@ -58,13 +62,12 @@ def run_job(job_name: str, names: list[str], key: str, instance: dg.DagsterInsta
             caption: CaptionServerResource | None = None) -> dg.ExecuteInJobResult:
     """Run one of the pass area's jobs (e.g. enrich_job) for shard `key`, selecting the assets `names`.
 
-    The job is rebuilt with the real job's selection and executor but no retry policy, so an
-    infrastructure error fails at once instead of after the retry delays (run config cannot turn an
-    op retry policy off)."""
+    The job is rebuilt with the real job's selection and executor over PASSES_WITHOUT_RETRIES, so an
+    infrastructure error fails at once instead of after the retry delays."""
     [real] = [j for j in pass_area.defs.jobs if j.name == job_name]
     job = dg.define_asset_job(job_name, selection=real.selection, executor_def=real.executor_def)
     defs = dg.Definitions(
-        assets=pass_area.defs.assets, asset_checks=pass_area.defs.asset_checks, jobs=[job],
+        assets=PASSES_WITHOUT_RETRIES.assets, asset_checks=PASSES_WITHOUT_RETRIES.asset_checks, jobs=[job],
         resources={"stratum": stratum, "caption_server": caption or CaptionServerResource()})
     return defs.resolve_job_def(job_name).execute_in_process(
         instance=instance, partition_key=key, asset_selection=[dg.AssetKey(n) for n in names],

@@ -85,7 +85,7 @@ def test_enrich_job_runs_three_steps_and_retries_infrastructure_errors():
     enrich = defs.resolve_job_def("enrich_job")
     assert sorted(n for n in enrich.graph.node_dict if not n.endswith("_verify_check")) == [
         "caption", "image_passes", "t5"]
-    assert enrich.op_retry_policy.max_retries == 2
+    assert enrich.graph.node_dict["image_passes"].definition.retry_policy.max_retries == 2
     assets = defs.resolve_assets_def("seg")
     assert {k.to_user_string() for k in assets.keys} == {"metadata", "dinov3", "pose", "seg", "depth", "normal"}
     assert assets.can_subset

@@ -15,7 +15,7 @@ from stratum_dagster.resources import HubResource, StratumResource
 from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
 
 PUBLISH_OPTIONS = ("layers", "offset", "limit", "license", "attribution_file", "private", "rows_per_parquet",
-                   "images_per_tar", "max_tar_mb", "chunks_per_commit")
+                   "images_per_tar", "max_tar_mb", "chunks_per_commit", "folder_limit", "commits_per_hour")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def test_hub_resource_defaults_are_the_cli_publish_defaults():
     cli_config = PublishConfig(hub_repo=REPO, layers=args.layers, offset=args.offset, limit=args.limit,
                                license=args.license, attribution_file=args.attribution_file, private=args.private,
                                rows_per_parquet=args.rows_per_parquet, images_per_tar=args.images_per_tar,
-                               max_tar_mb=args.max_tar_mb, chunks_per_commit=args.chunks_per_commit)
+                               max_tar_mb=args.max_tar_mb, chunks_per_commit=args.chunks_per_commit,
+                               folder_limit=args.folder_limit, commits_per_hour=args.commits_per_hour)
     resource_config = HubResource(repo_id=REPO).publish_config()
     assert {o: getattr(resource_config, o) for o in PUBLISH_OPTIONS} == {o: getattr(cli_config, o)
                                                                          for o in PUBLISH_OPTIONS}
@@ -59,8 +60,8 @@ def test_publish_job_writes_chunks_sized_by_the_resources_options(tmp_path, hub,
     result = _run("publish_job", instance, resource, tmp_path / "ds")
     assert result.success
     files = hub.files(REPO)
-    assert {"data/00000-00003.parquet", "data/00004-00005.parquet",
-            "dinov3/00000-00002.tar", "dinov3/00003-00005.tar"} <= set(files)
+    assert {"data/00000/00000-00003.parquet", "data/00000/00004-00005.parquet",
+            "dinov3/00000/00000-00002.tar", "dinov3/00000/00003-00005.tar"} <= set(files)
     assert "Photos by the Example Archive." in files["ATTRIBUTION.md"].decode()
     assert "Photos by the Example Archive." in files["README.md"].decode()
     assert _manifest(hub)["total_images"] == 6
@@ -72,7 +73,7 @@ def test_publish_job_writes_chunks_sized_by_the_resources_options(tmp_path, hub,
 def _publish_two_chunks_then_delete_one(tmp_path, hub) -> None:
     make_dataset(tmp_path / "ds")
     publish(tmp_path / "ds", config(layers=("caption", "dinov3"), images_per_tar=3), token=TOKEN, endpoint=hub.url)
-    hub.put_files(REPO, {}, delete=("dinov3/00003-00005.tar",))
+    hub.put_files(REPO, {}, delete=("dinov3/00000/00003-00005.tar",))
 
 
 def test_reconcile_job_rebuilds_the_manifest_from_the_repos_files(tmp_path, hub, instance):
@@ -81,7 +82,7 @@ def test_reconcile_job_rebuilds_the_manifest_from_the_repos_files(tmp_path, hub,
     assert result.success
     manifest = _manifest(hub)
     assert manifest["layers"]["dinov3"]["chunks"] == {"00000-00002": 3}
-    assert "dinov3/00003-00005.index.json" not in hub.files(REPO)
+    assert "dinov3/00000/00003-00005.index.json" not in hub.files(REPO)
     assert "| dinov3 | webdataset | 3 |" in hub.files(REPO)["README.md"].decode()
 
 
@@ -118,7 +119,7 @@ def _publish_through_the_code_location(tmp_path, hub, instance, monkeypatch) -> 
 def test_publish_job_runs_without_hf_token(tmp_path, hub, instance, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert _publish_through_the_code_location(tmp_path, hub, instance, monkeypatch).success
-    assert "data/00000-00005.parquet" in hub.files(REPO)
+    assert "data/00000/00000-00005.parquet" in hub.files(REPO)
     assert hub.auth_headers == set()  # no token, and no saved login in the tests' HF_HOME
 
 
@@ -126,3 +127,22 @@ def test_publish_job_reads_hf_token_when_the_job_runs(tmp_path, hub, instance, m
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # set after the code location was imported
     assert _publish_through_the_code_location(tmp_path, hub, instance, monkeypatch).success
     assert hub.auth_headers == {f"Bearer {TOKEN}"}
+
+
+def test_hub_dataset_adds_only_the_shards_finished_since_the_last_publish(tmp_path, hub, instance):
+    from tests.core.publish.test_growing import add_group, assert_earlier_chunks_unchanged
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    add_group(src, out, "ffhq", ["img0", "img1", "img2", "img3"])
+    resource = HubResource(repo_id=REPO, token=TOKEN, endpoint=hub.url, layers=["caption", "dinov3"],
+                           rows_per_parquet=2, images_per_tar=2)
+    assert _run("publish_job", instance, resource, out).success
+    before = hub.files(REPO)
+    add_group(src, out, "aaa", ["x0", "x1"])  # a new folder that sorts first
+    result = _run("publish_job", instance, resource, out)
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert metadata["shards_added"] == {"aaa-0000": "00004-00005"}
+    assert metadata["ranges_added"] == ["00004-00005"] and metadata["total_images"] == 6
+    assert_earlier_chunks_unchanged(before, hub.files(REPO))

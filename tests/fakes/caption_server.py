@@ -29,7 +29,7 @@ class FakeCaptionServer:
     def __init__(self, models: Iterable[str] = ("gemma3:27b",), captions: Captions = "A red cube on a table.",
                  latency: float = 0.0, faults: Sequence[Fault] = (), always: Fault | None = None,
                  hang_seconds: float = 30.0, api_key: str | None = None, retry_after: str | None = None,
-                 trickle_interval: float = 0.2):
+                 trickle_interval: float = 0.2, truncated: bool = False):
         for fault in [*faults, *([always] if always is not None else [])]:
             if not (isinstance(fault, int) or fault in FAULTS):
                 raise ValueError(f"unknown fault {fault!r}")
@@ -40,6 +40,7 @@ class FakeCaptionServer:
         self.always = always  # played by every generate request after `faults`
         self.hang_seconds = hang_seconds
         self.trickle_interval = trickle_interval
+        self.truncated = truncated  # answers say they stopped at the token limit (done/finish reason "length")
         self.api_key = api_key  # when set, requests without "Bearer <api_key>" get 401
         self.retry_after = retry_after  # Retry-After header sent with 429
         self.requests: list[dict] = []  # generate bodies, in arrival order

@@ -5,8 +5,9 @@
 DWPose-shaped model ((N, 3, 384, 288) → simcc_x (N, 133, 576), simcc_y (N, 133, 768)) whose
 SimCC outputs peak at the given bins. `build_dwpose_folder(folder)` writes both under their
 real file names, ready for `--model pose=<folder>`. Outputs do not depend on the pixels unless
-`gate_on_corner=True` (then every detection's objectness is scaled by the image's top-left
-red value / 255, so a black corner means "no person" — lets one batch mix both cases).
+`gate_on_corner=True` (then every detection's objectness is scaled by channel 0 of the input's
+top-left pixel / 255 — blue, since the pose pass feeds the detector BGR — so a black corner means
+"no person" — lets one batch mix both cases).
 """
 
 from __future__ import annotations

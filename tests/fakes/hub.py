@@ -1,7 +1,7 @@
 """A loopback fake of the HuggingFace Hub HTTP API, enough for huggingface_hub 2.x with HF_HUB_DISABLE_XET=1.
 
 Endpoints: repo create, validate-yaml, repo/revision info, preupload, LFS batch + PUT upload, NDJSON commit
-(with parentCommit checks → 412), recursive tree listing, resolve (GET/HEAD). Fault injection per
+(with parentCommit checks → 412), commit history, recursive tree listing, resolve (GET/HEAD). Fault injection per
 (method, path regex): answer 429 + Retry-After, answer 5xx, or drop the connection mid-request; or, with
 `applied=True`, carry the request out and then lose its reply (answer the error, or drop).
 """
@@ -9,6 +9,7 @@ Endpoints: repo create, validate-yaml, repo/revision info, preupload, LFS batch 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import re
@@ -45,6 +46,7 @@ class Commit:
     parent: str | None
     message: str
     files: dict[str, StoredFile]
+    created: float = 0.0  # FakeHub.clock() when committed
 
 
 @dataclass
@@ -82,6 +84,7 @@ class FakeHub:
         self.requests: list[tuple[float, str, str, int]] = []  # (time, method, path, status)
         self.auth_headers: set[str] = set()
         self.lock = threading.RLock()
+        self.clock = time.time  # commit dates (a test that fakes the publisher's clock sets the same one here)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -122,7 +125,8 @@ class FakeHub:
             if key not in self.repos:
                 repo = Repo(repo_id, kind, private)
                 repo.commits.append(Commit(self._new_oid("init"), None, "initial commit",
-                                           {".gitattributes": StoredFile(b"*.parquet filter=lfs\n", False)}))
+                                           {".gitattributes": StoredFile(b"*.parquet filter=lfs\n", False)},
+                                           self.clock()))
                 self.repos[key] = repo
             return self.repos[key]
 
@@ -161,7 +165,7 @@ class FakeHub:
         return hashlib.sha1(f"{seed}-{time.time_ns()}-{len(self.requests)}".encode()).hexdigest()
 
     def _commit(self, repo: Repo, files: dict[str, StoredFile], message: str) -> str:
-        commit = Commit(self._new_oid(message), repo.head.oid, message, files)
+        commit = Commit(self._new_oid(message), repo.head.oid, message, files, self.clock())
         repo.commits.append(commit)
         return commit.oid
 
@@ -357,6 +361,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"commitUrl": f"{self.fake.url}/{kind}/{repo}/commit/{oid}", "commitOid": oid,
                          "pullRequestUrl": None})
 
+    def commits(self, kind: str, repo: str, rev: str) -> None:
+        """The history of `rev`, newest first (one page)."""
+        r = self._repo(kind, repo)
+        head = self._revision(r, rev)
+        chain = r.commits[:r.commits.index(head) + 1]
+        self._send(200, [{"id": c.oid, "title": c.message, "message": "", "authors": [],
+                          "date": datetime.datetime.fromtimestamp(c.created, datetime.timezone.utc).isoformat()
+                          .replace("+00:00", "Z")} for c in reversed(chain)])
+
     def tree(self, kind: str, repo: str, rev: str, path: str | None = None) -> None:
         commit = self._revision(self._repo(kind, repo), rev)
         query = parse_qs(urlparse(self.path).query)
@@ -407,6 +420,7 @@ ROUTES = (
     ("GET", rf"/api/{PREFIX}/{REPO}/revision/(?P<rev>[^/]+)", _Handler.info),
     ("POST", rf"/api/{PREFIX}/{REPO}/preupload/(?P<rev>[^/]+)", _Handler.preupload),
     ("POST", rf"/api/{PREFIX}/{REPO}/commit/(?P<rev>[^/]+)", _Handler.commit),
+    ("GET", rf"/api/{PREFIX}/{REPO}/commits/(?P<rev>[^/]+)", _Handler.commits),
     ("GET", rf"/api/{PREFIX}/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", _Handler.tree),
     ("POST", rf"/(?:(?P<kind>datasets|spaces)/)?{REPO}\.git/info/lfs/objects/batch", _Handler.lfs_batch),
     ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", _Handler.lfs_upload),

@@ -24,7 +24,8 @@ class FakeOllama(FakeCaptionServer):
         return self.generate(body)
 
     def wrap_caption(self, text: str) -> dict:
-        return {"model": self.models[0] if self.models else "", "response": text, "done": True}
+        return {"model": self.models[0] if self.models else "", "response": text, "done": True,
+                "done_reason": "length" if self.truncated else "stop"}
 
     @property
     def generate_url(self) -> str:

@@ -25,7 +25,7 @@ class FakeOpenAI(FakeCaptionServer):
 
     def wrap_caption(self, text: str) -> dict:
         return {"id": "chatcmpl-fake", "object": "chat.completion", "model": self.models[0],
-                "choices": [{"index": 0, "finish_reason": "stop",
+                "choices": [{"index": 0, "finish_reason": "length" if self.truncated else "stop",
                              "message": {"role": "assistant", "content": text}}]}
 
     @property

@@ -12,21 +12,22 @@ from stratum_core.models import model_dir_from_env
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata, verify_shard
 from stratum_dagster.partitions import shard_partitions
+from stratum_dagster.execution import (CAPTION_POOL, CAPTION_QUEUE, CELERY_QUEUE_TAG, CPU_QUEUE, GPU_POOL,
+                                       gpu_op_tags, gpu_run_tags, stratum_executor)
 from stratum_dagster.resources import CaptionServerResource, StratumResource
 
-GPU_POOL = "gpu"
-CAPTION_POOL = "caption"
 IMAGE_STEP = "image_passes"  # the op of metadata and the model passes that read pixels
 
-# Carried by every GPU step and run: the Kubernetes run launcher / k8s_job_executor request one GPU,
-# and Celery routes the step to a GPU host's queue.
-GPU_K8S_CONFIG = {"container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"},
-                                                     "limits": {"nvidia.com/gpu": "1"}}}}
-GPU_OP_TAGS = {"dagster-k8s/config": GPU_K8S_CONFIG, "dagster-celery/queue": "gpu"}
-CAPTION_OP_TAGS = {"dagster-celery/queue": "caption"}
-GPU_RUN_TAGS = {"dagster-k8s/config": GPU_K8S_CONFIG}
+# Every op names its Celery queue (docs/scale-out.md lists the worker for each): GPU steps carry the GPU
+# queue and the Kubernetes GPU request; a step without a GPU carries no GPU request, so under
+# k8s_job_executor its pod gets none.
+GPU_OP_TAGS = gpu_op_tags()
+CAPTION_OP_TAGS = {CELERY_QUEUE_TAG: CAPTION_QUEUE}
+CPU_OP_TAGS = {CELERY_QUEUE_TAG: CPU_QUEUE}
 
-# An infrastructure error (dead server, out of memory, missing weights) raises; the jobs retry the step.
+# An infrastructure error (dead server, out of memory) raises; the step is retried. Set on every asset and
+# check (not only on the named jobs), so a run from the catalog, a backfill or a sensor retries the same way.
+# A permanent error raises dg.Failure(allow_retries=False) and is not retried.
 INFRASTRUCTURE_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 
 
@@ -70,18 +71,20 @@ def _pass_tags(name: str) -> dict[str, str]:
 
 
 def _step_placement(step: str, names: list[str]) -> dict:
-    """Pool and op tags of a step, set once per op: any model pass puts it in the `gpu` pool (with the
-    GPU request tags); a server-bound pass in `caption`; otherwise no pool. IMAGE_STEP runs first in a
-    run (priority) so GPU results land, and the GPU is handed back, before the long caption step."""
+    """Pool, queue and op tags of a step, set once per op: any model pass puts it in the `gpu` pool and
+    queue (with the GPU request tags); a server-bound pass in `caption`; otherwise no pool, the CPU queue.
+    IMAGE_STEP runs first in a run (priority) so GPU results land, and the GPU is handed back, before the
+    long caption step."""
     if any(n in MODEL_PASSES for n in names):
         tags = {**GPU_OP_TAGS, "dagster/priority": "1"} if step == IMAGE_STEP else GPU_OP_TAGS
         return {"pool": GPU_POOL, "op_tags": tags}
     if any(_io_bound(n) for n in names):
         return {"pool": CAPTION_POOL, "op_tags": CAPTION_OP_TAGS}
-    return {}
+    return {"op_tags": CPU_OP_TAGS}
 
 
-def build_step_assets(step: str, names: list[str]) -> dg.AssetsDefinition:
+def build_step_assets(step: str, names: list[str],
+                      retry_policy: dg.RetryPolicy | None = INFRASTRUCTURE_RETRY) -> dg.AssetsDefinition:
     """One op for the passes `names`, one asset each: a run materialising any subset of them (enrich_job,
     a per-pass job, a backfill) runs ONE engine run over the selected passes of the shard."""
     specs = [dg.AssetSpec(name, deps=upstream_passes(name), description=_describe(name), group_name="passes",
@@ -89,7 +92,7 @@ def build_step_assets(step: str, names: list[str]) -> dg.AssetsDefinition:
                           code_version=provenance.code_version(name, model_dir_from_env())) for name in names]
 
     @dg.multi_asset(name=step, specs=specs, partitions_def=shard_partitions, can_subset=True,
-                    **_step_placement(step, names))
+                    retry_policy=retry_policy, **_step_placement(step, names))
     def _step(context: dg.AssetExecutionContext, stratum: StratumResource,
               caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult]:
         selected = [n for n in names if dg.AssetKey(n) in context.selected_asset_keys]
@@ -106,7 +109,7 @@ def build_step_assets(step: str, names: list[str]) -> dg.AssetsDefinition:
     return _step
 
 
-def build_verify_check(name: str) -> dg.AssetChecksDefinition:
+def build_verify_check(name: str, retry_policy: dg.RetryPolicy | None = INFRASTRUCTURE_RETRY) -> dg.AssetChecksDefinition:
     """`verify` over the shard's artifacts of this pass."""
 
     def _verify_check(context: dg.AssetCheckExecutionContext, stratum: StratumResource) -> dg.AssetCheckResult:
@@ -117,29 +120,35 @@ def build_verify_check(name: str) -> dg.AssetChecksDefinition:
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return dg.asset_check(
             asset=name, name="verify_check", partitions_def=shard_partitions,
+            op_tags=CPU_OP_TAGS, retry_policy=retry_policy,
             description=f"Every {name} artifact of the shard parses and has the right shape, dtype and values.",
         )(_verify_check)
 
 
+# The executor and GPU run tags of the named jobs; `definitions.py` gives the same executor to every other
+# run (Definitions executor). Resolved when the code location loads (STRATUM_EXECUTOR, stratum_dagster/execution.py).
+EXECUTOR = stratum_executor()
+
+
 def build_pass_job(name: str) -> dg.JobDefinition:
-    return dg.define_asset_job(f"{name}_job", selection=[name],
-                               executor_def=dg.in_process_executor, op_retry_policy=INFRASTRUCTURE_RETRY,
-                               tags=GPU_RUN_TAGS if name in MODEL_PASSES else None,
+    return dg.define_asset_job(f"{name}_job", selection=[name], executor_def=EXECUTOR,
+                               tags=gpu_run_tags(EXECUTOR) if name in MODEL_PASSES else None,
                                description=f"The {name} pass over one shard.")
 
 
 enrich_job = dg.define_asset_job(
-    "enrich_job", selection=["metadata", *DEFAULT_PASSES],
-    executor_def=dg.in_process_executor, op_retry_policy=INFRASTRUCTURE_RETRY, tags=GPU_RUN_TAGS,
+    "enrich_job", selection=["metadata", *DEFAULT_PASSES], executor_def=EXECUTOR, tags=gpu_run_tags(EXECUTOR),
     description="metadata and the default passes (everything but pixel) over one shard.")
 
 PASS_JOBS: dict[str, dg.JobDefinition] = {n: build_pass_job(n) for n in REGISTRY}
 
 
-def build_pass_defs() -> dg.Definitions:
-    """One asset, check and job per registered pass (assets grouped into steps), plus `enrich_job`."""
+def build_pass_defs(retry_policy: dg.RetryPolicy | None = INFRASTRUCTURE_RETRY) -> dg.Definitions:
+    """One asset, check and job per registered pass (assets grouped into steps), plus `enrich_job`.
+
+    `retry_policy=None` builds the same assets without retries (tests that fail a step on purpose)."""
     return dg.Definitions(
-        assets=[build_step_assets(step, names) for step, names in steps().items()],
-        asset_checks=[build_verify_check(n) for n in REGISTRY],
+        assets=[build_step_assets(step, names, retry_policy) for step, names in steps().items()],
+        asset_checks=[build_verify_check(n, retry_policy) for n in REGISTRY],
         jobs=[enrich_job, *PASS_JOBS.values()],
     )

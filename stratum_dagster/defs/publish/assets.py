@@ -15,15 +15,23 @@ class ReconcileConfig(dg.Config):
 
 
 @dg.asset(name="hub_dataset", deps=["metadata", *DEFAULT_PASSES], group_name="publish", kinds={"huggingface"},
-          description="The chosen layers of the dataset, published to a HuggingFace dataset repo.")
+          description="The chosen layers of the dataset, published to a HuggingFace dataset repo: each run adds "
+                      "what is new since the last one (the finished shards after the last published position).")
 def hub_dataset(context: dg.AssetExecutionContext, stratum: StratumResource, hub: HubResource) -> dg.MaterializeResult:
-    from stratum_core.publish import publish
+    from stratum_core.publish import publish_new
+    from stratum_core.publish.publisher import shard_ready
 
-    result = publish(stratum.output_dir, hub.publish_config(), token=hub.hub_token(), endpoint=hub.endpoint)
+    config = hub.publish_config()
+    result = publish_new(stratum.output_dir, config, token=hub.hub_token(), endpoint=hub.endpoint,
+                         ready=shard_ready(stratum.output_dir, config.layers))
+    added = sorted({f.rsplit("/", 1)[-1].rsplit(".", 1)[0] for f in result.uploaded_files})
+    context.log.info(f"{result.repo_id}: added shards {', '.join(result.shards) or 'none'}; "
+                     f"ranges {', '.join(added) or 'none'}")
     return dg.MaterializeResult(metadata={
         "repo_id": result.repo_id, "commits": len(result.commits), "total_images": result.total_images,
         "uploaded_files": len(result.uploaded_files), "skipped_chunks": len(result.skipped_chunks),
-        "bytes_uploaded": result.bytes_uploaded, "images_per_layer": dg.MetadataValue.json(result.images)})
+        "bytes_uploaded": result.bytes_uploaded, "images_per_layer": dg.MetadataValue.json(result.images),
+        "shards_added": dg.MetadataValue.json(result.shards), "ranges_added": dg.MetadataValue.json(added)})
 
 
 @dg.op(description="Rebuild manifest.json and the dataset card from the files in the Hub repo.")

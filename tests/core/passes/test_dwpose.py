@@ -42,9 +42,11 @@ def expected_pose(box: FakeBox, bucket: Bucket, peaks=None) -> np.ndarray:
     return np.stack([2 * px / bucket.width - 1, 2 * py / bucket.height - 1, conf], axis=1)
 
 
-def make_item(bucket: Bucket, name: str = "img", corner: int = 255) -> Item:
+def make_item(bucket: Bucket, name: str = "img", corner: int = 255, channel: int = 2) -> Item:
+    """A flat grey crop whose top-left pixel has `corner` in RGB `channel` (blue by default: the
+    detector's channel 0, since it is fed BGR, and what a `gate_on_corner` fake detector reads)."""
     crop = np.full((bucket.height, bucket.width, 3), 90, np.uint8)
-    crop[0, 0, 0] = corner
+    crop[0, 0, channel] = corner
     return Item(SourceImage(f"{name}.png", Path(f"/nowhere/{name}.png")),
                 Decoded(crop, bucket.width, bucket.height, bucket))
 
@@ -232,3 +234,28 @@ def test_stratum_process_writes_pose_through_the_engine_and_verifies(tmp_path):
         assert pose.dtype == np.float16
         np.testing.assert_allclose(pose.astype(np.float64), expected_pose(box, SQUARE), atol=2e-3, rtol=1e-3)
     assert main(["verify", str(out)]) == 0
+
+
+def corner_item(channel: int) -> Item:
+    """A black crop with a bright 16×16 top-left block in RGB `channel` alone."""
+    item = make_item(SQUARE, corner=0)
+    crop = np.zeros_like(item.crop)
+    crop[:16, :16, channel] = 255
+    return Item(item.source, Decoded(crop, SQUARE.width, SQUARE.height, SQUARE))
+
+
+@pytest.mark.parametrize("channel, person", [(2, True), (0, False)], ids=["blue-corner", "red-corner"])
+def test_the_detector_is_fed_bgr(tmp_path, channel, person):
+    """The gated fake detector reads channel 0 of its input's top-left pixel: with BGR input that is
+    the image's blue, so only a blue corner lets it find the person."""
+    folder = build_dwpose_folder(tmp_path / "m", gate_on_corner=True)
+    pose = loaded_pass(folder).run_batch([corner_item(channel)])[0].values["pose"]
+    assert (pose != 0).any() == person
+
+
+def test_the_pose_model_is_fed_the_rgb_crop(tmp_path):
+    p = loaded_pass(build_dwpose_folder(tmp_path / "m"))
+    item = corner_item(0)  # red block
+    prepared = p.preprocess(item)
+    assert prepared.image is item.crop  # RGB, as mmpose's bgr_to_rgb=True model expects
+    assert prepared.letterboxed[2, 0, 0] == 255 and prepared.letterboxed[0, 0, 0] == 0  # the detector's: BGR

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -344,3 +345,38 @@ def test_cli_process_writes_valid_seg_depth_normal(input_dir, model_dir, tmp_pat
     assert code == 0
     assert len(list(output_dir.rglob("normal.npy"))) == 2
     assert cli.main(["verify", str(output_dir)]) == 0
+
+
+class CallRecorder(torch.nn.Module):
+    """A seg-shaped model that records the batch size of every call (a TorchScript list attribute)."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = torch.jit.Attribute([], List[int])  # typed for TorchScript (string annotations are not)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return torch.zeros(x.shape[0], 28, 8, 6, dtype=x.dtype, device=x.device)
+
+
+def test_each_torchscript_model_is_warmed_up_at_load_at_the_batch_size_it_will_run(tmp_path):
+    path = save_scripted(CallRecorder(), tmp_path / "seg.pt2")
+    seg_pass = SapiensSegPass(PassOptions(model_paths={"seg": path}, batch_size=3))
+    seg_pass.load()
+    # One probe at batch 1 (checks the channels), then the warm-up: two calls at the run's batch,
+    # the first profiles that shape and the second builds TorchScript's optimised graph for it.
+    assert list(seg_pass._model.batches) == [1] + [3] * sapiens.WARM_UP_CALLS
+
+
+def test_per_pass_precision_from_the_cli_is_recorded_in_the_run_record(input_dir, model_dir, tmp_path):
+    import json
+
+    output_dir = tmp_path / "out"
+    code = cli.main(["process", str(input_dir), "-o", str(output_dir), "--passes", "seg,depth,normal",
+                     "--model-dir", str(model_dir), "--device", "cpu", "--workers", "1",
+                     "--precision", "bf16,depth=tf32"])
+    assert code == 0
+    (record,) = (output_dir / ".stratum" / "runs").glob("*.json")
+    provenance = json.loads(record.read_text())["provenance"]
+    assert {n: provenance[n]["precision"] for n in ("seg", "depth", "normal")} == {
+        "seg": "bf16", "depth": "tf32", "normal": "bf16"}

@@ -88,7 +88,7 @@ def test_losing_a_race_rereads_and_keeps_the_other_publishers_files(tmp_path, hu
     rival_before_our_first_commit(monkeypatch, lambda: hub.put_files(REPO, {"notes/rival.txt": b"rival"}))
     publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
-    assert files["notes/rival.txt"] == b"rival" and "data/00000-00005.parquet" in files
+    assert files["notes/rival.txt"] == b"rival" and "data/00000/00000-00005.parquet" in files
     assert hub.count("POST", r"/commit/", 412) == 1
 
 
@@ -100,7 +100,7 @@ def test_a_rival_adding_a_layer_to_the_same_range_keeps_both_layers(tmp_path, hu
         monkeypatch, lambda: publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url))
     publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
-    table = pq.read_table(io.BytesIO(files["data/00000-00005.parquet"]))
+    table = pq.read_table(io.BytesIO(files["data/00000/00000-00005.parquet"]))
     assert None not in table.column("caption").to_pylist() and None not in table.column("dinov3_cls").to_pylist()
     manifest = json.loads(files["manifest.json"])
     assert manifest["layers"]["caption"]["count"] == 6 and manifest["layers"]["dinov3"]["count"] == 6
@@ -126,7 +126,7 @@ def test_a_rival_commit_between_our_batches_keeps_its_layer_in_our_later_chunks(
             token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
     for label in ("00000-00002", "00003-00005"):
-        table = pq.read_table(io.BytesIO(files[f"data/{label}.parquet"]))
+        table = pq.read_table(io.BytesIO(files[f"data/00000/{label}.parquet"]))
         assert None not in table.column("caption").to_pylist() + table.column("dinov3_cls").to_pylist()
     manifest = json.loads(files["manifest.json"])
     assert manifest["layers"]["caption"]["count"] == 6 and manifest["layers"]["dinov3"]["count"] == 6

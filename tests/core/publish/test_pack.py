@@ -33,7 +33,7 @@ def _tarfile_bytes(root, ids) -> bytes:
 
 def test_tar_is_byte_identical_to_python_tarfile(tmp_path):
     ids = make_dataset(tmp_path / "ds", patches=37)  # 37 rows: data not a multiple of 512 bytes
-    with pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/00000-00005.tar") as packed:
+    with pack.pack_tar(tmp_path / "ds", "dinov3", ids, "dinov3/00000/00000-00005.tar") as packed:
         data = packed.payload.read()
         assert packed.size == len(data)
     assert data == _tarfile_bytes(tmp_path / "ds", ids)
@@ -172,3 +172,17 @@ def test_without_memfd_a_pool_spills_to_its_dir_and_removes_the_file(tmp_path, m
                 assert [p.name for p in spill.iterdir()] == [os.path.basename(packed.payload.path)]
                 assert packed.payload.read() == _tarfile_bytes(tmp_path / "ds", ids)
             assert list(spill.iterdir()) == [] and pool.idle == 0
+
+
+def test_a_large_parquet_read_by_threads_keeps_row_order_and_bytes(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    ids = make_dataset(tmp_path / "ds", ids=tuple(f"g{i % 7}/img{i:03d}" for i in range(150)), patches=1)
+    with pack.pack_data(tmp_path / "ds", ids, ("caption", "dinov3"), "data/x.parquet") as threaded:
+        table = pq.read_table(io.BytesIO(threaded.payload.read()))
+        assert table.column("image_id").to_pylist() == ids
+        by_id = {f"g{i % 7}/img{i:03d}": f"caption {i}" for i in range(150)}
+        assert table.column("caption").to_pylist() == [by_id[i] for i in ids]
+        monkeypatch.setattr(pack, "ROW_READERS", 1)
+        with pack.pack_data(tmp_path / "ds", ids, ("caption", "dinov3"), "data/x.parquet") as one_thread:
+            assert one_thread.payload.read() == threaded.payload.read()

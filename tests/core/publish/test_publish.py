@@ -25,16 +25,17 @@ def test_publish_caption_then_dinov3_writes_layout_manifest_and_card(tmp_path, h
     publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
     publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
-    assert {"data/00000-00005.parquet", "data/00000-00005.index.json", "dinov3/00000-00005.tar",
-            "dinov3/00000-00005.index.json", "manifest.json", "README.md"} <= set(files)
+    assert {"data/00000/00000-00005.parquet", "data/00000/00000-00005.index.json", "dinov3/00000/00000-00005.tar",
+            "dinov3/00000/00000-00005.index.json", "manifest.json", "README.md"} <= set(files)
     manifest = json.loads(files["manifest.json"])
     assert manifest["version"] == 1 and manifest["total_images"] == 6
     assert manifest["layers"]["caption"] == {"format": "parquet", "path": "data", "column": "caption",
-                                             "chunks": {"00000-00005": 6}, "count": 6}
+                                             "chunks": {"00000-00005": 6}, "count": 6,
+                                             "paths": {"00000-00005": "data/00000/00000-00005.parquet"}}
     assert manifest["layers"]["dinov3"]["format"] == "webdataset"
     assert manifest["layers"]["dinov3"]["chunks"] == {"00000-00005": 6}
     assert manifest["created_with"].startswith("stratum ") and manifest["updated_at"]
-    table = _parquet(files["data/00000-00005.parquet"])
+    table = _parquet(files["data/00000/00000-00005.parquet"])
     assert table.column("image_id").to_pylist() == ids
     assert table.column("caption").to_pylist() == [f"caption {IDS.index(i)}" for i in ids]
     assert table.column("width").to_pylist() == [100 + IDS.index(i) for i in ids]
@@ -42,8 +43,8 @@ def test_publish_caption_then_dinov3_writes_layout_manifest_and_card(tmp_path, h
     np.testing.assert_array_equal(cls, cls_value(IDS.index(ids[0])))
     card = files["README.md"].decode()
     assert "license: cc-by-nc-sa-4.0" in card and "- n<1K" in card
-    assert "- config_name: caption" in card and "path: data/*.parquet" in card
-    assert "- config_name: dinov3" in card and "path: dinov3/*.tar" in card
+    assert "- config_name: caption" in card and "path: data/*/*.parquet" in card
+    assert "- config_name: dinov3" in card and "path: dinov3/*/*.tar" in card
 
 
 def test_tar_reads_back_with_webdataset_one_sample_per_image(tmp_path, hub):
@@ -52,7 +53,7 @@ def test_tar_reads_back_with_webdataset_one_sample_per_image(tmp_path, hub):
     ids = make_dataset(tmp_path / "ds")
     publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
     tar_path = tmp_path / "chunk.tar"
-    tar_path.write_bytes(hub.files(REPO)["dinov3/00000-00005.tar"])
+    tar_path.write_bytes(hub.files(REPO)["dinov3/00000/00000-00005.tar"])
     samples = list(wds.WebDataset(str(tar_path), shardshuffle=False))
     assert [unescape_key(s["__key__"]) for s in samples] == ids
     assert "b/v1%2E2" in [s["__key__"] for s in samples]
@@ -61,8 +62,10 @@ def test_tar_reads_back_with_webdataset_one_sample_per_image(tmp_path, hub):
         patches = np.load(io.BytesIO(sample["dinov3_patches.npy"]))
         assert patches.shape == (16, 1024) and patches.dtype == np.float16 and float(patches[0, 0]) == i
         np.testing.assert_array_equal(np.load(io.BytesIO(sample["dinov3_cls.npy"])), cls_value(i))
-    index = json.loads(hub.files(REPO)["dinov3/00000-00005.index.json"])
-    assert index["ids"] == ids and index["escaped_keys"] == {"b/v1%2E2": "b/v1.2"}
+    index = json.loads(hub.files(REPO)["dinov3/00000/00000-00005.index.json"])
+    entry = index["chunks"]["00000-00005"]
+    assert index["version"] == 2 and entry["file"] == "dinov3/00000/00000-00005.tar"
+    assert entry["ids"] == ids and entry["escaped_keys"] == {"b/v1%2E2": "b/v1.2"}
 
 
 def test_escape_key_is_reversible_and_dot_free_in_last_component():
@@ -89,8 +92,8 @@ def test_offset_and_limit_select_a_range_with_its_label(tmp_path, hub):
     ids = make_dataset(tmp_path / "ds")
     publish(tmp_path / "ds", config(layers=("caption",), offset=2, limit=3), token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
-    assert [p for p in files if p.endswith(".parquet")] == ["data/00002-00004.parquet"]
-    assert _parquet(files["data/00002-00004.parquet"]).column("image_id").to_pylist() == ids[2:5]
+    assert [p for p in files if p.endswith(".parquet")] == ["data/00000/00002-00004.parquet"]
+    assert _parquet(files["data/00000/00002-00004.parquet"]).column("image_id").to_pylist() == ids[2:5]
 
 
 def test_chunk_sizes_cut_at_absolute_positions(tmp_path, hub):
@@ -99,8 +102,8 @@ def test_chunk_sizes_cut_at_absolute_positions(tmp_path, hub):
             token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
     assert sorted(p for p in files if p.endswith((".parquet", ".tar"))) == [
-        "data/00001-00003.parquet", "data/00004-00005.parquet",
-        "dinov3/00001-00001.tar", "dinov3/00002-00003.tar", "dinov3/00004-00005.tar"]
+        "data/00000/00001-00003.parquet", "data/00000/00004-00005.parquet",
+        "dinov3/00000/00001-00001.tar", "dinov3/00000/00002-00003.tar", "dinov3/00000/00004-00005.tar"]
 
 
 def test_max_tar_mb_splits_a_tar(tmp_path, hub):
@@ -112,13 +115,23 @@ def test_max_tar_mb_splits_a_tar(tmp_path, hub):
     assert sorted(chunks) == ["00000-00001", "00002-00003", "00004-00005"]
 
 
-def test_more_images_later_adds_chunks_and_counts(tmp_path, hub):
+def test_more_images_later_add_chunks_and_counts(tmp_path, hub):
     make_dataset(tmp_path / "ds")
-    publish(tmp_path / "ds", config(layers=("caption",), limit=3), token=TOKEN, endpoint=hub.url)
-    publish(tmp_path / "ds", config(layers=("caption",), offset=3), token=TOKEN, endpoint=hub.url)
+    publish(tmp_path / "ds", config(layers=("caption",), limit=3, rows_per_parquet=3), token=TOKEN, endpoint=hub.url)
+    publish(tmp_path / "ds", config(layers=("caption",), offset=3, rows_per_parquet=3), token=TOKEN, endpoint=hub.url)
     manifest = json.loads(hub.files(REPO)["manifest.json"])
     assert manifest["layers"]["caption"]["chunks"] == {"00000-00002": 3, "00003-00005": 3}
     assert manifest["total_images"] == 6
+
+
+def test_more_images_in_a_partly_published_grid_cell_grow_its_chunk(tmp_path, hub):
+    make_dataset(tmp_path / "ds")
+    publish(tmp_path / "ds", config(layers=("caption",), limit=3), token=TOKEN, endpoint=hub.url)
+    publish(tmp_path / "ds", config(layers=("caption",), offset=3), token=TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    assert json.loads(files["manifest.json"])["layers"]["caption"]["chunks"] == {"00000-00005": 6}
+    assert sorted(p for p in files if p.startswith("data/")) == ["data/00000/00000-00005.index.json",
+                                                               "data/00000/00000-00005.parquet"]
 
 
 def test_publishing_a_wider_range_replaces_overlapped_chunks(tmp_path, hub):
@@ -126,10 +139,10 @@ def test_publishing_a_wider_range_replaces_overlapped_chunks(tmp_path, hub):
     publish(tmp_path / "ds", config(layers=("caption",), limit=2), token=TOKEN, endpoint=hub.url)
     publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
-    assert [p for p in files if p.startswith("data/")] == ["data/00000-00005.index.json",
-                                                           "data/00000-00005.parquet"] or \
-        sorted(p for p in files if p.startswith("data/")) == ["data/00000-00005.index.json",
-                                                              "data/00000-00005.parquet"]
+    assert [p for p in files if p.startswith("data/")] == ["data/00000/00000-00005.index.json",
+                                                           "data/00000/00000-00005.parquet"] or \
+        sorted(p for p in files if p.startswith("data/")) == ["data/00000/00000-00005.index.json",
+                                                              "data/00000/00000-00005.parquet"]
     assert json.loads(files["manifest.json"])["total_images"] == 6
 
 
@@ -137,7 +150,7 @@ def test_adding_a_layer_keeps_the_caption_column(tmp_path, hub):
     make_dataset(tmp_path / "ds")
     publish(tmp_path / "ds", config(layers=("caption",)), token=TOKEN, endpoint=hub.url)
     publish(tmp_path / "ds", config(layers=("dinov3",)), token=TOKEN, endpoint=hub.url)
-    table = _parquet(hub.files(REPO)["data/00000-00005.parquet"])
+    table = _parquet(hub.files(REPO)["data/00000/00000-00005.parquet"])
     assert None not in table.column("caption").to_pylist()
     assert None not in table.column("dinov3_cls").to_pylist()
 
@@ -158,7 +171,7 @@ def test_each_batch_is_one_commit_with_manifest_and_card(tmp_path, hub):
     assert len(result.commits) == 3
     repo = hub.repo(REPO)
     after_first = repo.commits[1].files
-    assert "data/00000-00001.parquet" in after_first and "data/00002-00003.parquet" not in after_first
+    assert "data/00000/00000-00001.parquet" in after_first and "data/00000/00002-00003.parquet" not in after_first
     assert json.loads(after_first["manifest.json"].data)["total_images"] == 2
 
 
@@ -221,10 +234,10 @@ def test_a_regular_file_kept_until_the_commit_is_not_reused_by_later_chunks(tmp_
     monkeypatch.setattr(hub_module.HubClient, "commit", commit)
     publish(tmp_path / "ds", config(layers=("caption", "dinov3"), images_per_tar=2), token=TOKEN, endpoint=hub.url)
     assert held_at_commit == [["stratum-pool", "stratum-pool"]]  # the parquet in use, one idle buffer
-    with pack.pack_data(tmp_path / "ds", ids, ("caption", "dinov3"), "data/00000-00005.parquet") as fresh:
-        assert hub.files(REPO)["data/00000-00005.parquet"] == fresh.payload.read()
-    with pack.pack_tar(tmp_path / "ds", "dinov3", ids[4:], "dinov3/00004-00005.tar") as fresh:
-        assert hub.files(REPO)["dinov3/00004-00005.tar"] == fresh.payload.read()
+    with pack.pack_data(tmp_path / "ds", ids, ("caption", "dinov3"), "data/00000/00000-00005.parquet") as fresh:
+        assert hub.files(REPO)["data/00000/00000-00005.parquet"] == fresh.payload.read()
+    with pack.pack_tar(tmp_path / "ds", "dinov3", ids[4:], "dinov3/00000/00004-00005.tar") as fresh:
+        assert hub.files(REPO)["dinov3/00000/00004-00005.tar"] == fresh.payload.read()
     assert open_payloads() == []
 
 

@@ -17,22 +17,23 @@ def _publish_two_chunks(tmp_path, hub):
 
 def test_reconcile_after_hand_deleting_a_chunk_corrects_counts(tmp_path, hub):
     _publish_two_chunks(tmp_path, hub)
-    hub.put_files(REPO, {}, delete=("dinov3/00003-00005.tar",))
+    hub.put_files(REPO, {}, delete=("dinov3/00000/00003-00005.tar",))
     result = reconcile(config(), token=TOKEN, endpoint=hub.url)
     assert result.committed is not None
     manifest = json.loads(hub.files(REPO)["manifest.json"])
     assert manifest["layers"]["dinov3"]["chunks"] == {"00000-00002": 3} and manifest["layers"]["dinov3"]["count"] == 3
     assert manifest["layers"]["caption"]["count"] == 6
-    assert "dinov3/00003-00005.index.json" not in hub.files(REPO)  # orphaned index removed
+    index = json.loads(hub.files(REPO)["dinov3/00000/00000-00005.index.json"])  # the folder's batch index
+    assert list(index["chunks"]) == ["00000-00002"]  # the deleted chunk's entry is gone
     assert "| dinov3 | webdataset | 3 |" in hub.files(REPO)["README.md"].decode()
 
 
 def test_reconcile_counts_from_the_label_when_no_index(tmp_path, hub):
     _publish_two_chunks(tmp_path, hub)
-    hub.put_files(REPO, {}, delete=("dinov3/00000-00002.index.json",))
+    hub.put_files(REPO, {}, delete=("dinov3/00000/00000-00005.index.json",))
     result = reconcile(config(), dry_run=True, token=TOKEN, endpoint=hub.url)
     assert result.manifest["layers"]["dinov3"]["chunks"] == {"00000-00002": 3, "00003-00005": 3}
-    assert result.manifest["estimated_counts"] == ["dinov3/00000-00002.tar"]
+    assert result.manifest["estimated_counts"] == ["dinov3/00000/00000-00002.tar", "dinov3/00000/00003-00005.tar"]
 
 
 def _writes(hub) -> int:
@@ -41,7 +42,7 @@ def _writes(hub) -> int:
 
 def test_dry_run_uploads_nothing(tmp_path, hub):
     _publish_two_chunks(tmp_path, hub)
-    hub.put_files(REPO, {}, delete=("data/00003-00005.parquet",))
+    hub.put_files(REPO, {}, delete=("data/00000/00003-00005.parquet",))
     head, writes_before = hub.repo(REPO).head.oid, _writes(hub)
     result = reconcile(config(), dry_run=True, token=TOKEN, endpoint=hub.url)
     assert result.changed and result.committed is None and result.manifest["total_images"] == 3
