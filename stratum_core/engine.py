@@ -154,6 +154,7 @@ class Engine:
         self.summary: RunSummary | None = None  # the current (or last) run's summary, also when run() raised
         self._metadata_pass = next((p for p in self.passes if p.name == "metadata"), None)
         self._recheck = recheck  # look for another run's artifacts again before each model call
+        self._recheck = self._recheck and config.redo == "none"  # --redo: present files are to be replaced
         self._stats_lock = threading.Lock()
         # A lane with several threads must not run one pass on two batches at once unless
         # the pass is built for it (concurrency > 1): GPU passes stay one batch at a time.
