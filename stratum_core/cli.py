@@ -94,6 +94,9 @@ def _add_process(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress-every", type=float, default=30.0,
                    help="seconds between progress lines when not on a terminal (default 30)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every image")
+    p.add_argument("--redo", choices=("stale", "all"), default=None,
+                   help="also recompute existing artifacts: 'stale' (see `stratum status`) and their downstream, "
+                        "or 'all' (default: existing files are done)")
     for name in REGISTRY:
         try:
             pass_class(name).add_arguments(p)
@@ -196,7 +199,7 @@ def _process(args: argparse.Namespace, names: tuple[str, ...], configs: dict, st
             offline=offline_from_env())
         config = RunConfig(output_dir=args.output, passes=names, options=options, pass_configs=configs,
                            workers=args.workers, batch_size=args.batch_size,
-                           progress_every=args.progress_every, verbose=args.verbose)
+                           progress_every=args.progress_every, verbose=args.verbose, redo=args.redo or "none")
         if args.shard_key:
             from stratum_core.shards import shard_sources
 

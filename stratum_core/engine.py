@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from stratum_core import provenance
 from stratum_core.artifacts import BY_NAME, pass_files, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.discover import DiscoveryError, SourceImage
@@ -60,6 +61,7 @@ class RunConfig:
     progress_every: float = 30.0  # seconds between plain progress lines
     writers: int | None = None  # writer threads (None: from the bytes each image writes)
     verbose: bool = False
+    redo: str = "none"  # "stale" | "all": also recompute existing artifacts (provenance.plan)
 
     def __post_init__(self) -> None:
         if self.workers < 1 or (self.batch_size is not None and self.batch_size < 1):
@@ -152,6 +154,7 @@ class Engine:
         self.summary: RunSummary | None = None  # the current (or last) run's summary, also when run() raised
         self._metadata_pass = next((p for p in self.passes if p.name == "metadata"), None)
         self._recheck = recheck  # look for another run's artifacts again before each model call
+        self._recheck = self._recheck and config.redo == "none"  # --redo: present files are to be replaced
         self._stats_lock = threading.Lock()
         # A lane with several threads must not run one pass on two batches at once unless
         # the pass is built for it (concurrency > 1): GPU passes stay one batch at a time.
@@ -170,6 +173,7 @@ class Engine:
         if any(name.endswith(".tmp") for name in on_disk):
             sweep_dead_temp_files(self.store.image_dir(source.image_id), on_disk)
         todo = tuple(p for p, files in self._pass_files if not files <= on_disk)
+        todo = provenance.plan(self, source, on_disk, todo)  # --redo stale|all; marks what runs as pending
         return _Planned(source, todo, on_disk)
 
     # ------------------------------------------------------------------ run
@@ -588,6 +592,7 @@ class Engine:
         if outcome.status == OK:
             for artifact in p.artifacts:
                 self.store.write(image_id, artifact, outcome.values[artifact.name])
+            provenance.record(self.store, image_id, p, outcome)
             self.store.clear_failure(image_id, p.name)
             with self._stats_lock:
                 summary.passes[p.name].done += 1

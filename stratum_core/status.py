@@ -11,6 +11,7 @@ from pathlib import Path
 from stratum_core.artifacts import ARTIFACTS
 from stratum_core.discover import iter_image_dirs
 from stratum_core.errors import StratumError
+from stratum_core.provenance import ProvenanceStatus
 from stratum_core.store import FAILURE_PREFIX, Store
 
 
@@ -38,6 +39,7 @@ class DatasetStatus:
     refused_in: str = ""  # the run record they come from
     # Counted successes of the latest run per pass (e.g. caption: {"truncated": 3}), from its record.
     notes: dict[str, dict[str, int]] = field(default_factory=dict)
+    provenance: ProvenanceStatus = field(default_factory=ProvenanceStatus)  # stale / unknown per pass
 
     def add_failure(self, image_id: str, pass_name: str, record: dict) -> None:
         reason = record.get("reason", "unknown")
@@ -52,7 +54,8 @@ class DatasetStatus:
                 "failed_images": {p: [{"image_id": i, "reason": r, "message": m} for i, r, m in listed]
                                   for p, listed in self.failed_images.items()},
                 "without_metadata": self.without_metadata,
-                "refused_sources": self.refused_sources, "refused_in": self.refused_in, "notes": self.notes}
+                "refused_sources": self.refused_sources, "refused_in": self.refused_in, "notes": self.notes,
+                "provenance": self.provenance.to_dict()}
 
     def format(self) -> str:
         total = self.total_images
@@ -85,6 +88,7 @@ class DatasetStatus:
                          for e in self.refused_sources[:EXAMPLES])
             if len(self.refused_sources) > EXAMPLES:
                 lines.append("  … (all of them: stratum status --json)")
+        lines.extend(self.provenance.format_lines())
         return "\n".join(lines)
 
 
@@ -105,6 +109,7 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
         elif not names.isdisjoint(filenames):
             status.without_metadata += 1  # counted apart, so no artifact count exceeds the total
             continue
+        status.provenance.add(store, image_id, names)
         for name in names:
             artifact = filenames.get(name)
             if artifact is not None:

@@ -14,6 +14,7 @@ import numpy as np
 from stratum_core.artifacts import ARTIFACTS, BY_NAME, Artifact, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.discover import iter_image_dirs
+from stratum_core.provenance import check_record
 from stratum_core.store import Store, is_temp_file
 
 # A temp file this old cannot belong to a live writer (each write takes well under a minute).
@@ -111,6 +112,8 @@ def verify(output_dir: Path, fix: bool = False, image_ids: set[str] | None = Non
         report.images += 1
         report.files += sum(1 for a in ARTIFACTS if a.filename in names)
         report.problems.extend(problems)
+        # A record that contradicts the files: reported, never deleted by --fix (it may be a hand edit).
+        report.problems.extend(Problem(image_id, f, m) for f, m in check_record(store, image_id, names))
         report.stale_temp_files.extend(stale)
         if BY_NAME["metadata"].filename not in names and any(a.filename in names for a in ARTIFACTS):
             report.unfinished.append(image_id)

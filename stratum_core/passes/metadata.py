@@ -6,6 +6,7 @@ from typing import Sequence
 
 from stratum_core.outcomes import Outcome
 from stratum_core.passes.base import Item, Pass
+from stratum_core.provenance import source_fingerprint
 
 
 class MetadataPass(Pass):
@@ -21,4 +22,5 @@ class MetadataPass(Pass):
             "width": item.decoded.width,
             "height": item.decoded.height,
             "aspect_bucket": item.bucket.label,
+            "source": source_fingerprint(item.source.path),  # size, mtime, sha256: staleness (provenance.py)
         }) for item in outputs]

@@ -69,7 +69,7 @@ def test_sigkill_mid_run_then_rerun_is_clean_and_complete(input_dir, tmp_path):
     report = verify(output)
     assert report.ok and report.images == N_IMAGES
     assert len(complete(output)) == N_IMAGES
-    assert all(p.name in ("metadata.json", "pixel.npy") for p in final_names(output))
+    assert all(p.name in ("metadata.json", "pixel.npy", ".provenance.json") for p in final_names(output))
 
 
 # `stratum process` whose decodes take 50 ms each, so two runs started together are sure to overlap.

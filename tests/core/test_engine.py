@@ -42,6 +42,7 @@ def process(input_dir: Path, output: Path, *extra: str) -> int:
 def test_pixel_run_writes_metadata_with_exact_keys(input_dir, tmp_path, capsys):
     assert process(input_dir, tmp_path / "out", "--passes", "pixel") == 0
     metadata = json.loads((tmp_path / "out" / "sub" / "port" / "metadata.json").read_text())
+    metadata.pop("source")  # the source fingerprint (tests/core/test_provenance.py)
     assert metadata == {"image_id": "sub/port", "source_path": "sub/port.png", "width": 64, "height": 96,
                         "aspect_bucket": "832x1216"}
 
@@ -64,7 +65,7 @@ def test_run_writes_a_run_record(input_dir, tmp_path, capsys):
 
 def test_metadata_only_run_writes_no_pixels(input_dir, tmp_path, capsys):
     assert process(input_dir, tmp_path / "out", "--passes", "metadata") == 0
-    assert sorted(os.listdir(tmp_path / "out" / "square")) == ["metadata.json"]
+    assert sorted(os.listdir(tmp_path / "out" / "square")) == [".provenance.json", "metadata.json"]
 
 
 def test_a_failing_image_never_stops_the_others(input_dir, tmp_path, capsys):
@@ -102,7 +103,7 @@ def test_a_later_success_clears_the_failure_record(input_dir, tmp_path, capsys):
     assert (tmp_path / "out" / "late" / ".failed-metadata.json").exists()
     images.write_gradient(input_dir / "late.png", 32, 32)
     assert process(input_dir, tmp_path / "out", "--passes", "metadata") == 0
-    assert os.listdir(tmp_path / "out" / "late") == ["metadata.json"]
+    assert sorted(os.listdir(tmp_path / "out" / "late")) == [".provenance.json", "metadata.json"]
 
 
 def test_unknown_pass_is_an_error_before_any_work(input_dir, tmp_path, caplog):

@@ -7,6 +7,7 @@ from typing import Iterator, Sequence
 
 import dagster as dg
 
+from stratum_core import provenance
 from stratum_core.passes import REGISTRY, upstream_passes
 from stratum_core.preflight import Readiness
 from stratum_core.shards import load_shard
@@ -36,7 +37,9 @@ def run_step(context: dg.AssetExecutionContext, names: Sequence[str], stratum: S
         preview = preview_markdown(shard_run, runnable, stratum)
         for name in runnable:
             yield dg.MaterializeResult(asset_key=name, metadata=run_metadata(
-                shard_run, name, stratum, preview if name == runnable[0] else None))
+                shard_run, name, stratum, preview if name == runnable[0] else None),
+                data_version=dg.DataVersion(provenance.shard_data_version(
+                    stratum.output_dir, [i.image_id for i in shard_run.images], name)))
     if blocked:
         raise setup_failure([*blocked, *_blocked_downstream(context, names, blocked, stratum, caption_server)],
                             runnable)
