@@ -1,12 +1,12 @@
 """A backfill launched as the UI does (GraphQL launchPartitionBackfill) on the default install: the daemon's
-runs execute in-process, carry the GPU request tags and retry a transient step failure."""
+runs execute in-process, carry the GPU request tags and retry a transient step failure (a caption
+server lost mid-run; one that is down before the step starts is a setup problem, never retried)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -17,16 +17,20 @@ from stratum_core import shards
 from stratum_dagster.execution import GPU_K8S_CONFIG
 from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
 from tests.dagster.helpers import write_tree
+from tests.fakes.ollama import FakeOllama
 from tests.scale.stack import REPO, base_env, daemon, launch_backfill
 
 DEFAULT_EXAMPLE = REPO / "dagster.yaml.example"
-CAPTION_PORT = 11434  # the caption resource's default server (Ollama), which nothing here serves
 
 
-def _closed(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) != 0
+class _ServerLostMidRun(FakeOllama):
+    """A caption server that answers the step's checks, then fails every caption and every later check:
+    lost mid-run, which the caption pass reports as an infrastructure error (transient)."""
+
+    def tags(self, body: dict) -> tuple[int, dict]:
+        if self.generate_count:
+            return 503, {"error": "gone"}
+        return super().tags(body)
 
 
 def _wait_for_event(instance: dg.DagsterInstance, backfill_id: str, event_type: str, timeout_s: float):
@@ -59,8 +63,10 @@ def default_install(tmp_path):
 
 def test_a_ui_backfill_runs_in_process_with_gpu_tags_and_retries_a_transient_failure(default_install, tmp_path):
     env, home, out, key = default_install
-    assert _closed(CAPTION_PORT), "this test needs nothing listening on the caption server's default port"
+    fake = _ServerLostMidRun(always=500)
     with dg.DagsterInstance.from_config(str(home)) as instance, contextlib.ExitStack() as servers:
+        servers.enter_context(fake)
+        env = {**env, "STRATUM_CAPTION_URL": fake.generate_url}
         instance.add_dynamic_partitions(SHARD_PARTITIONS_NAME, [key])
         servers.enter_context(daemon(env, tmp_path / "daemon.log"))
         backfill_id = launch_backfill(instance, ["metadata", "seg", "caption"], [key])
@@ -73,7 +79,7 @@ def test_a_ui_backfill_runs_in_process_with_gpu_tags_and_retries_a_transient_fai
         assert run.job_name == "__ASSET_JOB" and run.tags["dagster/partition"] == key
         assert json.loads(run.tags["dagster-k8s/config"]) == GPU_K8S_CONFIG
         assert instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id).executor_name == "in_process"
-        # the caption server is down: a transient error, retried by the asset's policy after 30 s
+        # the caption server was lost mid-run: a transient error, retried by the asset's policy after 30 s
         assert retry.step_key == "caption"
         assert "requested a retry in 30 seconds" in retry.dagster_event.message
         # the image step ran in the run's own process, before caption, and its files are on disk
