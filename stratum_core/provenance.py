@@ -723,7 +723,8 @@ def layer_provenance(output_dir: Path, image_ids: Iterable[str], pass_name: str,
         detail = "; ".join(f"{x['images']} by {x['model']} {x['weights']} v{x['version']} {x['precision']}"
                            for x in variants)
         raise ConfigError(f"layer {pass_name} mixes {len(variants)} model revisions ({detail}): "
-                          "run `stratum process --redo stale` first, or allow mixed revisions")
+                          "run `stratum process --redo stale` first, or allow mixed revisions "
+                          "(`stratum publish --allow-mixed-revisions`)")
     result: dict[str, Any] = dict(variants[0]) if variants else {"images": 0}
     result["unknown"] = unknown
     if len(variants) > 1:

@@ -178,6 +178,9 @@ class HubResource(dg.ConfigurableResource):
     chunks_per_commit: int = Field(default=_PUBLISH_DEFAULTS["chunks_per_commit"], description="chunk files per commit")
     folder_limit: int = Field(default=_PUBLISH_DEFAULTS["folder_limit"], description="entries per repo folder")
     commits_per_hour: float = Field(default=_PUBLISH_DEFAULTS["commits_per_hour"], description="commit pace")
+    allow_mixed_revisions: bool = Field(
+        default=_PUBLISH_DEFAULTS["allow_mixed_revisions"],
+        description="publish a layer whose images come from different model revisions (listed in the manifest)")
 
     def publish_config(self) -> PublishConfig:
         """The same config object `stratum publish` builds from its flags."""
@@ -185,7 +188,8 @@ class HubResource(dg.ConfigurableResource):
                              license=self.license, attribution_file=self.attribution_file, private=self.private,
                              rows_per_parquet=self.rows_per_parquet, images_per_tar=self.images_per_tar,
                              max_tar_mb=self.max_tar_mb, chunks_per_commit=self.chunks_per_commit,
-                             folder_limit=self.folder_limit, commits_per_hour=self.commits_per_hour)
+                             folder_limit=self.folder_limit, commits_per_hour=self.commits_per_hour,
+                             allow_mixed_revisions=self.allow_mixed_revisions)
 
     def hub_token(self) -> Optional[str]:
         """The configured token, else $HF_TOKEN as the run sees it; None lets huggingface_hub use its saved
