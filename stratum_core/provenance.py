@@ -633,6 +633,14 @@ class ProvenanceStatus:
         return lines
 
 
+def image_staleness(output_dir: Path, image_ids: Iterable[str]) -> ProvenanceStatus:
+    """Stale and unknown counts over some images (a shard), as `status` computes them for the dataset."""
+    store, status = Store(output_dir), ProvenanceStatus()
+    for image_id in image_ids:
+        status.add(store, image_id, store.listing(image_id))
+    return status
+
+
 # ---------------------------------------------------------------------- verify
 def check_record(store: Store, image_id: str, names: set[str]) -> list[tuple[str, str]]:
     """(file name, problem) where the image's provenance record contradicts its files."""
