@@ -6,25 +6,14 @@ import json
 
 import pytest
 
-from stratum_core import provenance
 from stratum_core.cli import main
 from stratum_core.errors import ConfigError
 from stratum_core.publish import publish
-from stratum_core.store import Store, write_atomic
-from tests.core.publish.hubdata import IDS, REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import (IDS, REPO, TOKEN, config, hub, make_dataset,  # noqa: F401
+                                        record_dinov3)
 
 MODEL = "facebook/dinov3-vitl16-pretrain-lvd1689m"
 OLD, NEW = "rev:1111111111aaaa", "rev:2222222222bbbb"
-
-
-def record_dinov3(root, image_ids, weights: str, version: str = "1", precision: str = "fp16") -> None:
-    """Give the images the provenance record the engine's writer leaves after a dinov3 run with `weights`."""
-    store = Store(root)
-    for image_id in image_ids:
-        record = provenance.read_record(store, image_id) or {"format": provenance.FORMAT, "passes": {}}
-        record["passes"]["dinov3"] = {"key": {"version": version, "model": MODEL, "weights": weights,
-                                              "precision": precision}, "stamp": "s0", "time": 0.0}
-        write_atomic(store.image_dir(image_id) / provenance.RECORD_NAME, provenance.encode_record(record))
 
 
 def _publish_cli(tmp_path, hub, *extra: str) -> int:
