@@ -633,6 +633,14 @@ class ProvenanceStatus:
         return lines
 
 
+def image_staleness(output_dir: Path, image_ids: Iterable[str]) -> ProvenanceStatus:
+    """Stale and unknown counts over some images (a shard), as `status` computes them for the dataset."""
+    store, status = Store(output_dir), ProvenanceStatus()
+    for image_id in image_ids:
+        status.add(store, image_id, store.listing(image_id))
+    return status
+
+
 # ---------------------------------------------------------------------- verify
 def check_record(store: Store, image_id: str, names: set[str]) -> list[tuple[str, str]]:
     """(file name, problem) where the image's provenance record contradicts its files."""
@@ -723,7 +731,8 @@ def layer_provenance(output_dir: Path, image_ids: Iterable[str], pass_name: str,
         detail = "; ".join(f"{x['images']} by {x['model']} {x['weights']} v{x['version']} {x['precision']}"
                            for x in variants)
         raise ConfigError(f"layer {pass_name} mixes {len(variants)} model revisions ({detail}): "
-                          "run `stratum process --redo stale` first, or allow mixed revisions")
+                          "run `stratum process --redo stale` first, or allow mixed revisions "
+                          "(`stratum publish --allow-mixed-revisions`)")
     result: dict[str, Any] = dict(variants[0]) if variants else {"images": 0}
     result["unknown"] = unknown
     if len(variants) > 1:

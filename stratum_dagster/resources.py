@@ -91,6 +91,9 @@ class StratumResource(dg.ConfigurableResource):
     offline: Optional[bool] = Field(default=None, description="never download weights (default $HF_HUB_OFFLINE)")
     pass_args: dict[str, list[str]] = Field(
         default_factory=dict, description="per pass, more `stratum process` options, e.g. {'pose': ['--…']}")
+    redo: Optional[str] = Field(
+        default=None, description="stale | all: every run also recomputes existing artifacts (`--redo`); a run "
+                                  "tagged stratum/redo (the status sensor's stale re-runs) uses its tag")
 
     @property
     def input_dir(self) -> Path:
@@ -106,14 +109,19 @@ class StratumResource(dg.ConfigurableResource):
         return shard_sources(self.input_dir, self.output_dir, key)
 
     def run_passes(self, pass_names: Sequence[str], key: str,
-                   caption: CaptionServerResource | None = None) -> ShardRun:
+                   caption: CaptionServerResource | None = None, redo: Optional[str] = None) -> ShardRun:
         """Run the passes (plus metadata) over shard `key` in ONE engine run: each image is decoded once,
         models load once, and a server-bound pass gets its own lane. A GPU is claimed for this run only,
-        and only when a model pass is among them."""
+        and only when a model pass is among them. `redo` (stale | all), else the resource's, as `--redo`."""
         from stratum_core.devices import claim_device
         from stratum_core.engine import RunConfig, run
+        from stratum_core.errors import ConfigError
         from stratum_core.passes import MODEL_PASSES, parse_passes
+        from stratum_core.provenance import REDO_MODES
 
+        mode = redo or self.redo or "none"
+        if mode not in REDO_MODES:
+            raise ConfigError(f"redo must be one of {', '.join(REDO_MODES)}, got {mode!r}")
         images = self.shard_images(key)
         names = parse_passes(list(pass_names))
         configs = self.pass_configs(names, caption)
@@ -121,7 +129,7 @@ class StratumResource(dg.ConfigurableResource):
         try:
             config = RunConfig(output_dir=self.output_dir, passes=names, options=self._options(claim.device),
                                pass_configs=configs, workers=self.workers or max(1, min(8, os.cpu_count() or 1)),
-                               batch_size=self.batch_size)
+                               batch_size=self.batch_size, redo=mode)
             summary = run(config, images)
         finally:
             claim.release()
@@ -178,6 +186,9 @@ class HubResource(dg.ConfigurableResource):
     chunks_per_commit: int = Field(default=_PUBLISH_DEFAULTS["chunks_per_commit"], description="chunk files per commit")
     folder_limit: int = Field(default=_PUBLISH_DEFAULTS["folder_limit"], description="entries per repo folder")
     commits_per_hour: float = Field(default=_PUBLISH_DEFAULTS["commits_per_hour"], description="commit pace")
+    allow_mixed_revisions: bool = Field(
+        default=_PUBLISH_DEFAULTS["allow_mixed_revisions"],
+        description="publish a layer whose images come from different model revisions (listed in the manifest)")
 
     def publish_config(self) -> PublishConfig:
         """The same config object `stratum publish` builds from its flags."""
@@ -185,7 +196,8 @@ class HubResource(dg.ConfigurableResource):
                              license=self.license, attribution_file=self.attribution_file, private=self.private,
                              rows_per_parquet=self.rows_per_parquet, images_per_tar=self.images_per_tar,
                              max_tar_mb=self.max_tar_mb, chunks_per_commit=self.chunks_per_commit,
-                             folder_limit=self.folder_limit, commits_per_hour=self.commits_per_hour)
+                             folder_limit=self.folder_limit, commits_per_hour=self.commits_per_hour,
+                             allow_mixed_revisions=self.allow_mixed_revisions)
 
     def hub_token(self) -> Optional[str]:
         """The configured token, else $HF_TOKEN as the run sees it; None lets huggingface_hub use its saved

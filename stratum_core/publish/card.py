@@ -49,6 +49,31 @@ def seg_classes_section() -> list[str]:
     return lines + [f"| {i} | {name} |" for i, name in enumerate(SEG_CLASSES)] + [""]
 
 
+def provenance_section(layers: Mapping[str, Mapping]) -> list[str]:
+    """Per layer, the model, revision, pass version and precision that produced it; a layer published with
+    `--allow-mixed-revisions` gets one row per combination, marked mixed."""
+    rows = []
+    for name, entry in layers.items():
+        info = entry.get("provenance")
+        if not info:
+            continue
+        mixed = " (mixed)" if info.get("variants") else ""
+        for v in info.get("variants") or [info]:
+            if v.get("images"):
+                rows.append(f"| {name}{mixed} | {v.get('model') or '-'} | {v.get('weights') or '-'} | "
+                            f"{v.get('version') or '-'} | {v.get('precision') or '-'} | {v['images']} |")
+        if info.get("unknown"):
+            rows.append(f"| {name} | unknown (no provenance record) | - | - | - | {info['unknown']} |")
+    if not rows:
+        return []
+    lines = ["## Provenance", "", "What produced each layer (`manifest.json` → `layers.<layer>.provenance`).", ""]
+    if any((e.get("provenance") or {}).get("variants") for e in layers.values()):
+        lines += ["A layer marked *mixed* was published from images produced by different model revisions "
+                  "(`stratum publish --allow-mixed-revisions`).", ""]
+    return lines + ["| layer | model | revision | pass version | precision | images |", "|---|---|---|---|---|---|",
+                    *rows, ""]
+
+
 def build_card(repo_id: str, manifest: Mapping, license: str, attribution: str | None = None) -> str:
     """README.md text; `load_dataset(repo, "<layer>")` works for every published layer."""
     layers = manifest.get("layers", {})
@@ -84,6 +109,7 @@ def build_card(repo_id: str, manifest: Mapping, license: str, attribution: str |
     arrays = [BY_NAME[a] for entry in layers.values() for a in entry.get("artifacts", []) if a in BY_NAME]
     if arrays:
         body += ["## Arrays", ""] + [f"- `{a.name}` ({a.dtype}): {a.description}" for a in arrays] + [""]
+    body += provenance_section(layers)
     if "seg" in layers:
         body += seg_classes_section()
     body += ["## Loading", "", "```python", "from datasets import load_dataset", ""]

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="entries per repo folder (default 9999: the Hub allows < 10,000)")
     p.add_argument("--commits-per-hour", type=float, default=100.0,
                    help="commit pace (default 100: the Hub allows about 128 an hour)")
+    p.add_argument("--allow-mixed-revisions", action="store_true",
+                   help="publish a layer whose images were produced by different model revisions (the manifest "
+                        "and card list the mix); default: refuse it")
     p.add_argument("--plan", action="store_true",
                    help="print the planned files, folders, bytes and commits; upload nothing, read no arrays")
     p.add_argument("--verbose", "-v", action="store_true", help="also log every HTTP request")
@@ -72,7 +75,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                            license=args.license, attribution_file=args.attribution_file, private=args.private,
                            rows_per_parquet=args.rows_per_parquet, images_per_tar=args.images_per_tar,
                            max_tar_mb=args.max_tar_mb, chunks_per_commit=args.chunks_per_commit,
-                           folder_limit=args.folder_limit, commits_per_hour=args.commits_per_hour)
+                           folder_limit=args.folder_limit, commits_per_hour=args.commits_per_hour,
+                           allow_mixed_revisions=args.allow_mixed_revisions)
     if args.plan:
         layout = plan(args.dataset_dir, config, token=_token(), endpoint=args.endpoint)
         sys.stdout.write(layout.summary() + "\n")

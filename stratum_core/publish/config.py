@@ -56,6 +56,7 @@ class PublishConfig:
     file_limit: int = 99_999  # files per repo (the Hub: < 100,000)
     commits_per_hour: float = 100.0  # pace (the Hub allows about 128 an hour per repo)
     commit_retries: int = 5  # re-reads after losing a race on the parent commit
+    allow_mixed_revisions: bool = False  # publish a layer whose images come from several model revisions
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -91,6 +92,7 @@ class PublishResult:
     total_images: int = 0  # images in the manifest after publishing
     bytes_uploaded: int = 0
     shards: dict[str, str] = field(default_factory=dict)  # shard key → range of its positions in this publish
+    provenance: dict[str, dict] = field(default_factory=dict)  # layer → what produced it (layer_provenance)
 
     @property
     def changed(self) -> bool:
@@ -100,7 +102,7 @@ class PublishResult:
         return {"repo_id": self.repo_id, "commits": self.commits, "uploaded_files": self.uploaded_files,
                 "skipped_chunks": self.skipped_chunks, "images": self.images,
                 "total_images": self.total_images, "bytes_uploaded": self.bytes_uploaded,
-                "shards": self.shards}
+                "shards": self.shards, "provenance": self.provenance}
 
 
 @dataclass

@@ -35,12 +35,14 @@ def chunk_counts_from_manifest(manifest: Mapping | None) -> dict[str, dict]:
 
 
 def build_manifest(chunk_info: Mapping[str, Mapping], now: _dt.datetime | None = None,
-                   chunking: Mapping[str, Mapping] | None = None) -> dict:
+                   chunking: Mapping[str, Mapping] | None = None,
+                   provenance: Mapping[str, Mapping] | None = None) -> dict:
     """Manifest for the given chunk files.
 
     `chunk_info` maps each payload path in the repo to {"count": images in the chunk,
     "counts": {layer: images with that layer} (data chunks), "exact": bool}. `chunking`: each layer's grid
-    {"images_per_chunk", "chunks_per_folder"}, kept so later runs cut the same chunks.
+    {"images_per_chunk", "chunks_per_folder"}, kept so later runs cut the same chunks. `provenance`: layer →
+    what produced it (`provenance.layer_provenance`), kept as the layer's `provenance`.
     Each layer (and `data`) lists `chunks` {range: count} and `paths` {range: file in the repo}.
     """
     data_chunks: dict[str, int] = {}
@@ -68,8 +70,10 @@ def build_manifest(chunk_info: Mapping[str, Mapping], now: _dt.datetime | None =
         else:
             _layer_entry(layers, layer)["chunks"][chunk.label] = count
             _layer_entry(layers, layer)["paths"][chunk.label] = path
-    for entry in layers.values():
+    for name, entry in layers.items():
         entry["count"] = sum(entry["chunks"].values())
+        if provenance and provenance.get(name):
+            entry["provenance"] = dict(provenance[name])
     manifest = {
         "version": MANIFEST_VERSION,
         "total_images": sum(data_chunks.values()),
@@ -98,6 +102,12 @@ def _layer_entry(layers: dict, layer: str) -> dict:
                 entry["column"] = "dinov3_cls" if layer == "dinov3" else layer
             layers[layer] = entry
     return layers[layer]
+
+
+def manifest_provenance(manifest: Mapping | None) -> dict[str, dict]:
+    """layer → the provenance an earlier manifest recorded for it."""
+    layers = (manifest or {}).get("layers", {})
+    return {name: entry["provenance"] for name, entry in layers.items() if entry.get("provenance")}
 
 
 def layer_ranges(manifest: Mapping | None, layer: str) -> list[ChunkRange]:

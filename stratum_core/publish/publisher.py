@@ -30,7 +30,8 @@ from stratum_core.publish.layout import (ATTRIBUTION_PATH, CARD_PATH, DATA_DIR, 
                                          TEXT_LAYERS, ChunkFile, ChunkRange, folder_of, index_entry, index_path,
                                          list_chunks, parse_chunk_path, parse_index_path, range_label,
                                          tar_artifacts)
-from stratum_core.publish.manifest import build_manifest, chunk_counts_from_manifest, dumps, layer_ranges
+from stratum_core.publish.manifest import (build_manifest, chunk_counts_from_manifest, dumps, layer_ranges,
+                                           manifest_provenance)
 from stratum_core.publish.pack import PackedChunk, PayloadPool, pack_data, pack_tar, tar_member_bytes
 from stratum_core.publish.planning import LayoutPlan, merged_index_path, plan_layout
 
@@ -131,6 +132,7 @@ def publish(dataset_dir, config: PublishConfig, token: str | None = None,
         log.warning("publish: no images in [%d, %d) of %d in %s", config.offset, selection.stop, len(dataset.ids),
                     dataset_dir)
         return result
+    result.provenance = layers_provenance(dataset, selection, config)  # refuses mixed revisions: nothing uploaded
     hub = HubClient(config.hub_repo, token=token, endpoint=endpoint, retry=config.retry,
                     commits_per_hour=config.commits_per_hour)
     hub.ensure_repo(config.private)
@@ -213,6 +215,25 @@ def published_end(state: RepoState, layers=()) -> int:
         else:
             ends.append(end(c.range for c in list_chunks(state.files, layer)))
     return min(ends)
+
+
+def layers_provenance(dataset: DatasetView, selection: range, config: PublishConfig) -> dict[str, dict]:
+    """Per published layer, the model, revision, pass version and precision that produced the selected images
+    that have it (`provenance.layer_provenance`). Raises ConfigError when a layer mixes revisions, unless
+    `config.allow_mixed_revisions` (then the entry lists the `variants`). Images without a record count as
+    `unknown` and never cause a refusal; a layer with no record at all (a dataset from before provenance) is
+    left out, so its manifest stays as it was."""
+    from stratum_core import provenance
+    from stratum_core.artifacts import pass_files
+
+    out = {}
+    for layer in config.layers:
+        files = pass_files(layer)
+        ids = [i for i in (dataset.ids[p] for p in selection) if files <= dataset.names[i]]
+        info = provenance.layer_provenance(dataset.root, ids, layer, allow_mixed=config.allow_mixed_revisions)
+        if info.get("images"):
+            out[layer] = info
+    return out
 
 
 def _selection(dataset: DatasetView, config: PublishConfig) -> range:
@@ -477,7 +498,7 @@ def _commit_batch(hub: HubClient, config: PublishConfig, staged: list[Staged], s
     index_files, index_deletes = index_updates(hub, state, {p.path_in_repo: p.index for p in changed}, stale,
                                                config.chunks_per_commit)
     operations = _operations(config, changed, index_files, payload, stale + index_deletes, state, attribution,
-                             grids)
+                             grids, result.provenance)
     label = f"{changed[0].index['range']}..{changed[-1].index['range']}"
     oid = hub.commit(operations, f"stratum publish {','.join(config.layers)} {label}", state.sha)
     result.commits.append(oid)
@@ -554,7 +575,8 @@ def live_entries(hub: HubClient, state: RepoState, index_file: str, live) -> dic
 
 
 def _operations(config: PublishConfig, changed: list[PackedChunk], indexes: list[tuple[str, bytes]], payload: list,
-                stale: list[str], state: RepoState, attribution: str | None, grids: dict) -> list:
+                stale: list[str], state: RepoState, attribution: str | None, grids: dict,
+                provenance: dict | None = None) -> list:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     info = chunk_counts_from_manifest(state.manifest)
@@ -569,7 +591,9 @@ def _operations(config: PublishConfig, changed: list[PackedChunk], indexes: list
     info = {path: value for path, value in info.items() if path in present}
     chunking = dict((state.manifest or {}).get("chunking", {}))
     chunking.update(grids)
-    manifest = build_manifest(info, chunking=chunking)
+    # This run's layers say what produced the images it published; other layers keep what the repo said.
+    produced = {**manifest_provenance(state.manifest), **(provenance or {})}
+    manifest = build_manifest(info, chunking=chunking, provenance=produced)
     card = build_card(config.hub_repo, manifest, config.license, attribution)
     operations = list(payload)
     operations += [CommitOperationAdd(path, data) for path, data in indexes]

@@ -9,7 +9,7 @@ from stratum_core.publish.config import PublishConfig, ReconcileResult
 from stratum_core.publish.hub import HubClient, ParentMoved, PublishError, RepoState
 from stratum_core.publish.layout import (ATTRIBUTION_PATH, CARD_PATH, INDEX_SUFFIX, MANIFEST_PATH, index_entry,
                                          list_chunks, parse_chunk_path)
-from stratum_core.publish.manifest import build_manifest, dumps, same_content
+from stratum_core.publish.manifest import build_manifest, dumps, manifest_provenance, same_content
 from stratum_core.publish.publisher import INDEX_VERSION, live_entries, index_bytes, read_attribution
 
 log = logging.getLogger("stratum.publish")
@@ -62,7 +62,8 @@ def reconcile(config: PublishConfig, dry_run: bool = False, token: str | None = 
     for attempt in range(config.commit_retries + 1):
         state = hub.read_state()
         info, problems = chunk_info_from_repo(hub, state)
-        manifest = build_manifest(info, chunking=(state.manifest or {}).get("chunking"))
+        manifest = build_manifest(info, chunking=(state.manifest or {}).get("chunking"),
+                                  provenance=manifest_provenance(state.manifest))
         attribution = read_attribution(config, hub, state)
         card = build_card(config.hub_repo, manifest, config.license, attribution)
         current_card = _repo_text(hub, state, CARD_PATH)

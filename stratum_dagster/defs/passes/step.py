@@ -15,6 +15,8 @@ from stratum_dagster.defs.passes.reporting import preview_markdown, run_metadata
 from stratum_dagster.failures import dagster_failures, setup_failure, terminations_stop
 from stratum_dagster.resources import CaptionServerResource, StratumResource
 
+REDO_TAG = "stratum/redo"  # stale | all on a run: it recomputes existing artifacts (the status sensor's re-runs)
+
 
 def run_step(context: dg.AssetExecutionContext, names: Sequence[str], stratum: StratumResource,
              caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult]:
@@ -31,7 +33,7 @@ def run_step(context: dg.AssetExecutionContext, names: Sequence[str], stratum: S
         context.log.error(f"not run: {r.line()}")
     if runnable:
         with terminations_stop(context), dagster_failures():
-            shard_run = stratum.run_passes(runnable, key, caption_server)
+            shard_run = stratum.run_passes(runnable, key, caption_server, redo=context.run.tags.get(REDO_TAG))
         # One preview per step run, on its first asset: it is the same sheet for all of them, and every
         # copy would stay in the event log for good.
         preview = preview_markdown(shard_run, runnable, stratum)

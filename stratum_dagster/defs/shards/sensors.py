@@ -6,25 +6,34 @@
   `enrich_job` runs for them (never for shards that are already finished).
 - `shard_status_sensor` counts finished artifacts per shard and pass: a shard completed outside
   Dagster (the CLI) is reported as a materialisation; a shard that lost files (deleted, or removed
-  by `stratum verify --fix`) gets ONE run that redoes every pass that lost files.
+  by `stratum verify --fix`) gets ONE run that redoes every pass that lost files. With
+  `STRATUM_RERUN_STALE=1` in the sensor's environment (read at each tick), a shard with stale artifacts
+  (another model revision, pass version or precision, a changed source, a rewritten upstream; see
+  docs/provenance.md) gets a run of its stale passes tagged `stratum/redo: stale`, which recomputes
+  exactly those artifacts (`stratum process --redo stale`); that run is part of the shard's one run.
 
 The last two are stopped by default: they launch GPU runs over whatever the input root holds, so a
 user turns them on deliberately (UI → Automation, or `dagster sensor start <name>`).
 """
 
 
+import hashlib
 import json
+import os
 import time
 
 import dagster as dg
 
-from stratum_core import shards
+from stratum_core import provenance, shards
 from stratum_core.passes import DEFAULT_PASSES, REGISTRY
+from stratum_core.store import Store
 from stratum_dagster.defs.passes.factory import enrich_job
+from stratum_dagster.defs.passes.step import REDO_TAG
 from stratum_dagster.partitions import SHARD_PARTITIONS_NAME, shard_partitions
 from stratum_dagster.resources import StratumResource
 
 TICK_BUDGET_S = 20.0  # well inside Dagster's 60 s sensor timeout, whatever the tree's size
+RERUN_STALE_ENV = "STRATUM_RERUN_STALE"  # "1": the status sensor also re-runs stale shards
 PASS_NAMES = tuple(REGISTRY)
 ENRICH_PASSES = ("metadata", *DEFAULT_PASSES)
 
@@ -101,6 +110,7 @@ def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumRes
     events, requests = [], []
     started = time.monotonic()
     state["after"] = None
+    rerun_stale = os.environ.get(RERUN_STALE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     for key in todo:
         shard = shards.load_shard(stratum.output_dir, key)
         completion = shards.shard_completion(stratum.output_dir, shard)
@@ -119,9 +129,17 @@ def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumRes
             elif was is not None and now < was:
                 context.log.info("%s: %s lost %d finished images; re-running", key, pass_name, was - now)
                 lost.append(pass_name)
-        if lost:  # one run per shard: two runs of one shard would compute and claim the same images twice
-            requests.append(dg.RunRequest(run_key=f"{key}:{state['tick']}", partition_key=key,
-                                          asset_selection=[dg.AssetKey(p) for p in lost]))
+        stale, stale_id = _stale_passes(stratum, shard) if rerun_stale else ([], "")
+        if lost or stale:  # one run per shard: two runs of one shard would compute and claim the same images twice
+            wanted = [p for p in PASS_NAMES if p in set(lost) | set(stale)]
+            if stale:
+                context.log.info("%s: stale artifacts of %s; re-running them", key, ", ".join(stale))
+            # A stale-only run is keyed by what is stale, so later ticks do not launch it again while it
+            # runs (Dagster launches one run per run key); a new change is a new key.
+            run_key = f"{key}:{state['tick']}" if lost else f"{key}:stale:{stale_id}"
+            requests.append(dg.RunRequest(run_key=run_key, partition_key=key,
+                                          asset_selection=[dg.AssetKey(p) for p in wanted],
+                                          tags={REDO_TAG: "stale"} if stale else {}))
         state["done"][key] = [completion.done[p] for p in PASS_NAMES]
         if time.monotonic() - started > TICK_BUDGET_S:
             state["after"] = key
@@ -133,6 +151,18 @@ def shard_status_sensor(context: dg.SensorEvaluationContext, stratum: StratumRes
         run_requests=requests, asset_events=events, cursor=json.dumps(state, separators=(",", ":")),
         dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)] if to_add else [],
         skip_reason=None if events or requests else f"{len(todo)} shards checked, nothing changed")
+
+
+def _stale_passes(stratum: StratumResource, shard: shards.Shard) -> tuple[list[str], str]:
+    """The shard's passes with stale artifacts, and an id of that staleness (which images, why, against
+    which current configuration)."""
+    status = provenance.image_staleness(stratum.output_dir, shard.image_ids)
+    stale = [p for p in PASS_NAMES if p in status.stale]
+    if not stale:
+        return [], ""
+    seen = {"stale": status.to_dict()["stale"], "images": status.to_dict()["stale_images"],
+            "current": provenance.read_current(Store(stratum.output_dir).state_dir)}
+    return stale, hashlib.sha1(json.dumps(seen, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _materialized(context: dg.SensorEvaluationContext, pass_name: str) -> set[str]:

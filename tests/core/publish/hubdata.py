@@ -49,3 +49,17 @@ def hub(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with FakeHub() as fake:
         yield fake
+
+
+def record_dinov3(root, image_ids, weights: str, version: str = "1", precision: str = "fp16",
+                  model: str = "facebook/dinov3-vitl16-pretrain-lvd1689m") -> None:
+    """Give the images the provenance record the engine's writer leaves after a dinov3 run with `weights`."""
+    from stratum_core import provenance
+    from stratum_core.store import write_atomic
+
+    store = Store(root)
+    for image_id in image_ids:
+        record = provenance.read_record(store, image_id) or {"format": provenance.FORMAT, "passes": {}}
+        record["passes"]["dinov3"] = {"key": {"version": version, "model": model, "weights": weights,
+                                              "precision": precision}, "stamp": "s0", "time": 0.0}
+        write_atomic(store.image_dir(image_id) / provenance.RECORD_NAME, provenance.encode_record(record))
