@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stratum_core.artifacts import DINOV3_WIDTH
 from stratum_core.buckets import BUCKETS
 from stratum_core.errors import InfrastructureError
 from stratum_core.models import ModelLocation, ModelSpec
@@ -25,7 +26,7 @@ log = logging.getLogger("stratum.dinov3")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH_SIZE = 16
-WIDTH = 1024  # dinov3_cls / dinov3_patches width in the artifact table
+WIDTH = DINOV3_WIDTH
 
 
 def normalize_crops(crops: Any, dtype: Any) -> Any:
