@@ -67,14 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_process(sub: argparse._SubParsersAction) -> None:
-    from stratum_core.passes import REGISTRY, PassUnavailable, pass_class
+    from stratum_core.passes import REGISTRY, PassUnavailable, pass_class, passes_help
 
     p = sub.add_parser("process", help="run passes over a folder of images")
     p.add_argument("input_dir", type=Path)
     p.add_argument("--output", "-o", type=Path, required=True, help="dataset directory to write")
-    p.add_argument("--passes", default="all",
-                   help="comma-separated passes, or 'all' (caption,dinov3,t5,pose,seg,depth,normal); "
-                        "'pixel' only when named")
+    p.add_argument("--passes", default="all", help=passes_help())
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--precision", default="auto",
                    help="auto | fp32 | tf32 | bf16 | fp16, or per pass, e.g. bf16,depth=fp32 (auto: each pass's "

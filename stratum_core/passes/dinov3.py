@@ -61,6 +61,7 @@ class DINOv3Pass(Pass):
     """DINOv3 ViT features: `dinov3_cls` (1024,) and `dinov3_patches` (bh/16 · bw/16, 1024), float16."""
 
     name = "dinov3"
+    default = True
     version = "1"
     requires = ("torch", "transformers")
     uses_torch = True

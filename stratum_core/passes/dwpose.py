@@ -244,6 +244,7 @@ def pose_array(person: np.ndarray | None, bucket_w: int, bucket_h: int) -> np.nd
 
 class DWPosePass(Pass):
     name = "pose"
+    default = True
     version = "2"  # 2: detector fed BGR, crop matrix built from float32 points (bit-exact with the reference)
     requires = ("cv2",)  # plus the backend's modules (BACKEND_MODULES), checked in check_requirements
     extra = "pose"

@@ -63,6 +63,7 @@ class T5Pass(Pass):
     """T5-large encoder: `t5_hidden` (512, 1024) float16 and `t5_mask` (512,) uint8 of caption.txt."""
 
     name = "t5"
+    default = True
     version = "1"
     requires = ("torch", "transformers", "tokenizers")
     uses_torch = True
