@@ -273,7 +273,7 @@ def _read_rows(root: Path, image_ids: Sequence[str], layers: Sequence[str]) -> l
 
     def row(image_id: str) -> tuple:
         folder = os.path.join(base, image_id)
-        with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as f:
+        with open(os.path.join(folder, BY_NAME["metadata"].filename), encoding="utf-8") as f:
             meta = json.load(f)
         return (meta,
                 _read_text(Path(folder, BY_NAME["caption"].filename)) if want_caption else None,

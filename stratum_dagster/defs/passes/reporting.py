@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import dagster as dg
 
 from stratum_core.artifacts import artifacts_of, pass_files
+from stratum_core.shards import shards_dir
 from stratum_core.store import Store
 from stratum_dagster.resources import ShardRun, StratumResource
 
@@ -43,7 +44,7 @@ def run_metadata(shard_run: ShardRun, pass_name: str, stratum: StratumResource,
         "precision": provenance.get("precision", "-"),
         "pass_version": provenance.get("version", "-"),
         "dataset_dir": dg.MetadataValue.path(str(stratum.output_dir)),
-        "shard_record": dg.MetadataValue.path(str(stratum.output_dir / ".stratum" / "shards" / f"{shard_run.key}.json")),
+        "shard_record": dg.MetadataValue.path(str(shards_dir(stratum.output_dir) / f"{shard_run.key}.json")),
     }
     if counts["failed"] or counts["skipped"]:
         metadata["reasons"] = dg.MetadataValue.json({"failed": counts["failed_reasons"],
