@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from stratum_core import __version__
 from stratum_core.errors import ConfigError, RunInterrupted, StratumError
@@ -56,18 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_verify(sub)
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
 def _add_process(sub: argparse._SubParsersAction) -> None:
-    from stratum_core.passes import REGISTRY, PassUnavailable, pass_class, passes_help
+    from stratum_core.passes import REGISTRY, pass_class, passes_help
 
     p = sub.add_parser("process", help="run passes over a folder of images")
     p.add_argument("input_dir", type=Path)
@@ -96,10 +90,7 @@ def _add_process(sub: argparse._SubParsersAction) -> None:
                    help="also recompute existing artifacts: 'stale' (see `stratum status`) and their downstream, "
                         "or 'all' (default: existing files are done)")
     for name in REGISTRY:
-        try:
-            pass_class(name).add_arguments(p)
-        except PassUnavailable:
-            continue
+        pass_class(name).add_arguments(p)
     p.set_defaults(handler=cmd_process)
 
 
@@ -241,5 +232,3 @@ def console_main() -> None:
         os._exit(code)
     sys.exit(code)
 
-
-CommandHandler = Callable[[argparse.Namespace], int]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import importlib.util
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path

@@ -61,10 +61,7 @@ def run_metadata(shard_run: ShardRun, pass_name: str, stratum: StratumResource,
 def preview_markdown(shard_run: ShardRun, pass_names: Sequence[str], stratum: StratumResource) -> str | None:
     """Markdown with the contact sheet of the shard's first image that has every artifact of `pass_names`,
     embedded as a small JPEG (a few tens of KB: it lives in the event log of every step run)."""
-    try:
-        from stratum_core.preview import sheet_png
-    except ImportError:
-        return None
+    from stratum_core.preview import sheet_png  # here: the sheet code is only needed for a preview
     store = Store(stratum.output_dir)
     wanted = {a.filename for name in pass_names for a in artifacts_of(name)}
     for image in shard_run.images[:20]:  # a shard's first images are enough to find a finished one
