@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_process(sub: argparse._SubParsersAction) -> None:
-    from stratum_core.passes import REGISTRY, pass_class, passes_help
+    from stratum_core.passes import REGISTRY, PassUnavailable, pass_class, passes_help
 
     p = sub.add_parser("process", help="run passes over a folder of images")
     p.add_argument("input_dir", type=Path)
@@ -90,7 +90,10 @@ def _add_process(sub: argparse._SubParsersAction) -> None:
                    help="also recompute existing artifacts: 'stale' (see `stratum status`) and their downstream, "
                         "or 'all' (default: existing files are done)")
     for name in REGISTRY:
-        pass_class(name).add_arguments(p)
+        try:
+            pass_class(name).add_arguments(p)
+        except PassUnavailable:
+            continue
     p.set_defaults(handler=cmd_process)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from stratum_core.errors import ModelNotFoundError
 from stratum_core.models import download_model, hf_cache_folder, model_dir_from_env, resolve_model
-from stratum_core.passes import MODEL_PASSES, parse_passes, pass_class
+from stratum_core.passes import MODEL_PASSES, PassUnavailable, parse_passes, pass_class
 
 log = logging.getLogger("stratum.models")
 
@@ -31,7 +31,10 @@ def model_specs(names) -> dict:
     """hub id → (spec, passes using it), for the passes in `names` that have a model."""
     specs: dict = {}
     for name in names:
-        spec = pass_class(name).model
+        try:
+            spec = pass_class(name).model
+        except PassUnavailable:
+            continue
         if spec is not None:
             specs.setdefault(spec.hub_id, (spec, []))[1].append(name)
     return specs

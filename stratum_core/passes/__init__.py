@@ -22,15 +22,20 @@ REGISTRY: dict[str, str] = {
 }
 
 class PassUnavailable(ConfigError):
-    """No longer raised: every registered pass ships with stratum. Kept only while
-    stratum_dagster.resources.pass_config still catches it; delete both together."""
+    """A pass that is named but not implemented in this build."""
 
 
 def pass_class(name: str) -> type[Pass]:
     if name not in REGISTRY:
         raise ConfigError(f"unknown pass {name!r}; choose from {', '.join(REGISTRY)} or 'all'")
     module_name, class_name = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise PassUnavailable(f"the {name} pass is not available in this version of stratum") from exc
+        raise
+    return getattr(module, class_name)
 
 
 # Read from the pass classes (importing them is cheap: models load in `load`, torch lazily).
