@@ -24,6 +24,12 @@ SEG_CLASSES: tuple[str, ...] = (
     "Lower_Teeth", "Upper_Teeth", "Tongue",
 )
 
+# Fixed widths of the model artifacts; the passes and publish import these rather than restate them.
+DINOV3_WIDTH = 1024  # dinov3_cls / dinov3_patches feature width (ViT-L hidden size)
+T5_TOKENS = 512  # t5_hidden / t5_mask rows: captions padded or truncated to this many tokens
+T5_WIDTH = 1024  # t5_hidden width (T5-large d_model)
+POSE_KEYPOINTS = 133  # pose.npy rows: COCO-WholeBody keypoints
+
 # float16 unit vectors are only unit to about 1e-3; allow a little more for interpolation.
 NORMAL_TOLERANCE = 1e-2
 
@@ -154,17 +160,17 @@ ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("metadata", "metadata.json", "metadata", "json",
              description="image_id, source_path, width, height, aspect_bucket"),
     Artifact("caption", "caption.txt", "caption", "text", description="one dense paragraph"),
-    Artifact("dinov3_cls", "dinov3_cls.npy", "dinov3", "npy", "float16", lambda b: (1024,),
+    Artifact("dinov3_cls", "dinov3_cls.npy", "dinov3", "npy", "float16", lambda b: (DINOV3_WIDTH,),
              description="DINOv3 CLS token (pooled output)"),
     Artifact("dinov3_patches", "dinov3_patches.npy", "dinov3", "npy", "float16",
-             lambda b: (b.patch_grid[0] * b.patch_grid[1], 1024),
+             lambda b: (b.patch_grid[0] * b.patch_grid[1], DINOV3_WIDTH),
              description="DINOv3 patch tokens, row-major grid, registers excluded"),
-    Artifact("t5_hidden", "t5_hidden.npy", "t5", "npy", "float16", lambda b: (512, 1024),
+    Artifact("t5_hidden", "t5_hidden.npy", "t5", "npy", "float16", lambda b: (T5_TOKENS, T5_WIDTH),
              description="T5-large encoder hidden states of the caption, encoded with the attention mask "
                          "(padding masked out, as transformers does; SD3/Flux pipelines encode unmasked)"),
-    Artifact("t5_mask", "t5_mask.npy", "t5", "npy", "uint8", lambda b: (512,), _binary,
+    Artifact("t5_mask", "t5_mask.npy", "t5", "npy", "uint8", lambda b: (T5_TOKENS,), _binary,
              description="1 = valid token, 0 = padding"),
-    Artifact("pose", "pose.npy", "pose", "npy", "float16", lambda b: (133, 3),
+    Artifact("pose", "pose.npy", "pose", "npy", "float16", lambda b: (POSE_KEYPOINTS, 3),
              description="COCO-WholeBody keypoints: x, y in [-1, 1] of the bucket, confidence"),
     Artifact("seg", "seg.npy", "seg", "npy", "uint8", lambda b: (b.height, b.width), _seg_ids,
              description="Sapiens body-part class ids 0-27"),

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from stratum_core import __version__
 from stratum_core.errors import ConfigError, RunInterrupted, StratumError
@@ -56,25 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_verify(sub)
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
 def _add_process(sub: argparse._SubParsersAction) -> None:
-    from stratum_core.passes import REGISTRY, PassUnavailable, pass_class
+    from stratum_core.passes import REGISTRY, PassUnavailable, pass_class, passes_help
 
     p = sub.add_parser("process", help="run passes over a folder of images")
     p.add_argument("input_dir", type=Path)
     p.add_argument("--output", "-o", type=Path, required=True, help="dataset directory to write")
-    p.add_argument("--passes", default="all",
-                   help="comma-separated passes, or 'all' (caption,dinov3,t5,pose,seg,depth,normal); "
-                        "'pixel' only when named")
+    p.add_argument("--passes", default="all", help=passes_help())
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--precision", default="auto",
                    help="auto | fp32 | tf32 | bf16 | fp16, or per pass, e.g. bf16,depth=fp32 (auto: each pass's "
@@ -243,5 +235,3 @@ def console_main() -> None:
         os._exit(code)
     sys.exit(code)
 
-
-CommandHandler = Callable[[argparse.Namespace], int]

@@ -374,7 +374,7 @@ class Engine:
         """Worker thread: decode and crop (or, for passes that never look at pixels, read the bucket)."""
         if self._halting:
             raise _Dropped()  # a stop arrived while this image waited for a worker
-        if not any(p.uses_image for p in planned.todo) and "metadata.json" in planned.on_disk:
+        if not any(p.uses_image for p in planned.todo) and BY_NAME["metadata"].filename in planned.on_disk:
             try:
                 metadata = self.store.read(planned.source.image_id, BY_NAME["metadata"])
                 decoded = Decoded(None, metadata["width"], metadata["height"],
@@ -388,7 +388,7 @@ class Engine:
             raise
         except Exception as exc:  # a decoder bug or MemoryError fails this image only
             raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from exc
-        if f"{FAILURE_PREFIX}metadata.json" in planned.on_disk:  # the source decodes again
+        if FAILURE_PREFIX + BY_NAME["metadata"].filename in planned.on_disk:  # the source decodes again
             self.store.clear_failure(planned.source.image_id, "metadata")
         self._write_metadata_first(planned, item)
         return item

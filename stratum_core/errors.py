@@ -23,6 +23,11 @@ class ModelNotFoundError(InfrastructureError):
     """Model weights could not be found locally and could not be downloaded."""
 
 
+class WeightsMissingError(ModelNotFoundError):
+    """The weights are in none of the places looked (not an explicit path lacking files, not a gated model):
+    the case `stratum models download` fixes."""
+
+
 class ItemError(StratumError):
     """One image cannot be processed; the run goes on with the others.
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from stratum_core.errors import ModelNotFoundError
+from stratum_core.errors import ModelNotFoundError, WeightsMissingError
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def resolve_model(spec: ModelSpec, *, explicit: Path | None = None, model_dir: P
     cache = f"the HuggingFace cache {hf_cache_folder(cache_dir)}"
     where = (f"looked in {', '.join(str(p) for p in looked)} and {cache}" if looked
              else f"$STRATUM_MODEL_DIR is not set; looked in {cache}")
-    raise ModelNotFoundError(
+    raise WeightsMissingError(
         f"model {spec.hub_id} not found: {where}"
         f"{' (offline)' if offline else ''}.{failure} Fetch it with `stratum models download` "
         f"(or place {', '.join(spec.required_files)} under $STRATUM_MODEL_DIR/{spec.hub_id}/).")

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
-from stratum_core.errors import ModelNotFoundError, StratumError
+from stratum_core.errors import ModelNotFoundError, StratumError, WeightsMissingError
 from stratum_core.passes import upstream_passes
 from stratum_core.passes.base import Pass
 
@@ -39,7 +39,7 @@ def check_pass(p: Pass, *, download: bool = False) -> Readiness:
                     raise
                 type(p)(p.options, p.config).resolve_weights()  # what load() would do: the cache keeps it
         except ModelNotFoundError as exc:
-            return Readiness(p.name, False, _weights_advice(p, str(exc)))
+            return Readiness(p.name, False, _weights_advice(p, exc))
         except StratumError as exc:
             return Readiness(p.name, False, str(exc))
     if p.io_bound:
@@ -71,10 +71,10 @@ def setup_problems(readiness: Sequence[Readiness]) -> str:
     return "\n".join(f"  {r.line()}" for r in blocked)
 
 
-def _weights_advice(p: Pass, message: str) -> str:
+def _weights_advice(p: Pass, exc: ModelNotFoundError) -> str:
     """`weights missing (<hub id>) — stratum models download --passes <name> (looked in …)`."""
-    if "not found" not in message:
-        return message  # an explicit --model path that does not hold the files: say exactly that
+    if not isinstance(exc, WeightsMissingError):
+        return str(exc)  # an explicit --model path that does not hold the files, or a gated model: say exactly that
     from stratum_core.models import candidate_dirs, hf_cache_folder
 
     looked = [str(d) for d in candidate_dirs(p.model, p.options.model_dir)] or ["$STRATUM_MODEL_DIR (not set)"]

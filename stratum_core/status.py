@@ -8,11 +8,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stratum_core.artifacts import ARTIFACTS
+from stratum_core.artifacts import ARTIFACTS, BY_NAME
 from stratum_core.discover import iter_image_dirs
 from stratum_core.errors import StratumError
 from stratum_core.provenance import ProvenanceStatus
-from stratum_core.store import FAILURE_PREFIX, Store
+from stratum_core.store import FAILURE_PREFIX, STATE_DIR, Store
 
 
 MAX_LISTED = 1000  # failed images listed per pass (--json); the counts are always complete
@@ -97,11 +97,11 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
     status = DatasetStatus()
     filenames = {a.filename: a.name for a in ARTIFACTS}
     store = Store(output_dir)
-    metadata_failure = f"{FAILURE_PREFIX}metadata.json"
+    metadata_failure = FAILURE_PREFIX + BY_NAME["metadata"].filename
     seen: list[int] = []  # hashes of the ids with metadata.json or a metadata failure (8 bytes each)
     for image_id, names in iter_image_dirs(Path(output_dir)):
         status.image_dirs += 1
-        has_metadata = "metadata.json" in names
+        has_metadata = BY_NAME["metadata"].filename in names
         if has_metadata or metadata_failure in names:  # an undecodable source is a known, failed image
             seen.append(hash(image_id))
         if has_metadata:
@@ -182,7 +182,7 @@ def require_dataset(path: Path) -> None:
 
     if not path.is_dir():
         raise StratumError(f"no dataset at {path}")
-    if (path / ".stratum").is_dir() or next(iter_image_dirs(path), None) is not None:
+    if (path / STATE_DIR).is_dir() or next(iter_image_dirs(path), None) is not None:
         return
     with os.scandir(path) as entries:
         images = sum(1 for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)

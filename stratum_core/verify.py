@@ -92,7 +92,7 @@ def _bucket_of(metadata: dict, image_id: str, problems: list[Problem]) -> Bucket
     try:
         return Bucket.parse(metadata["aspect_bucket"])
     except (KeyError, ValueError, AttributeError):
-        problems.append(Problem(image_id, "metadata.json",
+        problems.append(Problem(image_id, BY_NAME["metadata"].filename,
                                 f"no valid aspect_bucket ({metadata.get('aspect_bucket')!r} is not one of the 7 buckets)"))
         return None
 

@@ -21,10 +21,6 @@ REGISTRY: dict[str, str] = {
     "pixel": "stratum_core.passes.pixel:PixelPass",
 }
 
-DEFAULT_PASSES: tuple[str, ...] = ("caption", "dinov3", "t5", "pose", "seg", "depth", "normal")
-MODEL_PASSES: tuple[str, ...] = ("dinov3", "t5", "pose", "seg", "depth", "normal")
-
-
 class PassUnavailable(ConfigError):
     """A pass that is named but not implemented in this build."""
 
@@ -40,6 +36,18 @@ def pass_class(name: str) -> type[Pass]:
             raise PassUnavailable(f"the {name} pass is not available in this version of stratum") from exc
         raise
     return getattr(module, class_name)
+
+
+# Read from the pass classes (importing them is cheap: models load in `load`, torch lazily).
+DEFAULT_PASSES: tuple[str, ...] = tuple(n for n in REGISTRY if pass_class(n).default)  # `--passes all`
+MODEL_PASSES: tuple[str, ...] = tuple(n for n in REGISTRY if pass_class(n).model is not None)
+OPT_IN_PASSES: tuple[str, ...] = tuple(n for n in REGISTRY if n != "metadata" and n not in DEFAULT_PASSES)
+
+
+def passes_help() -> str:
+    """The `--passes` help, from the registry."""
+    opt_in = ", ".join(repr(n) for n in OPT_IN_PASSES)
+    return f"comma-separated passes, or 'all' ({','.join(DEFAULT_PASSES)}); {opt_in} only when named"
 
 
 def upstream_passes(name: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import importlib.util
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -134,7 +134,8 @@ class Pass:
     uses_image: ClassVar[bool] = True  # False: the engine skips decoding when only this pass runs
     uses_torch: ClassVar[bool] = False  # True: forward runs under torch.inference_mode
     scratch_keys: ClassVar[tuple[str, ...]] = ()  # item.scratch entries it makes; dropped after its lane's batch
-    model: ClassVar[ModelSpec | None] = None
+    model: ClassVar[ModelSpec | None] = None  # set: a model pass (placed on the GPU, listed by `stratum models`)
+    default: ClassVar[bool] = False  # True: part of `--passes all`
     config_class: ClassVar[type] = NoConfig
     # What `--precision auto` means for this pass; None: bf16 on CUDA, fp32 on the CPU. A pass whose
     # artifact needs more than bf16 resolution says so here (depth: tf32, pose: fp32).

@@ -91,6 +91,7 @@ TRANSPORT_REASONS = frozenset({"server_error", "timeout"})
 
 class CaptionPass(Pass):
     name = "caption"
+    default = True
     version = "1"
     io_bound = True
     config_class = CaptionConfig

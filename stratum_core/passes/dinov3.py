@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stratum_core.artifacts import DINOV3_WIDTH
 from stratum_core.buckets import BUCKETS
 from stratum_core.errors import InfrastructureError
 from stratum_core.models import ModelLocation, ModelSpec
@@ -25,7 +26,7 @@ log = logging.getLogger("stratum.dinov3")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH_SIZE = 16
-WIDTH = 1024  # dinov3_cls / dinov3_patches width in the artifact table
+WIDTH = DINOV3_WIDTH
 
 
 def normalize_crops(crops: Any, dtype: Any) -> Any:
@@ -60,6 +61,7 @@ class DINOv3Pass(Pass):
     """DINOv3 ViT features: `dinov3_cls` (1024,) and `dinov3_patches` (bh/16 · bw/16, 1024), float16."""
 
     name = "dinov3"
+    default = True
     version = "1"
     requires = ("torch", "transformers")
     uses_torch = True

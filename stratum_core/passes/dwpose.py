@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from stratum_core import pose_geometry as geo
+from stratum_core.artifacts import POSE_KEYPOINTS
 from stratum_core.errors import ConfigError, InfrastructureError
 from stratum_core.models import ModelSpec
 from stratum_core.outcomes import Outcome
@@ -34,7 +35,7 @@ log = logging.getLogger("stratum.pose")
 
 DETECTOR_FILE = "yolox_l.onnx"
 POSE_FILE = "dw-ll_ucoco_384.onnx"
-KEYPOINTS = 133
+KEYPOINTS = POSE_KEYPOINTS
 DETECTOR_COLUMNS = 85  # cx, cy, w, h, objectness, 80 COCO classes
 POSE_INPUT_HW = (384, 288)  # used only when the file leaves the spatial dims symbolic
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -243,6 +244,7 @@ def pose_array(person: np.ndarray | None, bucket_w: int, bucket_h: int) -> np.nd
 
 class DWPosePass(Pass):
     name = "pose"
+    default = True
     version = "2"  # 2: detector fed BGR, crop matrix built from float32 points (bit-exact with the reference)
     requires = ("cv2",)  # plus the backend's modules (BACKEND_MODULES), checked in check_requirements
     extra = "pose"

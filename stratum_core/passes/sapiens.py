@@ -338,6 +338,7 @@ class SapiensSegPass(SapiensPass):
     """seg.npy: (bh, bw) uint8 body-part class ids 0-27 (names in `SEG_CLASSES`)."""
 
     name = "seg"
+    default = True
     model = SEG_MODEL
     channels = NUM_CLASSES
 
@@ -364,6 +365,7 @@ class SapiensDepthPass(_NeedsSeg):
     """depth.npy: (bh, bw) float16, foreground min-max scaled to [0, 1], background 0."""
 
     name = "depth"
+    default = True
     model = DEPTH_MODEL
     channels = 1
     # bf16 keeps 8 significant bits: near depths of 2-4 its step is 1/64, so one person spans only tens
@@ -381,6 +383,7 @@ class SapiensNormalPass(_NeedsSeg):
     """normal.npy: (bh, bw, 3) float16 unit normals on the foreground, 0 on the background."""
 
     name = "normal"
+    default = True
     model = NORMAL_MODEL
     channels = 3
 

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stratum_core.artifacts import T5_TOKENS, T5_WIDTH
 from stratum_core.errors import InfrastructureError, ItemError
 from stratum_core.models import ModelLocation, ModelSpec
 from stratum_core.outcomes import Outcome
@@ -14,8 +15,8 @@ from stratum_core.passes.base import Item, Pass
 
 log = logging.getLogger("stratum.t5")
 
-MAX_LENGTH = 512
-WIDTH = 1024  # t5_hidden width in the artifact table
+MAX_LENGTH = T5_TOKENS
+WIDTH = T5_WIDTH
 FLOAT16_MAX = 65504.0
 
 
@@ -62,6 +63,7 @@ class T5Pass(Pass):
     """T5-large encoder: `t5_hidden` (512, 1024) float16 and `t5_mask` (512,) uint8 of caption.txt."""
 
     name = "t5"
+    default = True
     version = "1"
     requires = ("torch", "transformers", "tokenizers")
     uses_torch = True

@@ -24,13 +24,13 @@ from typing import Sequence
 
 import numpy as np
 
-from stratum_core.artifacts import BY_NAME
+from stratum_core.artifacts import BY_NAME, DINOV3_WIDTH, POSE_KEYPOINTS
 from stratum_core.publish.layout import escape_key, member_name, tar_artifacts
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar archives are padded to whole records
-CLS_DIM = 1024
-POSE_SHAPE = (133, 3)
+CLS_DIM = DINOV3_WIDTH
+POSE_SHAPE = (POSE_KEYPOINTS, 3)
 PREFETCH_FILES = 2  # npy files whose reads are started ahead of the one being copied
 ROW_READERS = 8  # threads reading a parquet's small per-image files
 
@@ -273,7 +273,7 @@ def _read_rows(root: Path, image_ids: Sequence[str], layers: Sequence[str]) -> l
 
     def row(image_id: str) -> tuple:
         folder = os.path.join(base, image_id)
-        with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as f:
+        with open(os.path.join(folder, BY_NAME["metadata"].filename), encoding="utf-8") as f:
             meta = json.load(f)
         return (meta,
                 _read_text(Path(folder, BY_NAME["caption"].filename)) if want_caption else None,

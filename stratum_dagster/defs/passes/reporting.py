@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import dagster as dg
 
 from stratum_core.artifacts import artifacts_of, pass_files
+from stratum_core.shards import shards_dir
 from stratum_core.store import Store
 from stratum_dagster.resources import ShardRun, StratumResource
 
@@ -43,7 +44,7 @@ def run_metadata(shard_run: ShardRun, pass_name: str, stratum: StratumResource,
         "precision": provenance.get("precision", "-"),
         "pass_version": provenance.get("version", "-"),
         "dataset_dir": dg.MetadataValue.path(str(stratum.output_dir)),
-        "shard_record": dg.MetadataValue.path(str(stratum.output_dir / ".stratum" / "shards" / f"{shard_run.key}.json")),
+        "shard_record": dg.MetadataValue.path(str(shards_dir(stratum.output_dir) / f"{shard_run.key}.json")),
     }
     if counts["failed"] or counts["skipped"]:
         metadata["reasons"] = dg.MetadataValue.json({"failed": counts["failed_reasons"],
@@ -60,10 +61,7 @@ def run_metadata(shard_run: ShardRun, pass_name: str, stratum: StratumResource,
 def preview_markdown(shard_run: ShardRun, pass_names: Sequence[str], stratum: StratumResource) -> str | None:
     """Markdown with the contact sheet of the shard's first image that has every artifact of `pass_names`,
     embedded as a small JPEG (a few tens of KB: it lives in the event log of every step run)."""
-    try:
-        from stratum_core.preview import sheet_png
-    except ImportError:
-        return None
+    from stratum_core.preview import sheet_png  # here: the sheet code is only needed for a preview
     store = Store(stratum.output_dir)
     wanted = {a.filename for name in pass_names for a in artifacts_of(name)}
     for image in shard_run.images[:20]:  # a shard's first images are enough to find a finished one
