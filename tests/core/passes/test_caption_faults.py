@@ -119,4 +119,6 @@ def test_a_server_that_dies_mid_run_is_reported_once_and_the_run_record_is_saved
     assert out.startswith("6 images") and "STOPPED EARLY" in out
     record = run_record(tmp_path / "out")
     assert "does not answer" in record["infrastructure_error"]
-    assert record["passes"]["caption"]["done"] >= 1 and record["images_left"] > 0
+    # Which of the other images still got an outcome (a failure) before the stop depends on timing;
+    # the captions after the server went away never did.
+    assert 1 <= record["passes"]["caption"]["done"] < 6
