@@ -21,6 +21,7 @@ from stratum_core.progress import Progress
 from stratum_core.store import is_temp_file
 from stratum_core.verify import verify
 from tests.fakes import images
+from tests.fakes.slow_stratum import SLOW_PROCESS
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 N_IMAGES = 30
@@ -72,18 +73,7 @@ def test_sigkill_mid_run_then_rerun_is_clean_and_complete(input_dir, tmp_path):
     assert all(p.name in ("metadata.json", "pixel.npy", ".provenance.json") for p in final_names(output))
 
 
-# `stratum process` whose decodes take 50 ms each, so two runs started together are sure to overlap.
-SLOW_PROCESS = """
-import sys, time
-import stratum_core.engine as engine
-from stratum_core.cli import main
-real_decode = engine.decode
-def slow_decode(path):
-    time.sleep(0.05)
-    return real_decode(path)
-engine.decode = slow_decode
-sys.exit(main(sys.argv[1:]))
-"""
+# SLOW_PROCESS decodes take 50 ms each, so two runs started together are sure to overlap.
 
 
 def test_two_runs_at_once_leave_every_artifact_valid(input_dir, tmp_path):
