@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -66,15 +65,10 @@ def pixel_run(input_dir, tmp_path, capsys) -> Path:
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """Two $STRATUM_MODEL_DIRs of Sapiens smoke models that differ only in the seg weights."""
-    from tests.fakes.sapiens_models import (GREY, RED, RED_CLASS, SEG_STRIDE, RedSeg, build_sapiens_models,
-                                            model_path, redness, save_scripted)
+    from tests.fakes.sapiens_models import build_model_dirs_with_two_seg_checkpoints
 
-    first, second = tmp_path_factory.mktemp("models-a"), tmp_path_factory.mktemp("models-b")
-    build_sapiens_models(first)
-    shutil.copytree(first, second, dirs_exist_ok=True)
-    threshold = 0.5 * (redness(RED) + redness(GREY)) + 0.01  # another seg checkpoint, same file name
-    save_scripted(RedSeg(SEG_STRIDE, threshold, RED_CLASS), model_path(second, "seg"))
-    return first, second
+    return build_model_dirs_with_two_seg_checkpoints(tmp_path_factory.mktemp("models-a"),
+                                                     tmp_path_factory.mktemp("models-b"))
 
 
 @pytest.fixture

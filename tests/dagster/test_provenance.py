@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -21,15 +20,10 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """Two model dirs of Sapiens smoke models whose seg checkpoints differ."""
-    from tests.fakes.sapiens_models import (GREY, RED, RED_CLASS, SEG_STRIDE, RedSeg, build_sapiens_models,
-                                            model_path, redness, save_scripted)
+    from tests.fakes.sapiens_models import build_model_dirs_with_two_seg_checkpoints
 
-    first, second = tmp_path_factory.mktemp("models-a"), tmp_path_factory.mktemp("models-b")
-    build_sapiens_models(first)
-    shutil.copytree(first, second, dirs_exist_ok=True)
-    save_scripted(RedSeg(SEG_STRIDE, 0.5 * (redness(RED) + redness(GREY)) + 0.01, RED_CLASS),
-                  model_path(second, "seg"))
-    return first, second
+    return build_model_dirs_with_two_seg_checkpoints(tmp_path_factory.mktemp("models-a"),
+                                                     tmp_path_factory.mktemp("models-b"))
 
 
 def image_step_assets(monkeypatch, model_dir: Path) -> dg.AssetsDefinition:

@@ -13,6 +13,7 @@ normalised (N, 3, 1024, 768) input:
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -114,3 +115,12 @@ def write_not_torchscript(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"weight": torch.zeros(2)}, str(path))
     return path
+
+
+def build_model_dirs_with_two_seg_checkpoints(first: Path, second: Path) -> tuple[Path, Path]:
+    """Two model dirs of these smoke models that differ only in the seg weights (same file name)."""
+    build_sapiens_models(first)
+    shutil.copytree(first, second, dirs_exist_ok=True)
+    threshold = 0.5 * (redness(RED) + redness(GREY)) + 0.01
+    save_scripted(RedSeg(SEG_STRIDE, threshold, RED_CLASS), model_path(second, "seg"))
+    return first, second
