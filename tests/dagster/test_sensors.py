@@ -80,13 +80,18 @@ def test_status_sensor_reports_a_shard_completed_by_the_cli(tmp_path, instance):
     assert not result.run_requests
 
 
-def test_status_sensor_requests_a_rerun_after_a_file_is_deleted(tmp_path, instance):
+def _shard_processed_by_the_cli(tmp_path, instance):
+    """One registered shard of two images whose pixel pass ran outside Dagster: (output, key, resource)."""
     src, out = tmp_path / "in", tmp_path / "out"
     write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
     [key] = register(src, out, instance, "ffhq")
     cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu", "--shard-key", key,
               "--workers", "1"])
-    stratum = stratum_resource(src, out)
+    return out, key, stratum_resource(src, out)
+
+
+def test_status_sensor_requests_a_rerun_after_a_file_is_deleted(tmp_path, instance):
+    out, key, stratum = _shard_processed_by_the_cli(tmp_path, instance)
     first = tick(shard_status_sensor, instance, stratum, None)
     quiet = tick(shard_status_sensor, instance, stratum, first.cursor)
     assert not quiet.run_requests and not quiet.asset_events
@@ -97,12 +102,7 @@ def test_status_sensor_requests_a_rerun_after_a_file_is_deleted(tmp_path, instan
 
 
 def test_status_sensor_requests_one_run_per_shard_for_every_pass_that_lost_files(tmp_path, instance):
-    src, out = tmp_path / "in", tmp_path / "out"
-    write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
-    [key] = register(src, out, instance, "ffhq")
-    cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu", "--shard-key", key,
-              "--workers", "1"])
-    stratum = stratum_resource(src, out)
+    out, key, stratum = _shard_processed_by_the_cli(tmp_path, instance)
     first = tick(shard_status_sensor, instance, stratum, None)
     (out / "ffhq" / "a" / "metadata.json").unlink()
     (out / "ffhq" / "b" / "pixel.npy").unlink()
