@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stratum_core.discover import discover  # noqa: E402
 from stratum_core.engine import RunConfig, run  # noqa: E402
 from stratum_core.passes.caption import CaptionConfig  # noqa: E402
-from tests.fakes.ollama import FakeOllama  # noqa: E402
+from stratum_testing.ollama import FakeOllama  # noqa: E402
 
 # Small sources in two buckets: the caption lane, not decoding, should be the bottleneck.
 SIZES = ((256, 256), (192, 280))

@@ -8,7 +8,7 @@ loading and event logging are all counted. On a GPU machine with models, `--job 
 
 `--assets seg,depth,normal --smoke-sapiens` runs those assets of `--job` (default enrich_job then)
 through `execute_in_process(asset_selection=…)` in a fresh process, as `quickstart` does, against
-`stratum process --passes seg,depth,normal`, with the smoke Sapiens models of tests/fakes (CPU).
+`stratum process --passes seg,depth,normal`, with the smoke Sapiens models of stratum_testing (CPU).
 
     python bench/dagster_overhead.py [--images 1000] [--job metadata_job --passes metadata]
     python bench/dagster_overhead.py --images 100 --assets seg,depth,normal --smoke-sapiens
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--passes", default="metadata", help="the same passes for stratum process")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--assets", help="run only these assets of --job (default job then: enrich_job)")
-    parser.add_argument("--smoke-sapiens", action="store_true", help="use tests/fakes smoke Sapiens models")
+    parser.add_argument("--smoke-sapiens", action="store_true", help="use stratum_testing smoke Sapiens models")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate CLI and Dagster this many times on fresh outputs, keep each best "
                              "(the shared machine is noisy)")
@@ -108,7 +108,7 @@ def main() -> None:
                "STRATUM_OUTPUT_DIR": str(outputs["dagster"])}
         if args.smoke_sapiens:
             sys.path.insert(0, str(REPO))
-            from tests.fakes.sapiens_models import build_sapiens_models
+            from stratum_testing.sapiens_models import build_sapiens_models
 
             build_sapiens_models(root / "models")
             env.update(STRATUM_MODEL_DIR=str(root / "models"), HF_HUB_OFFLINE="1")

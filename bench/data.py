@@ -1,6 +1,6 @@
 """Bench: reading a stratum dataset for training, locally and from the (loopback) Hub, as ratios in one run.
 
-Run from the repo root (the Hub half starts the test suite's fake Hub, `tests.fakes.hub`):
+Run from the repo root (the Hub half starts the test suite's fake Hub, `stratum_testing.hub`):
 
     PYTHONPATH=. python bench/data.py            # 96 images, layers pixel,t5,pose,caption (~7 MB an image)
 
@@ -218,7 +218,7 @@ def read_stream(samples) -> int:
 def bench_hub(root: Path, layers: tuple[str, ...], images_per_tar: int, repeats: int, tmp: Path) -> dict:
     import huggingface_hub.constants as constants
 
-    from tests.fakes.hub import FakeHub
+    from stratum_testing.hub import FakeHub
 
     constants.HF_HUB_OFFLINE = False
     repo = "bench/data"

@@ -39,7 +39,7 @@ from stratum_core.passes.base import Item, PassOptions  # noqa: E402
 from stratum_core.passes.dinov3 import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from stratum_core.passes.torch_utils import synchronize  # noqa: E402
 from stratum_core.store import Store  # noqa: E402
-from tests.fakes.transformers_models import build_t5, t5_tokenizer  # noqa: E402
+from stratum_testing.transformers_models import build_t5, t5_tokenizer  # noqa: E402
 
 WORDS = ("a man woman standing sitting wearing dark light jacket shirt left right hand arm raised "
          "background wall window soft shadow from above camera angle frame centred cropped knee "

@@ -225,7 +225,7 @@ def build_t5(folder: Path, smoke: bool) -> Path:
     """The T5-large encoder (google-t5/t5-large's config values) and a small T5 tokenizer."""
     from transformers import T5Config, T5EncoderModel
 
-    from tests.fakes.transformers_models import t5_tokenizer
+    from stratum_testing.transformers_models import t5_tokenizer
 
     tokenizer = t5_tokenizer()
     config = T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=256 if smoke else 4096,
@@ -245,7 +245,7 @@ def build_sapiens(model_dir: Path, smoke: bool, device: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     if smoke:
-        from tests.fakes.sapiens_models import build_sapiens_models
+        from stratum_testing.sapiens_models import build_sapiens_models
 
         build_sapiens_models(model_dir)
         return 0.0

@@ -20,8 +20,8 @@ import pytest
 from stratum_core.artifacts import ARTIFACTS, BY_NAME, validate_value
 from stratum_core.buckets import Bucket
 from stratum_core.store import Store
-from tests.fakes import images
-from tests.fakes.model_dir import build_smoke_model_dir
+from stratum_testing import images
+from stratum_testing.model_dir import build_smoke_model_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HUB_TOKEN = "hf_SECRETendToEnd1234567890"
@@ -106,7 +106,7 @@ def source_dir(work) -> Path:
 
 @pytest.fixture(scope="module")
 def ollama():
-    from tests.fakes.ollama import FakeOllama
+    from stratum_testing.ollama import FakeOllama
 
     fake = FakeOllama(captions=CAPTION)
     with fake:
@@ -239,7 +239,7 @@ def test_preview_writes_one_sheet_per_good_image_and_an_index(processed, work):
 
 
 def test_publish_to_the_fake_hub_counts_every_good_image(processed, work):
-    from tests.fakes.hub import FakeHub
+    from stratum_testing.hub import FakeHub
 
     with FakeHub() as hub:
         env = dict(processed.env, HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_TOKEN=HUB_TOKEN,

@@ -8,7 +8,7 @@ from PIL import Image
 
 from stratum_core.buckets import BUCKETS, Bucket, choose_bucket, cover_crop_box
 from stratum_core.intake import decode
-from tests.fakes.images import gradient, save_rgb
+from stratum_testing.images import gradient, save_rgb
 
 
 def test_buckets_are_the_seven_of_the_spec_in_order():

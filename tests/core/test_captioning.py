@@ -17,8 +17,8 @@ from stratum_core.captioning.ollama import OllamaClient, ollama_base
 from stratum_core.captioning.openai_api import OpenAIClient, openai_base
 from stratum_core.captioning.retry import RetryPolicy, call_with_retries
 from stratum_core.errors import InfrastructureError
-from tests.fakes.ollama import FakeOllama
-from tests.fakes.openai_server import FakeOpenAI
+from stratum_testing.ollama import FakeOllama
+from stratum_testing.openai_server import FakeOpenAI
 
 
 # ---------------------------------------------------------------------------- cleaning

@@ -11,7 +11,7 @@ import pytest
 
 from stratum_core.cli import build_parser, main
 from stratum_core.progress import Progress
-from tests.fakes import images
+from stratum_testing import images
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 

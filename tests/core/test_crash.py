@@ -20,8 +20,8 @@ from stratum_core.errors import InfrastructureError
 from stratum_core.progress import Progress
 from stratum_core.store import is_temp_file
 from stratum_core.verify import verify
-from tests.fakes import images
-from tests.fakes.slow_stratum import SLOW_PROCESS
+from stratum_testing import images
+from stratum_testing.slow_stratum import SLOW_PROCESS
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 N_IMAGES = 30

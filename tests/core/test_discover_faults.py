@@ -17,7 +17,7 @@ from stratum_core.discover import discover
 from stratum_core.status import dataset_status
 from stratum_core.store import Store
 from stratum_core.artifacts import BY_NAME
-from tests.fakes import images
+from stratum_testing import images
 
 
 def errors_by_source(found) -> dict[str, str]:

@@ -17,7 +17,7 @@ import stratum_core.engine as engine_module
 from stratum_core.cli import main
 from stratum_core.summary import RunSummary
 from stratum_core.verify import verify
-from tests.fakes import images
+from stratum_testing import images
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 

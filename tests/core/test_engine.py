@@ -22,7 +22,7 @@ from stratum_core.passes.metadata import MetadataPass
 from stratum_core.passes.pixel import PixelPass
 from stratum_core.progress import Progress
 from stratum_core.store import Store
-from tests.fakes import images
+from stratum_testing import images
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from stratum_core.progress import Progress
 from stratum_core.store import Store, _writer_tag
 from stratum_core.artifacts import BY_NAME
 from stratum_core.verify import verify
-from tests.fakes import images
+from stratum_testing import images
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 N_IMAGES = 8

@@ -16,7 +16,7 @@ from stratum_core.engine import RunConfig, run
 from stratum_core.errors import ItemError
 from stratum_core.intake import decode
 from stratum_core.progress import Progress
-from tests.fakes import images
+from stratum_testing import images
 
 
 @pytest.fixture(scope="session")

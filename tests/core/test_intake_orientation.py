@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from stratum_core.intake import decode
-from tests.fakes.images import ORIENTATION_TAG
+from stratum_testing.images import ORIENTATION_TAG
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 STORED_W, STORED_H = 300, 200  # landscape as stored; orientations 5-8 display it as portrait

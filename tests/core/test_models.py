@@ -133,7 +133,7 @@ def fake_hub(monkeypatch):
     """The loopback fake Hub, with huggingface_hub pointed at it and allowed online."""
     import huggingface_hub.constants as hf_constants
 
-    from tests.fakes.hub import FakeHub
+    from stratum_testing.hub import FakeHub
 
     with FakeHub() as hub:
         monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)

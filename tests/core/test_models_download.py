@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.fakes.hub import FakeHub
+from stratum_testing.hub import FakeHub
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from stratum_core.cli import main
-from tests.fakes.images import write_solid
+from stratum_testing.images import write_solid
 
 
 def _closed_port() -> int:

@@ -22,7 +22,7 @@ from stratum_core.passes.pixel import PixelPass
 from stratum_core.status import dataset_status
 from stratum_core.store import Store
 from stratum_core.verify import verify
-from tests.fakes import images
+from stratum_testing import images
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 SAPIENS = "seg,depth,normal,pixel"
@@ -65,7 +65,7 @@ def pixel_run(input_dir, tmp_path, capsys) -> Path:
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """Two $STRATUM_MODEL_DIRs of Sapiens smoke models that differ only in the seg weights."""
-    from tests.fakes.sapiens_models import build_model_dirs_with_two_seg_checkpoints
+    from stratum_testing.sapiens_models import build_model_dirs_with_two_seg_checkpoints
 
     return build_model_dirs_with_two_seg_checkpoints(tmp_path_factory.mktemp("models-a"),
                                                      tmp_path_factory.mktemp("models-b"))

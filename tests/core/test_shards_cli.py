@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stratum_core.cli import main
-from tests.fakes import images
+from stratum_testing import images
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from stratum_core.artifacts import ARTIFACTS, BY_NAME
 from stratum_core.cli import main
 from stratum_core.status import dataset_status
 from stratum_core.store import Store
-from tests.fakes.images import write_solid
+from stratum_testing.images import write_solid
 
 
 def metadata(image_id: str) -> dict:

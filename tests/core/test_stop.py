@@ -23,9 +23,9 @@ from stratum_core.passes.pixel import PixelPass
 from stratum_core.progress import Progress
 from stratum_core.stopping import StopRequest, stop_on_signals
 from stratum_core.verify import verify
-from tests.fakes import images
-from tests.fakes.ollama import FakeOllama
-from tests.fakes.slow_stratum import SLOW_PROCESS
+from stratum_testing import images
+from stratum_testing.ollama import FakeOllama
+from stratum_testing.slow_stratum import SLOW_PROCESS
 
 N_IMAGES = 24
 

@@ -12,7 +12,7 @@ from stratum_core.artifacts import BY_NAME
 from stratum_core.cli import main
 from stratum_core.store import Store
 from stratum_core.verify import STALE_TEMP_SECONDS, check_image, verify
-from tests.fakes import images
+from stratum_testing import images
 
 BUCKET = (1024, 1024)  # H, W of the test image's bucket
 

@@ -20,7 +20,7 @@ from stratum_core.passes.pixel import PixelPass
 from stratum_core.progress import Progress
 from stratum_core.store import Store
 from stratum_core.writer import WriterPool, writer_count
-from tests.fakes import images
+from stratum_testing import images
 
 STOP = object()
 

@@ -144,7 +144,7 @@ def test_an_infrastructure_error_fails_the_asset(tree, instance):
 
 def test_seg_then_depth_and_normal_write_their_files(tree, instance, tmp_path):
     pytest.importorskip("torch")
-    from tests.fakes.sapiens_models import RED_CLASS, build_sapiens_models
+    from stratum_testing.sapiens_models import RED_CLASS, build_sapiens_models
 
     src, out, key = tree
     models = tmp_path / "models"
@@ -166,8 +166,8 @@ def test_seg_then_depth_and_normal_write_their_files(tree, instance, tmp_path):
 
 def test_t5_after_caption_writes_embeddings_of_the_fake_servers_caption(tree, instance, tmp_path):
     pytest.importorskip("transformers")
-    from tests.fakes.ollama import FakeOllama
-    from tests.fakes.transformers_models import build_t5
+    from stratum_testing.ollama import FakeOllama
+    from stratum_testing.transformers_models import build_t5
 
     src, out, key = tree
     t5_folder = build_t5(tmp_path / "t5")
@@ -188,7 +188,7 @@ def test_t5_after_caption_writes_embeddings_of_the_fake_servers_caption(tree, in
 def test_one_enrich_job_run_over_seg_depth_normal_decodes_each_image_once(tree, instance, tmp_path, monkeypatch):
     pytest.importorskip("torch")
     import stratum_core.engine
-    from tests.fakes.sapiens_models import build_sapiens_models
+    from stratum_testing.sapiens_models import build_sapiens_models
 
     src, out, key = tree
     build_sapiens_models(tmp_path / "models")
@@ -226,7 +226,7 @@ def test_a_materialisation_carries_a_small_jpeg_preview_of_one_image(tree, insta
 
 def test_a_step_of_several_assets_attaches_its_preview_to_one_of_them(tree, instance, tmp_path):
     pytest.importorskip("torch")
-    from tests.fakes.sapiens_models import build_sapiens_models
+    from stratum_testing.sapiens_models import build_sapiens_models
 
     src, out, key = tree
     build_sapiens_models(tmp_path / "models")

@@ -21,7 +21,7 @@ import pytest
 from stratum_core.cli import main as cli_main
 from stratum_core.store import FAILURE_PREFIX
 from tests.dagster.helpers import register, write_tree
-from tests.fakes.model_dir import build_smoke_model_dir
+from stratum_testing.model_dir import build_smoke_model_dir
 
 VENV_BIN = Path(sys.executable).parent
 CATALOG_PAGE = "/assets"
@@ -83,7 +83,7 @@ def test_dagster_job_execute_enrich_job_writes_every_default_artifact_of_the_sha
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("onnxruntime")
-    from tests.fakes.ollama import FakeOllama
+    from stratum_testing.ollama import FakeOllama
 
     models = build_smoke_model_dir(tmp_path / "models")
     with FakeOllama(captions="A person stands in front of a grey wall.") as url:
@@ -137,7 +137,7 @@ def test_two_runs_of_one_shard_launched_together_run_one_after_the_other(dagster
 def test_terminating_a_run_stops_its_step_before_the_next_image(dagster_dev, site):
     """Terminate (as the UI's button does) while the first caption request is in flight: the run is
     canceled and the engine sends no further request."""
-    from tests.fakes.ollama import FakeOllama
+    from stratum_testing.ollama import FakeOllama
 
     fake = FakeOllama(captions="A person.", latency=20)
     with fake as url:

@@ -16,7 +16,7 @@ RETRY_EVENTS = {"STEP_UP_FOR_RETRY", "STEP_RESTARTED"}
 @pytest.fixture
 def partial_site(tmp_path, monkeypatch):
     """Two images in one registered shard; pose weights only; a caption URL where nothing listens."""
-    from tests.fakes.dwpose_models import build_dwpose_folder
+    from stratum_testing.dwpose_models import build_dwpose_folder
 
     pytest.importorskip("onnxruntime")
     src, out, models = tmp_path / "in", tmp_path / "out", tmp_path / "models"

@@ -18,7 +18,7 @@ def instance():
 
 def test_the_resource_takes_a_per_pass_precision_and_each_asset_reports_its_own(tmp_path: Path, instance):
     pytest.importorskip("torch")
-    from tests.fakes.sapiens_models import build_sapiens_models
+    from stratum_testing.sapiens_models import build_sapiens_models
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_tree(src, ["people/a.png"])

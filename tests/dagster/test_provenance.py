@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """Two model dirs of Sapiens smoke models whose seg checkpoints differ."""
-    from tests.fakes.sapiens_models import build_model_dirs_with_two_seg_checkpoints
+    from stratum_testing.sapiens_models import build_model_dirs_with_two_seg_checkpoints
 
     return build_model_dirs_with_two_seg_checkpoints(tmp_path_factory.mktemp("models-a"),
                                                      tmp_path_factory.mktemp("models-b"))

@@ -44,7 +44,7 @@ def test_quickstart_writes_metadata_and_pixels_and_says_what_is_missing(tmp_path
 
 
 def test_quickstart_keeps_its_instance_in_the_dataset_and_passes_on_caption_options(tmp_path: Path) -> None:
-    from tests.fakes.ollama import FakeOllama
+    from stratum_testing.ollama import FakeOllama
 
     write_tree(tmp_path / "images", ["a/0.png"])
     with FakeOllama(models=["llava:7b"], captions="A grey wall with a red square.") as url:

@@ -34,7 +34,7 @@ GPU_STEP_EVENTS = {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "STEP_UP_FOR_RE
 def deployment(postgres, redis_url, tmp_path, monkeypatch):
     """DAGSTER_HOME from dagster.postgres.yaml.example, 4 registered shards of 2 images, smoke seg weights."""
     torch = pytest.importorskip("torch")
-    from tests.fakes.sapiens_models import build_sapiens_models
+    from stratum_testing.sapiens_models import build_sapiens_models
 
     torch.set_num_threads(1)
     for name, value in postgres.items():  # this process opens the same instance

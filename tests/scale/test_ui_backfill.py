@@ -17,7 +17,7 @@ from stratum_core import shards
 from stratum_dagster.execution import GPU_K8S_CONFIG
 from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
 from tests.dagster.helpers import write_tree
-from tests.fakes.ollama import FakeOllama
+from stratum_testing.ollama import FakeOllama
 from tests.scale.stack import REPO, base_env, daemon, launch_backfill
 
 DEFAULT_EXAMPLE = REPO / "dagster.yaml.example"
@@ -49,7 +49,7 @@ def _wait_for_event(instance: dg.DagsterInstance, backfill_id: str, event_type: 
 def default_install(tmp_path):
     """dagster.yaml.example on SQLite, one registered shard of 2 images, smoke seg weights."""
     torch = pytest.importorskip("torch")
-    from tests.fakes.sapiens_models import build_sapiens_models
+    from stratum_testing.sapiens_models import build_sapiens_models
 
     torch.set_num_threads(1)
     home, src, out, models = (tmp_path / d for d in ("home", "in", "out", "models"))

@@ -89,7 +89,7 @@ HUB_LAYERS = "caption,pose,seg,t5"
 
 @dataclass
 class Published:
-    hub: object  # tests.fakes.hub.FakeHub
+    hub: object  # stratum_testing.hub.FakeHub
     tree: Tree
     repo: str
 
@@ -115,7 +115,7 @@ def stratum_publish(tree: Tree, hub, repo: str, monkeypatch) -> None:
 def published(tree):
     """`tree` published to a loopback fake Hub (read-only: tests that edit the repo use `own_published`)."""
     import huggingface_hub.constants as constants
-    from tests.fakes.hub import FakeHub
+    from stratum_testing.hub import FakeHub
 
     with pytest.MonkeyPatch.context() as mp, FakeHub() as fake:
         mp.setattr(constants, "HF_HUB_OFFLINE", False)

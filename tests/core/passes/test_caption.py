@@ -22,8 +22,8 @@ from stratum_core.errors import ConfigError, InfrastructureError
 from stratum_core.passes.base import PassOptions
 from stratum_core.passes.caption import CaptionConfig, CaptionPass
 from stratum_core.store import Store
-from tests.fakes.ollama import FakeOllama
-from tests.fakes.openai_server import FakeOpenAI
+from stratum_testing.ollama import FakeOllama
+from stratum_testing.openai_server import FakeOpenAI
 
 # Source sizes whose buckets are 1024x1024 and 832x1216.
 SIZES = {"square": (96, 96), "portrait": (64, 96)}

@@ -17,8 +17,8 @@ from stratum_core.engine import RunConfig, run
 from stratum_core.passes.caption import CaptionConfig
 from stratum_core.status import dataset_status
 from stratum_core.store import Store
-from tests.fakes.ollama import FakeOllama
-from tests.fakes.openai_server import FakeOpenAI
+from stratum_testing.ollama import FakeOllama
+from stratum_testing.openai_server import FakeOpenAI
 
 
 @pytest.fixture()

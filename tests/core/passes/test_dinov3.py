@@ -21,7 +21,7 @@ from stratum_core.intake import decode  # noqa: E402
 from stratum_core.passes.base import Item, PassOptions  # noqa: E402
 from stratum_core.passes.dinov3 import IMAGENET_MEAN, IMAGENET_STD, DINOv3Pass  # noqa: E402
 from stratum_core.store import Store  # noqa: E402
-from tests.fakes.transformers_models import build_dinov3, build_t5  # noqa: E402
+from stratum_testing.transformers_models import build_dinov3, build_t5  # noqa: E402
 
 HUB_ID = "facebook/dinov3-vitl16-pretrain-lvd1689m"
 

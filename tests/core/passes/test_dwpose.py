@@ -14,7 +14,7 @@ from stratum_core.errors import InfrastructureError
 from stratum_core.intake import Decoded
 from stratum_core.passes.base import Item, PassOptions
 from stratum_core.passes.dwpose import DWPosePass, providers_for
-from tests.fakes.dwpose_models import (
+from stratum_testing.dwpose_models import (
     DETECTOR_FILE,
     POSE_FILE,
     FakeBox,

@@ -18,7 +18,7 @@ from stratum_core.passes.base import PassOptions
 from stratum_core.passes.dwpose import DWPosePass, PoseConfig, choose_backend
 from stratum_core.passes.onnx_torch import SUPPORTED_OPS, TorchOnnxModel, build_module, unsupported_ops
 from tests.core.passes.test_dwpose import LANDSCAPE, SQUARE, make_item
-from tests.fakes.dwpose_models import FakeBox, build_dwpose_folder
+from stratum_testing.dwpose_models import FakeBox, build_dwpose_folder
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -13,7 +13,7 @@ from stratum_core.passes.base import Item, PassOptions  # noqa: E402
 from stratum_core.passes.dinov3 import DINOv3Pass  # noqa: E402
 from stratum_core.passes.host_buffers import HostBuffers  # noqa: E402
 from stratum_core.passes.metadata import MetadataPass  # noqa: E402
-from tests.fakes import images  # noqa: E402
+from stratum_testing import images  # noqa: E402
 
 
 def address(a: np.ndarray) -> int:

@@ -23,7 +23,7 @@ from stratum_core.passes.sapiens import (SapiensDepthPass, SapiensNormalPass, Sa
                                          scale_depth)
 from stratum_core.store import Store  # noqa: E402
 from stratum_core.verify import verify  # noqa: E402
-from tests.fakes.sapiens_models import (GREY, RED, RED_CLASS, build_sapiens_models, model_path,  # noqa: E402
+from stratum_testing.sapiens_models import (GREY, RED, RED_CLASS, build_sapiens_models, model_path,  # noqa: E402
                                         normalised, save_scripted, write_not_torchscript)
 
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ from stratum_core.intake import Decoded  # noqa: E402
 from stratum_core.passes.base import Item, PassOptions  # noqa: E402
 from stratum_core.passes.t5 import MAX_LENGTH, T5Pass, compute_precision  # noqa: E402
 from stratum_core.store import Store  # noqa: E402
-from tests.fakes.transformers_models import build_t5  # noqa: E402
+from stratum_testing.transformers_models import build_t5  # noqa: E402
 
 CAPTIONS = [
     "a man standing in soft light, wearing a red jacket.",

@@ -9,7 +9,7 @@ from stratum_core.artifacts import BY_NAME
 from stratum_core.buckets import Bucket
 from stratum_core.publish import PublishConfig, RetryPolicy
 from stratum_core.store import Store
-from tests.fakes.hub import FakeHub
+from stratum_testing.hub import FakeHub
 
 TOKEN = "hf_SECRETtoken1234567890"
 REPO = "me/faces"

@@ -12,9 +12,9 @@ def build_smoke_model_dir(root: Path) -> Path:
     from stratum_core.passes.dinov3 import DINOv3Pass
     from stratum_core.passes.dwpose import DWPosePass
     from stratum_core.passes.t5 import T5Pass
-    from tests.fakes.dwpose_models import build_dwpose_folder
-    from tests.fakes.sapiens_models import build_sapiens_models
-    from tests.fakes.transformers_models import build_dinov3, build_t5
+    from stratum_testing.dwpose_models import build_dwpose_folder
+    from stratum_testing.sapiens_models import build_sapiens_models
+    from stratum_testing.transformers_models import build_dinov3, build_t5
 
     torch.set_num_threads(1)
     build_dinov3(root / DINOv3Pass.model.hub_id)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from tests.fakes.caption_server import FakeCaptionServer
+from stratum_testing.caption_server import FakeCaptionServer
 
 
 class FakeOpenAI(FakeCaptionServer):

@@ -1,1 +1,0 @@
-"""Fakes shared by the tests: sample images, smoke-test models, loopback servers."""
