@@ -89,7 +89,7 @@ class HubStream:
         self._futures: dict[str, Future] = {}
         self._hub = HubClient(repo_id, token=token, endpoint=endpoint, retry=retry)
         self.repo_id = self._hub.repo_id
-        self.revision = self._hub._call("repo_info", self._hub.api.dataset_info, self.repo_id,
+        self.revision = self._hub.call("repo_info", self._hub.api.dataset_info, self.repo_id,
                                         revision=revision or "main").sha
         self.manifest = json.loads(self._read_bytes(MANIFEST_PATH, "`stratum publish` writes it"))
         published = set(self.manifest.get("layers", {}))
@@ -98,7 +98,7 @@ class HubStream:
             raise HubStreamError(f"{self.repo_id}@{self.revision[:12]} has no layer {', '.join(absent)} "
                                  f"(its manifest lists {', '.join(sorted(published)) or 'none'})")
         self._tar_layers = [layer for layer in self.layers if layer not in TEXT_LAYERS]
-        files = self._hub._call("list_repo_files", self._hub.api.list_repo_files, self.repo_id,
+        files = self._hub.call("list_repo_files", self._hub.api.list_repo_files, self.repo_id,
                                 repo_type=REPO_TYPE, revision=self.revision)
         self._chunks = {layer: list_chunks(files, layer) for layer in (DATA_DIR, *self._tar_layers)}
         for layer, chunks in self._chunks.items():
@@ -127,7 +127,7 @@ class HubStream:
             except EntryNotFoundError:
                 return None
 
-        return self._hub._call(f"download {path}", download)  # the publisher's retry policy
+        return self._hub.call(f"download {path}", download)  # the publisher's retry policy
 
     def _where(self) -> dict:
         """Where downloads go: the kept cache, or this iteration's temp dir (made here, in the calling thread,

@@ -103,7 +103,7 @@ def _transient_exceptions() -> tuple[type[BaseException], ...]:
 
 
 class HubClient:
-    """One repo on one endpoint; every call goes through `_call` (retries) — nothing here prints the token."""
+    """One repo on one endpoint; every call goes through `call` (retries) — nothing here prints the token."""
 
     def __init__(self, repo_id: str, token: str | None = None, endpoint: str | None = None,
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] | None = None,
@@ -120,7 +120,8 @@ class HubClient:
         self._json: dict[tuple[str, str], dict | None] = {}
 
     # ---- retries ---------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
+    def call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
+        """`fn(*args, **kwargs)` under the publisher's retry policy (the loader's Hub reads use it too)."""
         from huggingface_hub.errors import HfHubHTTPError
 
         transient = _transient_exceptions()
@@ -160,7 +161,7 @@ class HubClient:
         interruption keeps it; a Hub that cannot list commits leaves only this run's own."""
         now = self.clock()
         try:
-            commits = self._call("list_repo_commits", lambda: list(self.api.list_repo_commits(
+            commits = self.call("list_repo_commits", lambda: list(self.api.list_repo_commits(
                 self.repo_id, repo_type=REPO_TYPE)))
         except (PublishError, KeyError, TypeError, ValueError) as exc:
             log.warning("publish: cannot list the repo's commits (%s); pacing counts this run's only", exc)
@@ -185,14 +186,14 @@ class HubClient:
 
     # ---- calls -----------------------------------------------------------------------------
     def ensure_repo(self, private: bool) -> None:
-        self._call("create_repo", self.api.create_repo, self.repo_id, repo_type=REPO_TYPE, private=private,
+        self.call("create_repo", self.api.create_repo, self.repo_id, repo_type=REPO_TYPE, private=private,
                    exist_ok=True)
 
     def read_state(self) -> RepoState:
         """Head commit, file list and manifest of `main` (all read at one pinned commit)."""
-        info = self._call("repo_info", self.api.dataset_info, self.repo_id, revision="main")
+        info = self.call("repo_info", self.api.dataset_info, self.repo_id, revision="main")
         sha = info.sha
-        entries = self._call("list_repo_tree", lambda: list(self.api.list_repo_tree(
+        entries = self.call("list_repo_tree", lambda: list(self.api.list_repo_tree(
             self.repo_id, repo_type=REPO_TYPE, revision=sha, recursive=True)))
         files = {}
         for entry in entries:
@@ -223,7 +224,7 @@ class HubClient:
     def download(self, path: str, revision: str) -> bytes:
         from huggingface_hub import hf_hub_download
 
-        local = self._call(f"download {path}", hf_hub_download, self.repo_id, path, repo_type=REPO_TYPE,
+        local = self.call(f"download {path}", hf_hub_download, self.repo_id, path, repo_type=REPO_TYPE,
                            revision=revision, endpoint=self.api.endpoint, token=self.api.token)
         with open(local, "rb") as f:
             return f.read()
@@ -246,13 +247,13 @@ class HubClient:
 
     def preupload(self, additions: Sequence) -> None:
         """Upload large files to LFS storage ahead of the commit (huggingface_hub shows progress bars)."""
-        self._call("preupload", self.api.preupload_lfs_files, self.repo_id, additions=list(additions),
+        self.call("preupload", self.api.preupload_lfs_files, self.repo_id, additions=list(additions),
                    repo_type=REPO_TYPE)
 
     def commit(self, operations: Sequence, message: str, parent: str) -> str:
         """One commit on top of `parent`, paced; raises ParentMoved when main moved since."""
         self.waited_s += self.pacer.wait()
-        info = self._call("commit", self.api.create_commit, self.repo_id, operations=list(operations),
+        info = self.call("commit", self.api.create_commit, self.repo_id, operations=list(operations),
                           commit_message=message, repo_type=REPO_TYPE, parent_commit=parent)
         self.pacer.committed()
         return info.oid
