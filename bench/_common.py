@@ -144,6 +144,12 @@ def _cell(value: object) -> str:
 
 
 # ---------------------------------------------------------------------- inputs
+# Words of the generated 60-120-word captions (bench/dinov3_t5.py, bench/gpu.py).
+CAPTION_WORDS = ("a man woman standing sitting wearing dark light jacket shirt left right hand arm raised "
+                 "background wall window soft shadow from above camera angle frame centred cropped knee "
+                 "blue red white grey trousers barefoot hair short long face turned towards").split()
+
+
 def make_photos(folder: Path, n: int, sizes: Sequence[tuple[int, int]]) -> None:
     """`n` photo-like images at `sizes` (width, height) in turn: a smooth colour field plus mild noise, in four
     subfolders, 70% JPEG and 30% PNG."""

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import Samples, add_repeat, table, workspace
+from _common import CAPTION_WORDS, Samples, add_repeat, table, workspace
 from stratum_core.artifacts import BY_NAME, artifacts_of
 from stratum_core.buckets import Bucket
 from stratum_core.discover import SourceImage
@@ -66,9 +66,6 @@ AUTO_HEADROOM = 0.7  # torch_utils.auto_batch_size's share of free memory
 BF16_PEAKS = (("H200", 989e12), ("GH200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H800", 989e12),
               ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12),
               ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("A6000", 155e12))
-WORDS = ("a man woman standing sitting wearing dark light jacket shirt left right hand arm raised background "
-         "wall window soft shadow from above camera angle frame centred cropped knee blue red white grey "
-         "trousers barefoot hair short long face turned towards").split()
 
 
 @dataclass(frozen=True)
@@ -190,7 +187,7 @@ def make_captions(folder: Path, n: int, workers: int) -> tuple[list[SourceImage]
     texts = []
     for i in range(n):
         Image.new("RGB", (8, 8)).save(source / f"{i:05d}.png")
-        texts.append(" ".join(rng.choice(WORDS, size=int(rng.integers(60, 120)))) + ".")
+        texts.append(" ".join(rng.choice(CAPTION_WORDS, size=int(rng.integers(60, 120)))) + ".")
         store.write(f"{i:05d}", BY_NAME["caption"], texts[-1])
     images = [SourceImage(p.name, p) for p in sorted(source.iterdir())]
     Engine(RunConfig(output_dir=out, passes=("metadata",), workers=workers, progress_every=1e9)).run(
