@@ -216,10 +216,13 @@ def measure(args: argparse.Namespace, src: Path, out: Path) -> list[Tick]:
 
 
 def report(rounds: list[list[Tick]]) -> None:
-    """The ticks of the fastest round, each with its median over the rounds, then the per-sweep totals."""
-    ticks = min(rounds, key=lambda ticks: sum(t.seconds for t in ticks))
-    medians = {(t.phase, t.number): Samples([r.seconds for one in rounds for r in one
-                                             if (r.phase, r.number) == (t.phase, t.number)]).median for t in ticks}
+    """Each tick's best (and median) evaluation time over the rounds, then the per-sweep totals of the best."""
+    samples: dict[tuple[str, int], Samples] = {}
+    for one in rounds:
+        for t in one:
+            samples.setdefault((t.phase, t.number), Samples()).add(t.seconds)
+    medians = {key: s.median for key, s in samples.items()}
+    ticks = [Tick(t.phase, t.number, samples[t.phase, t.number].min, t.apply_seconds, t.note) for t in rounds[0]]
     print()
     print(table(("phase", "tick", "eval s", "median s", "apply s", "note"),
                 [(t.phase, t.number, t.seconds, medians[t.phase, t.number], t.apply_seconds, t.note) for t in ticks]))
