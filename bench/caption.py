@@ -7,27 +7,25 @@ i.e. how well the engine keeps N requests in flight, and `run` over the whole ru
 (server check, first decodes before any request, last writes included), which also
 pays the fixed start-up cost and so rises with --rounds. Goal: ≥ 0.9 at N = 16.
 
-    python bench/caption.py [--latency 2.0] [--rounds 8] [--concurrency 1 4 16] [--batch-size 8]
+    python bench/caption.py [--latency 2.0] [--rounds 8] [--concurrency 1 4 16] [--batch-size 8] [--repeat 1]
+
+With `--repeat N` each row is the fastest of N runs, with the median run's seconds beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from stratum_core.discover import discover  # noqa: E402
-from stratum_core.engine import RunConfig, run  # noqa: E402
-from stratum_core.passes.caption import CaptionConfig  # noqa: E402
-from stratum_testing.ollama import FakeOllama  # noqa: E402
+from _common import Samples, add_repeat, table, workspace
+from stratum_core.discover import discover
+from stratum_core.engine import RunConfig, run
+from stratum_core.passes.caption import CaptionConfig
+from stratum_testing.ollama import FakeOllama
 
 # Small sources in two buckets: the caption lane, not decoding, should be the bottleneck.
 SIZES = ((256, 256), (192, 280))
@@ -71,19 +69,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batch-size", type=int, default=8, help="engine batch size (default 8, as the CLI)")
     parser.add_argument("--workers", type=int, default=2, help="decode threads")
+    add_repeat(parser, 1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    root = Path(tempfile.mkdtemp(prefix="stratum-bench-caption-"))
-    try:
+    with workspace("caption") as root:
         print(f"fake Ollama, {args.latency:g} s per request, {args.rounds} rounds, batch size {args.batch_size}")
-        print(f"{'N':>4} {'images':>7} {'seconds':>8} {'img/s':>7} {'ideal':>7} {'steady':>7} {'run':>6} "
-              f"{'peak':>5}")
+        rows = []
         for concurrency in args.concurrency:
-            r = measure(root, concurrency, args.latency, args.rounds, args.batch_size, args.workers)
-            print(f"{concurrency:>4} {r['images']:>7} {r['seconds']:>8.2f} {r['rate']:>7.2f} {r['ideal']:>7.2f} "
-                  f"{r['steady']:>7.3f} {r['run']:>6.3f} {r['peak']:>5}")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+            runs = [measure(root / f"round{r}", concurrency, args.latency, args.rounds, args.batch_size, args.workers)
+                    for r in range(args.repeat)]
+            r = min(runs, key=lambda run: run["seconds"])
+            median = Samples([run["seconds"] for run in runs]).median
+            rows.append((concurrency, r["images"], r["seconds"], median, r["rate"], r["ideal"], f"{r['steady']:.3f}",
+                         f"{r['run']:.3f}", r["peak"]))
+        print(table(("N", "images", "seconds", "median s", "img/s", "ideal", "steady", "run", "peak"), rows))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ loading and event logging are all counted. On a GPU machine with models, `--job 
 through `execute_in_process(asset_selection=…)` in a fresh process, as `quickstart` does, against
 `stratum process --passes seg,depth,normal`, with the smoke Sapiens models of stratum_testing (CPU).
 
-    python bench/dagster_overhead.py [--images 1000] [--job metadata_job --passes metadata]
+    python bench/dagster_overhead.py [--images 1000] [--job metadata_job --passes metadata] [--repeat 1]
     python bench/dagster_overhead.py --images 100 --assets seg,depth,normal --smoke-sapiens
 """
 
@@ -22,15 +22,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from _common import add_repeat, dagster_home, rounds, workspace
+
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
 
 # A fresh process that runs, for one shard, each `job:asset,asset` given, the way quickstart does.
 RUN_SELECTION = """
@@ -79,9 +79,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--assets", help="run only these assets of --job (default job then: enrich_job)")
     parser.add_argument("--smoke-sapiens", action="store_true", help="use stratum_testing smoke Sapiens models")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="alternate CLI and Dagster this many times on fresh outputs, keep each best "
-                             "(the shared machine is noisy)")
+    add_repeat(parser, 1)  # CLI and Dagster alternate, each round on fresh outputs (the shared machine is noisy)
+    parser.add_argument("--rounds", dest="repeat", type=int, help=argparse.SUPPRESS)  # the old name of --repeat
     parser.add_argument("--per-pass-runs", action="store_true",
                         help="with --assets, also time one <pass>_job run per asset (one engine run, one decode, "
                              "per pass: what enrich_job did before passes shared a step)")
@@ -94,20 +93,15 @@ def main() -> None:
     from stratum_core import shards
     import dagster as dg
 
-    root = Path(tempfile.mkdtemp(prefix="stratum-bench-dagster-"))
-    try:
-        src, home = root / "in", root / "dagster_home"
+    with workspace("dagster") as root, dagster_home() as home:
+        src = root / "in"
         write_images(src / "bench", args.images, tuple(int(v) for v in args.size.split("x")))
-        home.mkdir()
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         outputs = {"cli": root / "out_cli", "dagster": root / "out_dagster", "per_pass": root / "out_per_pass"}
         [shard], _ = shards.register_group(src, root / "registry", "bench", shard_size=max(args.images, 1))
         with dg.DagsterInstance.from_config(str(home)) as instance:
             instance.add_dynamic_partitions("shards", [shard.key])
-        env = {**os.environ, "DAGSTER_HOME": str(home), "STRATUM_INPUT_DIR": str(src),
-               "STRATUM_OUTPUT_DIR": str(outputs["dagster"])}
+        env = {**os.environ, "STRATUM_INPUT_DIR": str(src), "STRATUM_OUTPUT_DIR": str(outputs["dagster"])}
         if args.smoke_sapiens:
-            sys.path.insert(0, str(REPO))
             from stratum_testing.sapiens_models import build_sapiens_models
 
             build_sapiens_models(root / "models")
@@ -121,26 +115,28 @@ def main() -> None:
             dagster_cmd = [str(BIN / "dagster"), "job", "execute", "-m", "stratum_dagster.definitions", "-j", args.job,
                            "--tags", json.dumps({"dagster/partition": shard.key})]
             label = f"dagster job execute -j {args.job}"
-        cli_s = dagster_s = per_pass_s = float("inf")
-        for _ in range(args.rounds):
-            fresh_outputs(outputs, root / "registry")
-            cli_s = min(cli_s, timed(cli_cmd, env))
-            dagster_s = min(dagster_s, timed(dagster_cmd, env))
-            if args.assets and args.per_pass_runs:
-                per_pass_s = min(per_pass_s, timed(
-                    [sys.executable, "-c", RUN_SELECTION, shard.key, *(f"{n}_job:{n}" for n in args.assets.split(","))],
-                    {**env, "STRATUM_OUTPUT_DIR": str(outputs["per_pass"])}))
+
+        def cli(_round: int) -> float:
+            fresh_outputs(outputs, root / "registry")  # every round starts from empty outputs, Dagster's too
+            return timed(cli_cmd, env)
+
+        sides = {"cli": cli, "dagster": lambda _round: timed(dagster_cmd, env)}
+        if args.assets and args.per_pass_runs:
+            sides["per_pass"] = lambda _round: timed(
+                [sys.executable, "-c", RUN_SELECTION, shard.key, *(f"{n}_job:{n}" for n in args.assets.split(","))],
+                {**env, "STRATUM_OUTPUT_DIR": str(outputs["per_pass"])})
+        s = rounds(sides, args.repeat)
+        cli_s, dagster_s = s["cli"].min, s["dagster"].min
         written = sum(1 for _ in outputs["dagster"].rglob("metadata.json"))
         print(f"shard {shard.key}: {args.images} images, {written} written by Dagster")
-        print(f"stratum process --passes {args.passes}: {cli_s:.2f} s")
-        print(f"{label}:  {dagster_s:.2f} s")
+        print(f"stratum process --passes {args.passes}: {s['cli'].seconds()}")
+        print(f"{label}:  {s['dagster'].seconds()}")
         print(f"Dagster adds {dagster_s - cli_s:+.2f} s per run ({100 * (dagster_s - cli_s) / cli_s:+.1f}%); "
-              f"ratio {dagster_s / cli_s:.2f}x")
-        if args.assets and args.per_pass_runs:
-            print(f"one <pass>_job per asset ({args.assets}): {per_pass_s:.2f} s; "
-                  f"one shared step is {per_pass_s / dagster_s:.2f}x faster")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+              f"ratio {dagster_s / cli_s:.2f}x (best of {args.repeat}; medians "
+              f"{s['dagster'].median / s['cli'].median:.2f}x)")
+        if "per_pass" in s:
+            print(f"one <pass>_job per asset ({args.assets}): {s['per_pass'].seconds()}; "
+                  f"one shared step is {s['per_pass'].min / dagster_s:.2f}x faster")
 
 
 if __name__ == "__main__":

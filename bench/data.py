@@ -1,8 +1,8 @@
 """Bench: reading a stratum dataset for training, locally and from the (loopback) Hub, as ratios in one run.
 
-Run from the repo root (the Hub half starts the test suite's fake Hub, `stratum_testing.hub`):
+The Hub half starts the test suite's fake Hub (`stratum_testing.hub`, installed with the package):
 
-    PYTHONPATH=. python bench/data.py            # 96 images, layers pixel,t5,pose,caption (~7 MB an image)
+    python bench/data.py            # 96 images, layers pixel,t5,pose,caption (~7 MB an image)
 
 1. Local: `StratumDataset` + `BucketBatchSampler` + `collate` through a torch `DataLoader` (in-process, and
    with 1 and `--workers` workers) vs a naive loop that np.loads the same files and np.stacks each batch
@@ -14,7 +14,8 @@ Run from the repo root (the Hub half starts the test suite's fake Hub, `stratum_
    Goal: >= 0.8x the raw tar read.
 
 Every side reads from a warm page cache (a first pass is not timed) and touches every 4 KiB page of every
-array it yields (a memory-mapped array is not read until touched); best of `--repeats`, sides interleaved.
+array it yields (a memory-mapped array is not read until touched); best (and median) of `--repeat`, sides
+interleaved.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import Samples, add_repeat, table, workspace
 from stratum_core.artifacts import BY_NAME
 from stratum_core.buckets import BUCKETS
 from stratum_core.data import BucketBatchSampler, HubStream, StratumDataset, collate
@@ -125,10 +127,16 @@ def ours_local(batches) -> int:
     return sum(batch_bytes(batch) for batch in batches)
 
 
-def timed(fn, *args) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    nbytes = fn(*args)
-    return time.perf_counter() - t0, nbytes
+class Side:
+    """One side's seconds over the rounds, and the bytes it yields each time."""
+
+    def __init__(self) -> None:
+        self.seconds, self.nbytes = Samples(), 0
+
+    def time(self, fn) -> None:
+        t0 = time.perf_counter()
+        self.nbytes = fn()
+        self.seconds.add(time.perf_counter() - t0)
 
 
 def cpu_timed(fn) -> float:
@@ -139,7 +147,7 @@ def cpu_timed(fn) -> float:
     return time.process_time() - t0
 
 
-def bench_local(root: Path, layers: tuple[str, ...], batch: int, workers: int, repeats: int) -> dict:
+def bench_local(root: Path, layers: tuple[str, ...], batch: int, workers: int, repeat: int) -> dict:
     ds = StratumDataset(root, layers=layers)
     sampler = BucketBatchSampler(ds, batch, shuffle=False)
     batches = list(sampler)
@@ -152,11 +160,11 @@ def bench_local(root: Path, layers: tuple[str, ...], batch: int, workers: int, r
     runs = {"naive": lambda: naive_local(root, ds, batches)}
     runs.update({name: (lambda each=each: ours_local(each)) for name, each in loaders.items()})
     runs[f"floor, {workers} workers"] = lambda: ours_local(floor)
-    best = dict.fromkeys(runs, (float("inf"), 0))
+    best = {name: Side() for name in runs}
     cpu = {"naive": float("inf"), "ours, 0 workers": float("inf")}
-    for _ in range(repeats):
+    for _ in range(repeat):
         for name, run in runs.items():
-            best[name] = min(best[name], timed(run))
+            best[name].time(run)
         for name in cpu:
             cpu[name] = min(cpu[name], cpu_timed(runs[name]))
     best["_cpu"] = cpu
@@ -215,7 +223,7 @@ def read_stream(samples) -> int:
     return total
 
 
-def bench_hub(root: Path, layers: tuple[str, ...], images_per_tar: int, repeats: int, tmp: Path) -> dict:
+def bench_hub(root: Path, layers: tuple[str, ...], images_per_tar: int, repeat: int, tmp: Path) -> dict:
     import huggingface_hub.constants as constants
 
     from stratum_testing.hub import FakeHub
@@ -233,27 +241,25 @@ def bench_hub(root: Path, layers: tuple[str, ...], images_per_tar: int, repeats:
         # A second epoch with cache_dir reads the chunks from local disk: HubStream's own cost, no transfer.
         cached = HubStream(repo, layers=layers, endpoint=hub.url, token="hf_bench", cache_dir=str(tmp / "cache"))
         read_stream(cached)
-        best = {"tarfile, local tars": (float("inf"), 0), "tarfile, downloaded": (float("inf"), 0),
-                "HubStream": (float("inf"), 0), "HubStream, cached": (float("inf"), 0)}
-        for _ in range(repeats):
-            for name, run in (("tarfile, local tars", lambda: raw_local(local_dir, paths)),
-                              ("tarfile, downloaded", lambda: raw_from_hub(hub, repo, paths)),
-                              ("HubStream", lambda: stream(hub, repo, layers)),
-                              ("HubStream, cached", lambda: read_stream(cached))):
-                best[name] = min(best[name], timed(run))
+        runs = {"tarfile, local tars": lambda: raw_local(local_dir, paths),
+                "tarfile, downloaded": lambda: raw_from_hub(hub, repo, paths),
+                "HubStream": lambda: stream(hub, repo, layers),
+                "HubStream, cached": lambda: read_stream(cached)}
+        best: dict = {name: Side() for name in runs}
+        for _ in range(repeat):
+            for name, run in runs.items():
+                best[name].time(run)
         best["_chunks"] = len(paths)
     return best
 
 
 def report(title: str, n: int, best: dict, base: str) -> None:
+    """Each side's best images/s (and median), MB/s and its ratio to `base`, best against best."""
     print(title)
-    base_rate = n / best[base][0]
-    for name, result in best.items():
-        if name.startswith("_"):
-            continue
-        seconds, nbytes = result
-        print(f"  {name:22s} {n / seconds:8.1f} images/s {nbytes / seconds / 1e6:9.1f} MB/s "
-              f"{n / seconds / base_rate:6.2f}x")
+    rows = [(name, f"{n / side.seconds.min:.1f}", f"{n / side.seconds.median:.1f}",
+             f"{side.nbytes / side.seconds.min / 1e6:.1f}", f"{best[base].seconds.min / side.seconds.min:.2f}x")
+            for name, side in best.items() if not name.startswith("_")]
+    print("\n".join("  " + line for line in table(("", "images/s", "median", "MB/s", f"vs {base}"), rows).splitlines()))
 
 
 def main() -> None:
@@ -265,37 +271,37 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--images-per-tar", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_repeat(parser, 3)
     parser.add_argument("--skip-hub", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     layers = tuple(x.strip() for x in args.layers.split(","))
-    with tempfile.TemporaryDirectory(prefix="stratum-bench-data-") as tmp:
-        root = Path(tmp) / "ds"
+    with workspace("data") as tmp:
+        root = tmp / "ds"
         make_tree(root, args.images, layers)
-        local = bench_local(root, layers, args.batch, args.workers, args.repeats)
+        local = bench_local(root, layers, args.batch, args.workers, args.repeat)
         report(f"local, {args.images} images, layers {','.join(layers)}, batch {args.batch} "
-               f"(best of {args.repeats}, warm page cache)", args.images, local, "naive")
-        naive = args.images / local["naive"][0]
+               f"(best of {args.repeat}, warm page cache)", args.images, local, "naive")
+        naive = args.images / local["naive"].seconds.min
         for n in sorted({0, 1, args.workers}):
-            ratio = args.images / local[f"ours, {n} workers"][0] / max(n, 1) / naive
+            ratio = args.images / local[f"ours, {n} workers"].seconds.min / max(n, 1) / naive
             print(f"  ratio ours ({n} workers) / naive, per worker: {ratio:5.2f}x   (goal >= 0.90x)")
         naive_cpu, ours_cpu = local["_cpu"]["naive"], local["_cpu"]["ours, 0 workers"]
         print(f"  CPU time per image, in-process: naive {naive_cpu / args.images * 1e3:.1f} ms, ours "
               f"{ours_cpu / args.images * 1e3:.1f} ms: ratio {naive_cpu / ours_cpu:5.2f}x"
               "   (per-worker cost; goal >= 0.90x)")
-        floor = local[f"floor, {args.workers} workers"][0]
+        floor = local[f"floor, {args.workers} workers"].seconds.min
         print(f"  ours ({args.workers} workers) / the in-memory floor with as many workers: "
-              f"{floor / local[f'ours, {args.workers} workers'][0]:5.2f}x   (the rest is torch's transfer)")
+              f"{floor / local[f'ours, {args.workers} workers'].seconds.min:5.2f}x   (the rest is torch's transfer)")
         print(f"  (CPU cores here: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f})")
         if args.skip_hub:
             return
-        hub = bench_hub(root, layers, args.images_per_tar, args.repeats, Path(tmp))
+        hub = bench_hub(root, layers, args.images_per_tar, args.repeat, tmp)
         report(f"hub, {hub['_chunks']} tars of {args.images_per_tar} images (loopback fake Hub)", args.images,
                hub, "tarfile, downloaded")
         for ours, base in (("HubStream", "tarfile, downloaded"), ("HubStream, cached", "tarfile, local tars"),
                            ("HubStream", "tarfile, local tars")):
-            print(f"  ratio {ours} / {base}: {hub[base][0] / hub[ours][0]:5.2f}x   (goal >= 0.80x)")
+            print(f"  ratio {ours} / {base}: {hub[base].seconds.min / hub[ours].seconds.min:5.2f}x   (goal >= 0.80x)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ encoder forward, np.save. Ours = `Engine` with the passes (decode in worker thre
 same-bucket batches, bf16 on CUDA, background writer). Both load their model before the
 clock starts and warm up on one batch, so the ratios are steady-state throughput.
 
-    python bench/dinov3_t5.py                     # small models (1024 wide, 2 layers), CPU, ~2 min
+    python bench/dinov3_t5.py [--repeat 1]        # small models (1024 wide, 2 layers), CPU, ~2 min
     python bench/dinov3_t5.py --full-size --device cuda --images 256 --captions 2048
         # DINOv3 ViT-L/16 and the T5-large encoder, real architectures with random weights
 
@@ -18,32 +18,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-import tempfile
+import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-
-from stratum_core.artifacts import BY_NAME  # noqa: E402
-from stratum_core.discover import SourceImage  # noqa: E402
-from stratum_core.engine import Engine, RunConfig  # noqa: E402
-from stratum_core.intake import decode  # noqa: E402
-from stratum_core.passes import build_passes  # noqa: E402
-from stratum_core.passes.base import Item, PassOptions  # noqa: E402
-from stratum_core.passes.dinov3 import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from stratum_core.passes.torch_utils import synchronize  # noqa: E402
-from stratum_core.store import Store  # noqa: E402
-from stratum_testing.transformers_models import build_t5, t5_tokenizer  # noqa: E402
-
-WORDS = ("a man woman standing sitting wearing dark light jacket shirt left right hand arm raised "
-         "background wall window soft shadow from above camera angle frame centred cropped knee "
-         "blue red white grey trousers barefoot hair short long face turned towards").split()
+from _common import CAPTION_WORDS, Samples, add_repeat, workspace
+from stratum_core.artifacts import BY_NAME
+from stratum_core.discover import SourceImage
+from stratum_core.engine import Engine, RunConfig
+from stratum_core.intake import decode
+from stratum_core.passes import build_passes
+from stratum_core.passes.base import Item, PassOptions
+from stratum_core.passes.dinov3 import IMAGENET_MEAN, IMAGENET_STD
+from stratum_core.passes.torch_utils import synchronize
+from stratum_core.store import Store
+from stratum_testing.transformers_models import build_t5, t5_tokenizer
 
 
 def build_models(root: Path, full_size: bool) -> tuple[Path, Path]:
@@ -80,7 +74,7 @@ def make_inputs(root: Path, images: int, captions: int) -> tuple[Path, Path]:
     store = Store(caption_dir / "out")
     for i in range(captions):
         Image.new("RGB", (8, 8)).save(caption_dir / "in" / f"{i:05d}.png")
-        words = rng.choice(WORDS, size=int(rng.integers(60, 120)))
+        words = rng.choice(CAPTION_WORDS, size=int(rng.integers(60, 120)))
         store.write(f"{i:05d}", BY_NAME["caption"], " ".join(words) + ".")
     return image_dir, caption_dir
 
@@ -89,7 +83,21 @@ def sources(folder: Path) -> list[SourceImage]:
     return [SourceImage(p.name, p) for p in sorted(folder.iterdir())]
 
 
-def naive_dinov3(folder: Path, device: str, images: list[SourceImage], out: Path) -> float:
+def timed_loops(one: Callable[[int], None], n: int, device: str, repeat: int) -> Samples:
+    """Seconds of each of `repeat` loops of `one(i)` over range(n), after one warm-up call."""
+    one(0)  # warm-up
+    seconds = Samples()
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        for i in range(n):
+            one(i)
+        synchronize(device)
+        seconds.add(time.perf_counter() - start)
+    return seconds
+
+
+def naive_dinov3(folder: Path, device: str, images: list[SourceImage], out: Path, repeat: int) -> Samples:
     """Seconds for the batch-1 fp32 loop, decoding in the loop."""
     from transformers import DINOv3ViTModel
 
@@ -104,16 +112,10 @@ def naive_dinov3(folder: Path, device: str, images: list[SourceImage], out: Path
         np.save(out / f"{source.image_id}_cls.npy", result.pooler_output[0].half().cpu().numpy())
         np.save(out / f"{source.image_id}_patches.npy", result.last_hidden_state[0, 5:].half().cpu().numpy())
 
-    one(images[0])  # warm-up
-    synchronize(device)
-    start = time.perf_counter()
-    for source in images:
-        one(source)
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed_loops(lambda i: one(images[i]), len(images), device, repeat)
 
 
-def naive_t5(folder: Path, device: str, captions: list[str], out: Path) -> float:
+def naive_t5(folder: Path, device: str, captions: list[str], out: Path, repeat: int) -> Samples:
     from transformers import AutoTokenizer, T5EncoderModel
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -126,34 +128,35 @@ def naive_t5(folder: Path, device: str, captions: list[str], out: Path) -> float
         np.save(out / f"{i:05d}_hidden.npy", hidden[0].half().cpu().numpy())
         np.save(out / f"{i:05d}_mask.npy", encoded["attention_mask"][0].numpy().astype(np.uint8))
 
-    one(0, captions[0])
-    synchronize(device)
-    start = time.perf_counter()
-    for i, text in enumerate(captions):
-        one(i, text)
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed_loops(lambda i: one(i, captions[i]), len(captions), device, repeat)
 
 
-def ours(name: str, options: PassOptions, images: list[SourceImage], out: Path, batch: int,
-         workers: int) -> float:
-    """Seconds for the engine run of `name`, the model loaded and warmed up before the clock starts."""
-    config = RunConfig(output_dir=out, passes=("metadata", name), options=options, workers=workers,
-                       batch_size=batch, progress_every=1e9)
-    passes = build_passes(config.passes, options)
+def ours(name: str, options: PassOptions, images: list[SourceImage], outs: list[Path], batch: int,
+         workers: int) -> Samples:
+    """Seconds of the engine runs of `name`, one into each of `outs` (an engine run skips what is already
+    written), the model loaded and warmed up before the clock starts."""
+    passes = build_passes(("metadata", name), options)
+    closers = [p.close for p in passes]
     for p in passes:
         p.load()
+        p.close = lambda: None  # the engine closes its passes after each run: these stay open for the next
     warm = passes[1]
     warm_item = Item(images[0], decode(images[0].path))
     warm_item.inputs.update({"caption": "a warm-up caption."})
     warm.run_batch([warm_item] * min(batch, warm.max_batch))
-    engine = Engine(config, passes, preloaded=True)  # loaded above: keep load time off the clock
-    synchronize(options.device)
-    start = time.perf_counter()
-    summary = engine.run(images)
-    synchronize(options.device)
-    seconds = time.perf_counter() - start
-    assert summary.passes[name].done == len(images), summary.to_dict()
+    seconds = Samples()
+    for out in outs:
+        config = RunConfig(output_dir=out, passes=("metadata", name), options=options, workers=workers,
+                           batch_size=batch, progress_every=1e9)
+        engine = Engine(config, passes, preloaded=True)  # loaded above: keep load time off the clock
+        synchronize(options.device)
+        start = time.perf_counter()
+        summary = engine.run(images)
+        synchronize(options.device)
+        seconds.add(time.perf_counter() - start)
+        assert summary.passes[name].done == len(images), summary.to_dict()
+    for close in closers:
+        close()
     return seconds
 
 
@@ -173,6 +176,7 @@ def main() -> None:
     parser.add_argument("--dinov3-batch", type=int, default=None, help="default 2 (CPU) or 32 (CUDA)")
     parser.add_argument("--t5-batch", type=int, default=None, help="default 8 (CPU) or 256 (CUDA)")
     parser.add_argument("--workers", type=int, default=4)
+    add_repeat(parser, 1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cuda = args.device.startswith("cuda")
@@ -184,8 +188,7 @@ def main() -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # the naive fp32 loop gets TF32 too: a fair baseline
 
-    with tempfile.TemporaryDirectory(prefix="stratum-bench-") as tmp:
-        root = Path(tmp)
+    with workspace("dinov3-t5") as root:
         dino_folder, t5_folder = build_models(root, args.full_size)
         image_dir, caption_dir = make_inputs(root, n_images, n_captions)
         images, captions = sources(image_dir), sources(caption_dir / "in")
@@ -196,28 +199,34 @@ def main() -> None:
         print(f"device: {name}; models: {label}; {n_images} images (1024x1024), {n_captions} captions")
 
         (root / "naive").mkdir()
-        naive_s = naive_dinov3(dino_folder, device, images, root / "naive")
+        naive_s = naive_dinov3(dino_folder, device, images, root / "naive", args.repeat)
         options = PassOptions(device=device, precision=args.precision, batch_size=dino_batch,
                               model_paths={"dinov3": dino_folder, "t5": t5_folder})
-        ours_s = ours("dinov3", options, images, root / "ours", dino_batch, args.workers)
+        outs = [root / ("ours" if r == 0 else f"ours{r}") for r in range(args.repeat)]
+        ours_s = ours("dinov3", options, images, outs, dino_batch, args.workers)
         diff = max_difference(root / "naive", "patches", root / "ours", "dinov3_patches",
                               [s.image_id for s in images])
         report("dinov3", "images", n_images, naive_s, ours_s, diff, options, dino_batch)
 
-        naive_s = naive_t5(t5_folder, device, texts, root / "naive")
+        naive_s = naive_t5(t5_folder, device, texts, root / "naive", args.repeat)
         Engine(RunConfig(output_dir=caption_dir / "out", passes=("metadata",), workers=args.workers)).run(captions)
+        outs = [caption_dir / ("out" if r == 0 else f"out{r}") for r in range(args.repeat)]
+        for out in outs[1:]:
+            shutil.copytree(caption_dir / "out", out)  # each run starts from the captions alone
         options = PassOptions(device=device, precision=args.precision, batch_size=t5_batch,
                               model_paths={"t5": t5_folder})
-        ours_s = ours("t5", options, captions, caption_dir / "out", t5_batch, args.workers)
+        ours_s = ours("t5", options, captions, outs, t5_batch, args.workers)
         diff = max_difference(root / "naive", "hidden", caption_dir / "out", "t5_hidden",
                               [s.image_id for s in captions])
         report("t5", "captions", n_captions, naive_s, ours_s, diff, options, t5_batch)
 
 
-def report(name: str, unit: str, n: int, naive_s: float, ours_s: float, diff: float, options: PassOptions,
+def report(name: str, unit: str, n: int, naive_s: Samples, ours_s: Samples, diff: float, options: PassOptions,
            batch: int) -> None:
-    print(f"{name}: naive (batch 1, fp32) {n / naive_s:8.2f} {unit}/s | ours (batch {batch}, "
-          f"{options.resolved_precision}) {n / ours_s:8.2f} {unit}/s | ×{naive_s / ours_s:.2f} | "
+    """Best rates and their ratio; with --repeat > 1 the medians' ratio too."""
+    medians = f" (medians ×{naive_s.median / ours_s.median:.2f})" if len(naive_s.values) > 1 else ""
+    print(f"{name}: naive (batch 1, fp32) {n / naive_s.min:8.2f} {unit}/s | ours (batch {batch}, "
+          f"{options.resolved_precision}) {n / ours_s.min:8.2f} {unit}/s | ×{naive_s.min / ours_s.min:.2f}{medians} | "
           f"max |ours − naive| {diff:.3g}")
 
 

@@ -20,19 +20,20 @@ It writes gpu.json and gpu.md to --out (default $OUT, else ./bench-gpu) and prin
 
     PYTHONPATH=. python bench/gpu.py                   # a CUDA host, ~4-6 minutes
     PYTHONPATH=. python bench/gpu.py --smoke --out /tmp/gpu-smoke
+
+`--repeat N` times ours and naive N times each (ours on fresh outputs): the table shows the best, with the
+median beside it; gpu.json has both.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -40,23 +41,20 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from stratum_core.artifacts import BY_NAME, artifacts_of  # noqa: E402
-from stratum_core.buckets import Bucket  # noqa: E402
-from stratum_core.discover import SourceImage  # noqa: E402
-from stratum_core.engine import Engine, RunConfig  # noqa: E402
-from stratum_core.intake import decode  # noqa: E402
-from stratum_core.passes import build_passes  # noqa: E402
-from stratum_core.passes.base import Item, Pass, PassOptions  # noqa: E402
-from stratum_core.passes.torch_utils import bytes_per_element, synchronize  # noqa: E402
-from stratum_core.progress import Progress  # noqa: E402
-from stratum_core.store import Store  # noqa: E402
+from _common import CAPTION_WORDS, Samples, add_repeat, table, workspace
+from stratum_core.artifacts import BY_NAME, artifacts_of
+from stratum_core.buckets import Bucket
+from stratum_core.discover import SourceImage
+from stratum_core.engine import Engine, RunConfig
+from stratum_core.intake import decode
+from stratum_core.passes import build_passes
+from stratum_core.passes.base import Item, Pass, PassOptions
+from stratum_core.passes.torch_utils import bytes_per_element, synchronize
+from stratum_core.progress import Progress
+from stratum_core.store import Store
 
 log = logging.getLogger("bench.gpu")
 
@@ -68,9 +66,6 @@ AUTO_HEADROOM = 0.7  # torch_utils.auto_batch_size's share of free memory
 BF16_PEAKS = (("H200", 989e12), ("GH200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H800", 989e12),
               ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12),
               ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("A6000", 155e12))
-WORDS = ("a man woman standing sitting wearing dark light jacket shirt left right hand arm raised background "
-         "wall window soft shadow from above camera angle frame centred cropped knee blue red white grey "
-         "trousers barefoot hair short long face turned towards").split()
 
 
 @dataclass(frozen=True)
@@ -86,6 +81,7 @@ class Plan:
     sapiens_naive: int
     workers: int
     precision: str = "auto"  # ours: --precision as `stratum process` takes it (auto: each pass's default)
+    repeat: int = 1  # timed runs of ours and of naive (--repeat)
 
 
 FULL = Plan(False, images=256, naive_images=16, captions=2048, naive_captions=64, sapiens_images=64,
@@ -112,6 +108,8 @@ class Row:
     used_mib_per_item: float | None = None
     batch_on_80gb: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    ours_median_per_s: float | None = None  # over --repeat runs
+    naive_median_per_s: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -120,15 +118,6 @@ class Row:
     @property
     def of_bound(self) -> float:
         return self.ours_per_s / self.bound_per_s if self.bound_per_s else float("nan")
-
-
-def bench_module(name: str) -> Any:
-    """bench/<name>.py as a module (the builders of the per-pass benchmarks, one source for each shape)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------- device
@@ -198,7 +187,7 @@ def make_captions(folder: Path, n: int, workers: int) -> tuple[list[SourceImage]
     texts = []
     for i in range(n):
         Image.new("RGB", (8, 8)).save(source / f"{i:05d}.png")
-        texts.append(" ".join(rng.choice(WORDS, size=int(rng.integers(60, 120)))) + ".")
+        texts.append(" ".join(rng.choice(CAPTION_WORDS, size=int(rng.integers(60, 120)))) + ".")
         store.write(f"{i:05d}", BY_NAME["caption"], texts[-1])
     images = [SourceImage(p.name, p) for p in sorted(source.iterdir())]
     Engine(RunConfig(output_dir=out, passes=("metadata",), workers=workers, progress_every=1e9)).run(
@@ -249,7 +238,7 @@ def build_sapiens(model_dir: Path, smoke: bool, device: str) -> float:
 
         build_sapiens_models(model_dir)
         return 0.0
-    sapiens = bench_module("sapiens")
+    import sapiens  # bench/sapiens.py (bench/ is on sys.path): one source for each shape
     sapiens.build_models(model_dir, sapiens.FULL, device)
     flops = 0.0
     for _spec, classes, head_attr, deconvs, convs in sapiens.TASKS.values():
@@ -264,7 +253,8 @@ def build_sapiens(model_dir: Path, smoke: bool, device: str) -> float:
 def build_pose(folder: Path, smoke: bool) -> float:
     """The two DWPose-shaped ONNX graphs (bench/pose.py's builders, dynamic batch); returns FLOPs per image
     (one detector call plus one person)."""
-    pose = bench_module("pose")
+    import pose  # bench/pose.py (bench/ is on sys.path)
+
     folder.mkdir(parents=True, exist_ok=True)
     sizes = {"det": ((8, 16, 32, 64, 128), 0), "pose": ((8, 16, 32, 64, 128), 0)} if smoke else pose.FULL
     from stratum_core.passes.dwpose import DETECTOR_FILE, POSE_FILE
@@ -438,11 +428,12 @@ def measure(group: Group, device: str, plan: Plan, work: Path, images: list[Sour
     if models[0].max_batch > 1:
         run_items(ours, items_for(sources[:models[0].max_batch], captions))
     reset_memory(device)
-    out = caption_out if caption_work is not None else root / "out"
-    ours_rate = engine_rate(ours, options, sources[:n_ours], out, plan.workers)
+    ours_rates = ours_runs(ours, options, sources[:n_ours], caption_out if caption_work is not None else None,
+                           root, plan)
     peak_bytes = peak_memory(device)
     row = Row(group.name, group.unit, {p.name: p.provenance().get("precision", "?") for p in models},
-              {p.name: p.max_batch for p in models}, n_ours, ours_rate, 0.0, flops, peak / flops if flops else 0.0)
+              {p.name: p.max_batch for p in models}, n_ours, ours_rates.max, 0.0, flops,
+              peak / flops if flops else 0.0, ours_median_per_s=ours_rates.median)
     if not flops:
         row.note = "FLOPs not counted (smoke checkpoints): no bound"
     assumed = [b for b in (assumed_bytes(p) for p in models) if b is not None]
@@ -458,9 +449,29 @@ def measure(group: Group, device: str, plan: Plan, work: Path, images: list[Sour
                     "onnxruntime's CPU provider over decoded crops (no decode or writes in its time)")
     close(ours)
     reset_memory(device)
-    row.naive_per_s = naive_side(group, options, plan, naive_sources, root, captions)
+    naive_rates = naive_side(group, options, plan, naive_sources, root, captions)
+    row.naive_per_s, row.naive_median_per_s = naive_rates.max, naive_rates.median
     shutil.rmtree(root, ignore_errors=True)  # the Sapiens checkpoints alone are ~14 GB
     return row
+
+
+def ours_runs(passes: Sequence[Pass], options: PassOptions, sources: Sequence[SourceImage],
+              caption_out: Path | None, root: Path, plan: Plan) -> Samples:
+    """Items/s of each of `plan.repeat` engine runs, each writing a fresh output tree (an engine run skips
+    what is already there); for t5 each run starts from a copy of the caption tree."""
+    pristine = None
+    if caption_out is not None and plan.repeat > 1:
+        pristine = root / "captions-before"
+        shutil.copytree(caption_out, pristine)
+    rates = Samples()
+    for r in range(plan.repeat):
+        out = (caption_out or root / "out") if r == 0 else root / f"out{r}"
+        if pristine is not None and r > 0:
+            shutil.copytree(pristine, out)
+        rates.add(engine_rate(passes, options, sources, out, plan.workers))
+        if r > 0:
+            shutil.rmtree(out, ignore_errors=True)
+    return rates
 
 
 def _pose_config(plan: Plan) -> Any:
@@ -470,15 +481,18 @@ def _pose_config(plan: Plan) -> Any:
 
 
 def naive_side(group: Group, options: PassOptions, plan: Plan, sources: Sequence[SourceImage], root: Path,
-               captions: dict[str, str] | None) -> float:
+               captions: dict[str, str] | None) -> Samples:
+    """Items/s of each of `plan.repeat` naive runs."""
     if "pose" in group.passes:
-        pose = bench_module("pose")
+        import pose  # bench/pose.py
+
         crops = [decode(s.path).crop for s in sources]
-        return pose.bench_naive(root / "models", crops, repeats=1)
+        return pose.bench_naive(root / "models", crops, repeat=plan.repeat)
     naive_options = replace(options, precision="fp32", batch_size=1)
     passes = loaded_passes(group.passes, naive_options)
     try:
-        return naive_rate(passes, sources, root / "naive", captions, warm=not plan.smoke)
+        return Samples([naive_rate(passes, sources, root / "naive", captions, warm=not plan.smoke and r == 0)
+                        for r in range(plan.repeat)])
     finally:
         close(passes)
         reset_memory(options.device)
@@ -535,24 +549,31 @@ def markdown(info: dict[str, Any], rows: list[Row], host: dict[str, float] | Non
     lines = [f"# bench/gpu.py on {info['device']}", "",
              f"Peak for the bound: {_rate(info['peak_flops'])} ({info['peak_source']}; measured matmul "
              f"{_rate(info['measured_matmul_flops'])}). Total {elapsed:.0f} s.", "",
-             "| pass | ours | naive b1 fp32 | × naive | FLOP bound | % of bound | GFLOP/item | precision | batch "
-             "| peak GiB | MiB/item assumed / used | batch on 80 GB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        assumed = f"{r.assumed_mib_per_item:.0f}" if r.assumed_mib_per_item else "-"
-        used = f"{r.used_mib_per_item:.0f}" if r.used_mib_per_item is not None else "-"
-        peak = f"{r.peak_gib:.1f}" if r.peak_gib is not None else "-"
-        bound, share = (f"{r.bound_per_s:.1f}", f"{100 * r.of_bound:.0f}%") if r.bound_per_s else ("-", "-")
-        lines.append(
-            f"| {r.name} | {r.ours_per_s:.2f} {r.unit} | {r.naive_per_s:.2f} | {r.speedup:.1f} | {bound} "
-            f"| {share} | {r.flops_per_item / 1e9:.1f} | {_join(r.precision)} | {_join(r.batch)} "
-            f"| {peak} | {assumed} / {used} | {_join(r.batch_on_80gb) or '-'} |")
+             table(("pass", "ours", "naive b1 fp32", "× naive", "FLOP bound", "% of bound", "GFLOP/item",
+                    "precision", "batch", "peak GiB", "MiB/item assumed / used", "batch on 80 GB"),
+                   [_cells(r) for r in rows], markdown=True)]
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
     if host:
         notes.append(f"- host, at the same time on {host['workers']} threads: decode {host['decode_images_per_s']:.0f} "
                      f"images/s, writes {host['write_images_per_s']:.0f} images/s ({host['write_mb_per_s']:.0f} MB/s, "
                      f"{host['bytes_per_image'] / 2**20:.1f} MiB of artifacts per image)")
     return "\n".join(lines + [""] + notes) + "\n"
+
+
+def _cells(r: Row) -> tuple[str, ...]:
+    assumed = f"{r.assumed_mib_per_item:.0f}" if r.assumed_mib_per_item else "-"
+    used = f"{r.used_mib_per_item:.0f}" if r.used_mib_per_item is not None else "-"
+    peak = f"{r.peak_gib:.1f}" if r.peak_gib is not None else "-"
+    bound, share = (f"{r.bound_per_s:.1f}", f"{100 * r.of_bound:.0f}%") if r.bound_per_s else ("-", "-")
+    return (r.name, f"{r.ours_per_s:.2f} {r.unit}{_median(r.ours_median_per_s, r.ours_per_s)}",
+            f"{r.naive_per_s:.2f}{_median(r.naive_median_per_s, r.naive_per_s)}", f"{r.speedup:.1f}", bound, share,
+            f"{r.flops_per_item / 1e9:.1f}", _join(r.precision), _join(r.batch), peak, f"{assumed} / {used}",
+            _join(r.batch_on_80gb) or "-")
+
+
+def _median(median: float | None, best: float) -> str:
+    """' (median 1.23)' where the runs differed (--repeat > 1), else nothing."""
+    return f" (median {median:.2f})" if median is not None and median != best else ""
 
 
 def _rate(flops: float) -> str:
@@ -575,13 +596,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one; "
                         "needs ~20 GB free for the full run)")
     parser.add_argument("--precision", default="auto", help="ours, as `stratum process --precision` (default auto)")
+    add_repeat(parser, 1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars for every model would bury the table
     plan = SMOKE if args.smoke else FULL
-    plan = replace(plan, workers=args.workers or plan.workers, precision=args.precision)
+    plan = replace(plan, workers=args.workers or plan.workers, precision=args.precision, repeat=args.repeat)
     device = args.device or ("cpu" if args.smoke else "cuda:0")
     if device == "cuda":
         device = "cuda:0"
@@ -597,8 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     info = device_info(device, plan.smoke)
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="stratum-gpu-bench-", dir=args.work) as tmp:
-        work = Path(tmp)
+    with workspace("gpu", parent=args.work) as work:
         images = make_images(work / "images", max(plan.images, plan.sapiens_images))
         host = host_rates(images, plan.workers, work, rounds=1 if plan.smoke else 2, writes=2 if plan.smoke else 128)
         for name in wanted:

@@ -13,42 +13,21 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from stratum_core.buckets import choose_bucket, cover_crop_box  # noqa: E402
-from stratum_core.discover import discover  # noqa: E402
-from stratum_core.engine import RunConfig, run  # noqa: E402
-from stratum_core.progress import Progress  # noqa: E402
+from _common import add_repeat, make_photos, rounds, table, workspace
+from stratum_core.buckets import choose_bucket, cover_crop_box
+from stratum_core.discover import discover
+from stratum_core.engine import RunConfig, run
+from stratum_core.progress import Progress
 
 # (width, height) of typical camera / web images, landscape and portrait.
 SIZES = ((1600, 1200), (1200, 1600), (2048, 1365), (1365, 2048), (1024, 1024), (800, 600),
          (3000, 2000), (640, 960), (1920, 1080), (1080, 1920), (2400, 1600), (512, 512))
-
-
-def make_images(root: Path, n: int) -> None:
-    """`n` photo-like images: smooth colour fields plus mild noise, 70% JPEG and 30% PNG."""
-    rng = np.random.default_rng(0)
-    noise = rng.normal(0, 6, (512, 512, 3)).astype(np.int16)  # tiled: cheap to make, still not flat
-    for i in range(n):
-        w, h = SIZES[i % len(SIZES)]
-        # A small smooth field upscaled (fast), plus the tiled noise.
-        small = rng.integers(30, 225, (6, 8, 3), dtype=np.uint8)
-        field = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
-        tiled = np.tile(noise, (h // 512 + 1, w // 512 + 1, 1))[:h, :w]
-        img = Image.fromarray((field + tiled).clip(0, 255).astype(np.uint8))
-        sub = root / f"set{i % 4}"
-        sub.mkdir(parents=True, exist_ok=True)
-        if i % 10 < 7:
-            img.save(sub / f"{i:04d}.jpg", quality=90)
-        else:
-            img.save(sub / f"{i:04d}.png", compress_level=3)
 
 
 def naive(input_dir: Path, output_dir: Path) -> float:
@@ -83,38 +62,40 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="number of source images (default 200)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="engine decode threads")
     parser.add_argument("--keep", type=Path, help="reuse/keep the source images in this folder")
-    parser.add_argument("--repeat", type=int, default=2, help="alternating runs of each; the best counts")
+    add_repeat(parser, 2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    work = Path(tempfile.mkdtemp(prefix="stratum-bench-intake-"))
-    input_dir = args.keep or work / "in"
-    try:
+    with workspace("intake") as work:
+        input_dir = args.keep or work / "in"
         if not input_dir.is_dir() or not any(input_dir.rglob("*.*")):
             t = time.perf_counter()
-            make_images(input_dir, args.n)
+            make_photos(input_dir, args.n, SIZES)
             print(f"made {args.n} images in {time.perf_counter() - t:.1f}s")
         n = sum(1 for p in input_dir.rglob("*") if p.is_file())
-        # Alternate the two and keep each one's best time: other load on a small machine hits both alike.
-        naive_s, engine_s = float("inf"), float("inf")
         cpu = {"naive": 0.0, "engine": 0.0}  # CPU seconds (all threads): a load-independent view
-        for _ in range(args.repeat):
-            c = time.process_time()
-            naive_s = min(naive_s, naive(input_dir, work / "naive"))
-            cpu["naive"] += time.process_time() - c
-            shutil.rmtree(work / "naive")
-            c = time.process_time()
-            engine_s = min(engine_s, engine(input_dir, work / "engine", args.workers))
-            cpu["engine"] += time.process_time() - c
-            shutil.rmtree(work / "engine")
-        print(f"images: {n}, cores: {os.cpu_count()}, engine workers: {args.workers}, best of {args.repeat}")
-        print(f"naive loop:        {naive_s:7.2f} s  ({n / naive_s:6.2f} img/s)")
-        print(f"stratum process:   {engine_s:7.2f} s  ({n / engine_s:6.2f} img/s)")
+
+        def side(name: str, fn):
+            def timed(_round: int) -> float:
+                c = time.process_time()
+                seconds = fn()
+                cpu[name] += time.process_time() - c
+                shutil.rmtree(work / name)
+                return seconds
+            return timed
+
+        # Alternate the two: other load on a small machine hits both alike.
+        s = rounds({"naive": side("naive", lambda: naive(input_dir, work / "naive")),
+                    "engine": side("engine", lambda: engine(input_dir, work / "engine", args.workers))}, args.repeat)
+        naive_s, engine_s = s["naive"], s["engine"]
+        print(f"images: {n}, cores: {os.cpu_count()}, engine workers: {args.workers}, {args.repeat} rounds")
+        print(table(("", "best s", "median s", "img/s"),
+                    [("naive loop", naive_s.min, naive_s.median, n / naive_s.min),
+                     ("stratum process", engine_s.min, engine_s.median, n / engine_s.min)]))
         print(f"CPU seconds per image: naive {cpu['naive'] / args.repeat / n * 1000:.0f} ms, "
               f"engine {cpu['engine'] / args.repeat / n * 1000:.0f} ms")
-        print(f"speed-up: {naive_s / engine_s:.2f}x (goal >= 1.6x)")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        print(f"speed-up: {naive_s.min / engine_s.min:.2f}x best, {naive_s.median / engine_s.median:.2f}x median "
+              f"(goal >= 1.6x)")
 
 
 if __name__ == "__main__":

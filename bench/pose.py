@@ -14,7 +14,7 @@ image holds exactly one person (so both sides do one detector and one pose call 
   person with float64 normalisation.
 - ours: `DWPosePass.run_batch` on in-memory items (batches of --batch-size), and the whole
   engine (`stratum process --passes pose`) from PNG files to written pose.npy, on --device.
-  naive and pass figures are the best of --repeats rounds; the engine figure is one run
+  naive and pass figures are the best (and the median) of --repeat rounds; the engine figure is one run
   (it includes PNG decode and writing, which naive does not). All three are warmed up: the
   engine gets passes loaded and run once on in-memory copies of the images before the clock
   starts, so session creation, cuDNN algorithm choice and arena growth stay off it.
@@ -23,34 +23,30 @@ Default sizes (≈ 1.8 and 0.5 GMAC per image) run in under a minute on a 2-core
 `--full-size` widens the stacks to about the real networks' cost (≈ 82 and 10 GMAC; YOLOX-L
 is 155.6 GFLOPs ≈ 78 GMAC at 640², RTMPose/DWPose-L at 384×288 ≈ 9.4 G in mmpose's table).
 
-    python bench/pose.py [--images 16] [--batch-size 16] [--device auto] [--repeats 3] [--full-size] [--fixed-batch]
+    python bench/pose.py [--images 16] [--batch-size 16] [--device auto] [--repeat 3] [--full-size] [--fixed-batch]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from stratum_core import pose_geometry as geo  # noqa: E402
-from stratum_core.buckets import Bucket  # noqa: E402
-from stratum_core.devices import claim_device  # noqa: E402
-from stratum_core.discover import SourceImage, discover  # noqa: E402
-from stratum_core.engine import Engine, RunConfig  # noqa: E402
-from stratum_core.intake import Decoded  # noqa: E402
-from stratum_core.passes import build_passes  # noqa: E402
-from stratum_core.passes.base import Item, PassOptions  # noqa: E402
-from stratum_core.passes.dwpose import DETECTOR_FILE, POSE_FILE, DWPosePass  # noqa: E402
-from stratum_core.progress import Progress  # noqa: E402
+from _common import Samples, add_repeat, workspace
+from stratum_core import pose_geometry as geo
+from stratum_core.buckets import Bucket
+from stratum_core.devices import claim_device
+from stratum_core.discover import SourceImage, discover
+from stratum_core.engine import Engine, RunConfig
+from stratum_core.intake import Decoded
+from stratum_core.passes import build_passes
+from stratum_core.passes.base import Item, PassOptions
+from stratum_core.passes.dwpose import DETECTOR_FILE, POSE_FILE, DWPosePass
+from stratum_core.progress import Progress
 
 BUCKET = Bucket(1024, 1024)
 # Channels per stride-2 stage and extra 3×3 convs per stage.
@@ -184,23 +180,23 @@ def reference_pose(det, pose, image: np.ndarray) -> np.ndarray:
     return np.asarray(results)
 
 
-def best_rate(step, n_images: int, repeats: int) -> float:
-    """Images/s of the fastest of `repeats` timed calls of `step()` (others share this machine)."""
-    best = float("inf")
-    for _ in range(repeats):
+def rates(step, n_images: int, repeat: int) -> Samples:
+    """Images/s of each of `repeat` timed calls of `step()` (others share this machine: the best counts)."""
+    samples = Samples()
+    for _ in range(repeat):
         start = time.perf_counter()
         step()
-        best = min(best, time.perf_counter() - start)
-    return n_images / best
+        samples.add(n_images / (time.perf_counter() - start))
+    return samples
 
 
-def bench_naive(folder: Path, images: list[np.ndarray], repeats: int) -> float:
+def bench_naive(folder: Path, images: list[np.ndarray], repeat: int) -> Samples:
     import onnxruntime as ort
 
     det = ort.InferenceSession(str(folder / DETECTOR_FILE), providers=["CPUExecutionProvider"])
     pose = ort.InferenceSession(str(folder / POSE_FILE), providers=["CPUExecutionProvider"])
     reference_pose(det, pose, images[0])  # warm-up
-    return best_rate(lambda: [reference_pose(det, pose, image) for image in images], len(images), repeats)
+    return rates(lambda: [reference_pose(det, pose, image) for image in images], len(images), repeat)
 
 
 # ---------------------------------------------------------------------------- ours
@@ -210,13 +206,13 @@ def memory_items(images: list[np.ndarray]) -> list[Item]:
             for i, img in enumerate(images)]
 
 
-def bench_pass(folder: Path, images: list[np.ndarray], device: str, batch_size: int, repeats: int) -> float:
+def bench_pass(folder: Path, images: list[np.ndarray], device: str, batch_size: int, repeat: int) -> Samples:
     p = DWPosePass(PassOptions(device=device, batch_size=batch_size, model_paths={"pose": folder}))
     p.load()
     items = memory_items(images)
     p.run_batch(items[:batch_size])  # warm-up (CUDA kernels, allocations)
-    return best_rate(lambda: [p.run_batch(items[i:i + batch_size]) for i in range(0, len(items), batch_size)],
-                     len(items), repeats)
+    return rates(lambda: [p.run_batch(items[i:i + batch_size]) for i in range(0, len(items), batch_size)],
+                 len(items), repeat)
 
 
 def bench_engine(folder: Path, images: list[np.ndarray], device: str, batch_size: int, work: Path) -> float:
@@ -247,35 +243,35 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda:N for ours (naive is always CPU)")
     parser.add_argument("--full-size", action="store_true", help="stacks at about the real networks' cost")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the fastest counts")
+    add_repeat(parser, 3)
     parser.add_argument("--fixed-batch", action="store_true", help="export both files with batch dim fixed at 1")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     claim = claim_device(args.device)
-    work = Path(tempfile.mkdtemp(prefix="stratum-bench-pose-"))
     try:
-        sizes = FULL if args.full_size else QUICK
-        batch = 1 if args.fixed_batch else "N"
-        det_macs = build_detector(work / DETECTOR_FILE, *sizes["det"], batch)
-        pose_macs = build_pose(work / POSE_FILE, *sizes["pose"], batch)
-        rng = np.random.default_rng(0)
-        images = [rng.integers(0, 256, (BUCKET.height, BUCKET.width, 3), dtype=np.uint8) for _ in range(args.images)]
-        print(f"models: detector {det_macs / 1e9:.1f} GMAC, pose {pose_macs / 1e9:.2f} GMAC per image; "
-              f"batch dim {'1 (fixed)' if args.fixed_batch else 'dynamic'}; {args.images} images "
-              f"{BUCKET.label}; ours on {claim.device}, batch {args.batch_size}")
-        naive = bench_naive(work, images, args.repeats)
-        print(f"naive (reference flow, CPU provider, 1 image at a time): {naive:8.2f} images/s")
-        ours = bench_pass(work, images, claim.device, args.batch_size, args.repeats)
-        print(f"ours, pass run_batch ({claim.device}):                     {ours:8.2f} images/s  "
-              f"= {ours / naive:.2f}x naive")
-        engine = bench_engine(work, images, claim.device, args.batch_size, work)
-        print(f"ours, engine from PNG to pose.npy ({claim.device}):        {engine:8.2f} images/s  "
-              f"= {engine / naive:.2f}x naive")
+        with workspace("pose") as work:
+            sizes = FULL if args.full_size else QUICK
+            batch = 1 if args.fixed_batch else "N"
+            det_macs = build_detector(work / DETECTOR_FILE, *sizes["det"], batch)
+            pose_macs = build_pose(work / POSE_FILE, *sizes["pose"], batch)
+            rng = np.random.default_rng(0)
+            images = [rng.integers(0, 256, (BUCKET.height, BUCKET.width, 3), dtype=np.uint8)
+                      for _ in range(args.images)]
+            print(f"models: detector {det_macs / 1e9:.1f} GMAC, pose {pose_macs / 1e9:.2f} GMAC per image; "
+                  f"batch dim {'1 (fixed)' if args.fixed_batch else 'dynamic'}; {args.images} images "
+                  f"{BUCKET.label}; ours on {claim.device}, batch {args.batch_size}")
+            naive = bench_naive(work, images, args.repeat)
+            print(f"naive (reference flow, CPU provider, 1 image at a time): {naive.max:8.2f} images/s  "
+                  f"(median {naive.median:.2f})")
+            ours = bench_pass(work, images, claim.device, args.batch_size, args.repeat)
+            print(f"ours, pass run_batch ({claim.device}):                     {ours.max:8.2f} images/s  "
+                  f"= {ours.max / naive.max:.2f}x naive (medians {ours.median / naive.median:.2f}x)")
+            engine = bench_engine(work, images, claim.device, args.batch_size, work)
+            print(f"ours, engine from PNG to pose.npy ({claim.device}):        {engine:8.2f} images/s  "
+                  f"= {engine / naive.max:.2f}x naive")
     finally:
         claim.release()
-        shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stratum_core.artifacts import BY_NAME  # noqa: E402
-from stratum_core.publish.config import PublishConfig  # noqa: E402
-from stratum_core.publish.layout import split_by_size, tar_artifacts  # noqa: E402
-from stratum_core.publish.pack import PayloadPool, pack_data, pack_tar, tar_member_bytes  # noqa: E402
-from stratum_core.store import Store  # noqa: E402
+from _common import Samples, add_repeat, workspace
+from stratum_core.artifacts import BY_NAME
+from stratum_core.publish.config import PublishConfig
+from stratum_core.publish.layout import split_by_size, tar_artifacts
+from stratum_core.publish.pack import PayloadPool, pack_data, pack_tar, tar_member_bytes
+from stratum_core.store import Store
 
 
 def make(root: Path, n: int, patches: int) -> list[str]:
@@ -108,37 +105,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--full-size", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
+    add_repeat(parser, 3)
     parser.add_argument("--max-tar-mb", type=float, default=PublishConfig.max_tar_mb)
     parser.add_argument("--no-pool", action="store_true", help="a fresh memfd per chunk (no page reuse)")
     parser.add_argument("--first-chunk", action="store_true",
                         help="start from a fresh pool, as a publish's first chunk does (default: steady state)")
     args = parser.parse_args()
     n = args.images or (2000 if args.full_size else 300)
-    with tempfile.TemporaryDirectory(prefix="stratum-bench-") as tmp:
-        root = Path(tmp) / "ds"
+    with workspace("publish") as tmp:
+        root = tmp / "ds"
         ids = make(root, n, 4096)
         nbytes = read_all(root, ids)
-        read_s, tar_s, parquet_s = [], [], []
-        for repeat in range(args.repeats):
+        read_s, tar_s, parquet_s, pack_s = Samples(), Samples(), Samples(), Samples()
+        for repeat in range(args.repeat):
             # Alternate which side goes first, so neither always runs right after the other's writeback.
             if repeat % 2:
-                read_s.append(timed_read(root, ids))
+                read_s.add(timed_read(root, ids))
             tar, parquet = timed_pack(root, ids, args.max_tar_mb, pooled=not args.no_pool,
                                       first_chunk=args.first_chunk)
-            tar_s.append(tar)
-            parquet_s.append(parquet)
+            tar_s.add(tar)
+            parquet_s.add(parquet)
+            pack_s.add(tar + parquet)
             if not repeat % 2:
-                read_s.append(timed_read(root, ids))
-        pack_s = [t + p for t, p in zip(tar_s, parquet_s)]
-        read_rate = nbytes / min(read_s)
-        pack_rate = nbytes / min(pack_s)
+                read_s.add(timed_read(root, ids))
         mode = "first chunk of a publish (fresh pool)" if args.first_chunk else "steady state (pool holds one chunk)"
-        print(f"images: {n}, npy bytes: {nbytes / 1e6:.1f} MB (best of {args.repeats}, cold page cache, {mode})")
-        print(f"read the same files:   {read_rate / 1e6:8.1f} MB/s   (npy bytes per second)")
-        print(f"pack tar only:         {nbytes / min(tar_s) / 1e6:8.1f} MB/s")
-        print(f"pack tar + parquet:    {pack_rate / 1e6:8.1f} MB/s   (parquet {min(parquet_s) * 1e3:.0f} ms)")
-        print(f"ratio pack/read:       {pack_rate / read_rate:8.2f}x   (goal >= 0.90x)")
+        print(f"images: {n}, npy bytes: {nbytes / 1e6:.1f} MB ({args.repeat} rounds: best, median; cold page cache, "
+              f"{mode})")
+        print(f"read the same files:   {_rates(nbytes, read_s)}   (npy bytes per second)")
+        print(f"pack tar only:         {_rates(nbytes, tar_s)}")
+        print(f"pack tar + parquet:    {_rates(nbytes, pack_s)}   (parquet {parquet_s.min * 1e3:.0f} ms)")
+        print(f"ratio pack/read:       {read_s.min / pack_s.min:8.2f}x best, {read_s.median / pack_s.median:.2f}x "
+              "median   (goal >= 0.90x)")
+
+
+def _rates(nbytes: int, seconds: Samples) -> str:
+    return f"{nbytes / seconds.min / 1e6:8.1f} MB/s, median {nbytes / seconds.median / 1e6:.1f}"
 
 
 if __name__ == "__main__":

@@ -12,16 +12,14 @@ The models are ViTs with random weights saved with torch.jit.save under the real
 The default is a reduced config (width 192, 2 layers, slim heads with the real upsampling)
 that runs in a few minutes on a 2-core CPU.
 
-    python bench/sapiens.py [--images 8] [--device auto|cpu|cuda] [--full-size] [--keep DIR]
+    python bench/sapiens.py [--images 8] [--device auto|cpu|cuda] [--full-size] [--repeat 2] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,15 +30,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from stratum_core.discover import discover  # noqa: E402
-from stratum_core.engine import Engine, RunConfig  # noqa: E402
-from stratum_core.passes import build_passes, parse_passes  # noqa: E402
-from stratum_core.passes.base import PassOptions  # noqa: E402
-from stratum_core.passes.sapiens import DEPTH_MODEL, NORMAL_MODEL, SEG_MODEL  # noqa: E402
-from stratum_core.passes.torch_utils import synchronize  # noqa: E402
-from stratum_core.progress import Progress  # noqa: E402
+from _common import add_repeat, rounds, workspace
+from stratum_core.discover import discover
+from stratum_core.engine import Engine, RunConfig
+from stratum_core.passes import build_passes, parse_passes
+from stratum_core.passes.base import PassOptions
+from stratum_core.passes.sapiens import DEPTH_MODEL, NORMAL_MODEL, SEG_MODEL
+from stratum_core.passes.torch_utils import synchronize
+from stratum_core.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -206,7 +203,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=int, default=None, help="our model batch (default: auto)")
     parser.add_argument("--full-size", action="store_true", help="the real Sapiens-1B shape (GPU)")
-    parser.add_argument("--repeat", type=int, default=2, help="timed rounds, best kept (default 2)")
+    add_repeat(parser, 2)
     parser.add_argument("--keep", type=Path, default=None, help="work in DIR and keep it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -214,8 +211,7 @@ def main() -> None:
     device = ("cuda:0" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     device = "cuda:0" if device == "cuda" else device
     shape = FULL if args.full_size else REDUCED
-    work = args.keep or Path(tempfile.mkdtemp(prefix="stratum-bench-sapiens-"))
-    try:
+    with workspace("sapiens", args.keep) as work:
         build_models(work / "models", shape, device)
         make_images(work / "in", args.images)
         make_images(work / "warm", 6)
@@ -223,23 +219,20 @@ def main() -> None:
         ours_setup = ours_passes(work / "models", device, args.batch_size)
         naive(work / "warm", work / "naive-warm", naive_setup)  # TorchScript profiles its first calls
         ours(work / "warm", work / "ours-warm", ours_setup, args.batch_size)
-        naive_times, ours_times = [], []
-        for r in range(args.repeat):  # alternate, so a busy moment on the machine hits both
-            naive_times.append(naive(work / "in", work / f"naive{r}", naive_setup))
-            ours_times.append(ours(work / "in", work / f"ours{r}", ours_setup, args.batch_size))
-            logging.info("round %d: naive %.2f s, ours %.2f s", r, naive_times[-1], ours_times[-1])
-        naive_s, ours_s = min(naive_times), min(ours_times)
+        times = rounds({"naive": lambda r: naive(work / "in", work / f"naive{r}", naive_setup),
+                        "ours": lambda r: ours(work / "in", work / f"ours{r}", ours_setup, args.batch_size)},
+                       args.repeat)
+        naive_s, ours_s = times["naive"].min, times["ours"].min
         n = args.images
         name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
         sys.stdout.write(
             f"sapiens bench: {'full Sapiens-1B shape' if args.full_size else 'reduced shape'} {shape}, "
             f"{n} images, best of {args.repeat} rounds, device {name}\n"
-            f"  naive (3 runs, batch 1, fp32, seg from disk): {naive_s:7.2f} s  {n / naive_s:7.2f} img/s\n"
-            f"  ours  (1 run, batched, shared input, auto precision): {ours_s:7.2f} s  {n / ours_s:7.2f} img/s\n"
-            f"  speed-up: {naive_s / ours_s:.2f}x   seg agreement naive vs ours: {agreement(work):.4f}\n")
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
+            f"  naive (3 runs, batch 1, fp32, seg from disk): {times['naive'].seconds()}  {n / naive_s:7.2f} img/s\n"
+            f"  ours  (1 run, batched, shared input, auto precision): {times['ours'].seconds()}  "
+            f"{n / ours_s:7.2f} img/s\n"
+            f"  speed-up: {naive_s / ours_s:.2f}x (medians {times['naive'].median / times['ours'].median:.2f}x)   "
+            f"seg agreement naive vs ours: {agreement(work):.4f}\n")
 
 
 if __name__ == "__main__":

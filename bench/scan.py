@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import Samples, add_repeat, table
 
 PER_FOLDER = 1000  # source images per folder, like a typical crawl shard
 
@@ -123,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="image directories (default 100000)")
     parser.add_argument("--root", type=Path, help="build in / reuse this folder (kept afterwards)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per phase; the fastest counts")
+    add_repeat(parser, 2)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
@@ -137,14 +136,16 @@ def main() -> None:
             build(root, args.n)
             print(f"built {args.n} image dirs in {time.perf_counter() - start:.1f}s")
         best: dict[str, dict] = {}
+        seconds: dict[str, Samples] = {}
         for _ in range(args.repeat):
             for name in ("walk_out", "status", "walk_in_out", "rerun"):
                 result = run_phase(name, root)
+                seconds.setdefault(name, Samples()).add(result["seconds"])
                 if name not in best or result["seconds"] < best[name]["seconds"]:
                     best[name] = result
-        for r in best.values():
-            print(f"{r['phase']:<12} {r['seconds']:7.2f} s   peak {r['peak_mib']:6.1f} MiB "
-                  f"(+{r['growth_mib']:.1f} MiB during the phase)")
+        print(table(("phase", "best s", "median s", "peak MiB", "growth MiB"),
+                    [(r["phase"], r["seconds"], seconds[r["phase"]].median, f"{r['peak_mib']:.1f}",
+                      f"+{r['growth_mib']:.1f}") for r in best.values()]))
         status_ratio = best["status"]["seconds"] / best["walk_out"]["seconds"]
         rerun_ratio = best["rerun"]["seconds"] / best["walk_in_out"]["seconds"]
         print(f"status (with staleness) / bare walk of the output: {status_ratio:.2f}x (goal <= 2.5x)")

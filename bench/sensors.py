@@ -16,7 +16,7 @@ Then, on a real Dagster instance (DAGSTER_HOME in a temp dir, sqlite storage) an
 Each tick's evaluation time is what Dagster's 60 s sensor timeout covers; applying the
 partition requests and asset events (done here as the daemon would) is shown apart.
 
-    python bench/sensors.py [--n 1000000] [--keep DIR] [--complete 0.1] [--shard-size 1000]
+    python bench/sensors.py [--n 1000000] [--keep DIR] [--complete 0.1] [--shard-size 1000] [--repeat 1]
 
 `--keep DIR` builds the input tree and the artifact files there once and reuses them
 (building a million files takes a minute or two); the registry is rebuilt each run.
@@ -30,14 +30,12 @@ import logging
 import os
 import resource
 import shutil
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import Samples, add_repeat, dagster_home, table, workspace
 
 GOAL_S = 60.0
 TOP_FOLDERS = 20
@@ -152,31 +150,25 @@ def make_tick(instance, stratum, defs):
     return tick
 
 
-def sweep_new_images(tick, sensor, cursor, phase: str, ticks: list[Tick]) -> str | None:
-    """Tick until the cursor wraps (every group scanned once); returns the last cursor."""
+def sweep(tick, sensor, cursor, phase: str, ticks: list[Tick], note: Callable[[object], str]) -> str | None:
+    """Tick until the cursor wraps (every group or shard scanned once); returns the last cursor."""
     number = 0
     while True:
         number += 1
         result, seconds, applied = tick(sensor, cursor)
         cursor = result.cursor
-        ticks.append(Tick(phase, number, seconds, applied,
-                          f"{len(result.run_requests or [])} runs requested, cursor after={json.loads(cursor)['after']}"))
+        ticks.append(Tick(phase, number, seconds, applied, note(result)))
         if json.loads(cursor)["after"] is None:
             return cursor
 
 
-def sweep_status(tick, sensor, cursor, phase: str, ticks: list[Tick]) -> str | None:
-    number = 0
-    while True:
-        number += 1
-        result, seconds, applied = tick(sensor, cursor)
-        cursor = result.cursor
-        state = json.loads(cursor)
-        ticks.append(Tick(phase, number, seconds, applied,
-                          f"{len(result.asset_events or [])} materialisations, {len(result.run_requests or [])} "
-                          f"re-runs, cursor {len(cursor) // 1024} KiB"))
-        if state["after"] is None:
-            return cursor
+def new_images_note(result) -> str:
+    return f"{len(result.run_requests or [])} runs requested, cursor after={json.loads(result.cursor)['after']}"
+
+
+def status_note(result) -> str:
+    return (f"{len(result.asset_events or [])} materialisations, {len(result.run_requests or [])} "
+            f"re-runs, cursor {len(result.cursor) // 1024} KiB")
 
 
 def peak_rss_mib() -> float:
@@ -184,16 +176,12 @@ def peak_rss_mib() -> float:
 
 
 def run(args: argparse.Namespace, root: Path) -> list[Tick]:
-    src, out, home = root / "in", root / "out", Path(tempfile.mkdtemp(prefix="dagster-home-"))
-    os.environ["DAGSTER_HOME"] = str(home)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    try:
-        return measure(args, src, out, home)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    """One measurement on a fresh Dagster instance (the trees under `root` are reused across rounds)."""
+    with dagster_home():
+        return measure(args, root / "in", root / "out")
 
 
-def measure(args: argparse.Namespace, src: Path, out: Path, home: Path) -> list[Tick]:
+def measure(args: argparse.Namespace, src: Path, out: Path) -> list[Tick]:
     import dagster as dg
 
     from stratum_core import shards
@@ -209,35 +197,43 @@ def measure(args: argparse.Namespace, src: Path, out: Path, home: Path) -> list[
     ticks: list[Tick] = []
     with dg.DagsterInstance.get() as instance:
         tick = make_tick(instance, stratum, defs)
-        cursor = sweep_new_images(tick, new_images_sensor, None, "register all", ticks)
+        cursor = sweep(tick, new_images_sensor, None, "register all", ticks, new_images_note)
         keys = shards.shard_keys(out)
         print(f"registered {len(keys):,} shards; Dagster knows {len(instance.get_dynamic_partitions('shards')):,}")
-        cursor = sweep_new_images(tick, new_images_sensor, cursor, "no change", ticks)
+        cursor = sweep(tick, new_images_sensor, cursor, "no change", ticks, new_images_note)
         add_images(src)
         try:
-            sweep_new_images(tick, new_images_sensor, cursor, f"+{ADDED} images", ticks)
+            sweep(tick, new_images_sensor, cursor, f"+{ADDED} images", ticks, new_images_note)
         finally:
             remove_added(src)
         keys = [k for k in shards.shard_keys(out) if k in set(keys)]  # the added images' shard has no files
         complete, partial, seconds = build_outputs(out, keys, args.complete)
         print(f"output tree: {complete} shards complete, {partial} metadata only "
               f"({'built in %.0f s' % seconds if seconds else 'reused'})")
-        status_cursor = sweep_status(tick, shard_status_sensor, None, "status sweep 1", ticks)
-        sweep_status(tick, shard_status_sensor, status_cursor, "status sweep 2", ticks)
+        status_cursor = sweep(tick, shard_status_sensor, None, "status sweep 1", ticks, status_note)
+        sweep(tick, shard_status_sensor, status_cursor, "status sweep 2", ticks, status_note)
     return ticks
 
 
-def report(ticks: list[Tick]) -> None:
-    print(f"\n{'phase':<16} {'tick':>4} {'eval s':>8} {'apply s':>8}  note")
-    for t in ticks:
-        print(f"{t.phase:<16} {t.number:>4} {t.seconds:>8.2f} {t.apply_seconds:>8.2f}  {t.note}")
+def report(rounds: list[list[Tick]]) -> None:
+    """Each tick's best (and median) evaluation time over the rounds, then the per-sweep totals of the best."""
+    samples: dict[tuple[str, int], Samples] = {}
+    for one in rounds:
+        for t in one:
+            samples.setdefault((t.phase, t.number), Samples()).add(t.seconds)
+    medians = {key: s.median for key, s in samples.items()}
+    ticks = [Tick(t.phase, t.number, samples[t.phase, t.number].min, t.apply_seconds, t.note) for t in rounds[0]]
+    print()
+    print(table(("phase", "tick", "eval s", "median s", "apply s", "note"),
+                [(t.phase, t.number, t.seconds, medians[t.phase, t.number], t.apply_seconds, t.note) for t in ticks]))
     print()
     for phase in dict.fromkeys(t.phase for t in ticks):
         of_phase = [t for t in ticks if t.phase == phase]
         print(f"{phase:<16} {len(of_phase)} ticks per sweep, {sum(t.seconds for t in of_phase):.1f} s in all")
     worst = max(ticks, key=lambda t: t.seconds)
     print(f"\nmax tick: {worst.seconds:.2f} s ({worst.phase} #{worst.number}) = {worst.seconds / GOAL_S:.2f}x "
-          f"the {GOAL_S:.0f} s timeout ({'OK' if worst.seconds < GOAL_S / 2 else 'TOO CLOSE'}; goal: well inside)")
+          f"the {GOAL_S:.0f} s timeout ({'OK' if worst.seconds < GOAL_S / 2 else 'TOO CLOSE'}; goal: well inside)"
+          + (f"; best of {len(rounds)} rounds" if len(rounds) > 1 else ""))
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
@@ -247,16 +243,10 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build/reuse the trees here instead of a temp dir")
     parser.add_argument("--complete", type=float, default=0.1, help="share of shards fully done on disk")
     parser.add_argument("--shard-size", type=int, default=1000)
+    add_repeat(parser, 1)
     args = parser.parse_args()
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        report(run(args, args.keep))
-        return
-    root = Path(tempfile.mkdtemp(prefix="stratum-bench-sensors-"))
-    try:
-        report(run(args, root))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with workspace("sensors", args.keep) as root:
+        report([run(args, root) for _ in range(args.repeat)])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parents[3] / "bench" / "sapiens.py"
 @pytest.fixture
 def bench(monkeypatch):
     """bench/sapiens.py as a module, its Engine replaced by one that records the RunConfig it gets."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # bench/ first on sys.path, as when the script runs (_common)
     spec = importlib.util.spec_from_file_location("bench_sapiens", BENCH)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
