@@ -208,7 +208,7 @@ def measure(args: argparse.Namespace, src: Path, out: Path, home: Path) -> list[
     stratum = StratumResource(input_root=str(src), output_root=str(out), device="cpu", shard_size=args.shard_size)
     ticks: list[Tick] = []
     with dg.DagsterInstance.get() as instance:
-        tick = make_tick(instance, stratum, defs)
+        tick = make_tick(instance, stratum, defs())
         cursor = sweep_new_images(tick, new_images_sensor, None, "register all", ticks)
         keys = shards.shard_keys(out)
         print(f"registered {len(keys):,} shards; Dagster knows {len(instance.get_dynamic_partitions('shards')):,}")

@@ -125,7 +125,7 @@ def run_quickstart(args: argparse.Namespace, input_dir: Path, output_dir: Path, 
 
     from stratum_core.shards import register_all, shard_keys
     from stratum_core.status import dataset_status
-    from stratum_dagster.definitions import defs
+    from stratum_dagster.definitions import defs as code_location
     from stratum_dagster.partitions import add_registered_shards
     from stratum_dagster.resources import CaptionServerResource, StratumResource
 
@@ -147,6 +147,7 @@ def run_quickstart(args: argparse.Namespace, input_dir: Path, output_dir: Path, 
              ", ".join(keys))
 
     instance = dg.DagsterInstance.get()
+    defs = code_location()
     add_registered_shards(instance, output_dir)
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     if caption_settings:

@@ -133,7 +133,7 @@ def test_the_documented_resources_config_is_valid_and_builds_the_pass_configs(mo
     monkeypatch.setenv("STRATUM_OUTPUT_DIR", "/data/dataset")
     monkeypatch.setenv("STRATUM_HUB_REPO", "me/dataset")
     run_config = documented_resources_config()
-    dg.validate_run_config(defs.resolve_job_def("enrich_job"), run_config)
+    dg.validate_run_config(defs().resolve_job_def("enrich_job"), run_config)
 
     resources = run_config["resources"]
     stratum_fields = {k: v for k, v in resources["stratum"]["config"].items() if not isinstance(v, dict)}
