@@ -66,6 +66,25 @@ def steps() -> dict[str, list[str]]:
     return grouped
 
 
+# Dagster kinds (the technology icons in the UI) of the modules a pass runs on.
+RUNTIME_KINDS = {"torch": "pytorch", "onnxruntime": "onnx"}
+
+
+def pass_kinds(name: str) -> set[str]:
+    """A pass asset's kinds: the servers a server-bound pass talks to (caption: ollama, openai), the runtimes a
+    model pass runs on (pytorch; pose: onnx or pytorch, its --pose-backend), else python."""
+    from stratum_core.passes.caption import BACKENDS as CAPTION_SERVERS
+    from stratum_core.passes.dwpose import BACKEND_MODULES as POSE_RUNTIMES
+
+    cls = pass_class(name)
+    if cls.io_bound:
+        return set(CAPTION_SERVERS)
+    modules = set(cls.requires)  # the pass's optional modules (the one place this adapter reads them)
+    if name == "pose":
+        modules |= {m for runtime in POSE_RUNTIMES.values() for m in runtime}
+    return {RUNTIME_KINDS[m] for m in modules if m in RUNTIME_KINDS} or {"python"}
+
+
 def _pass_tags(name: str) -> dict[str, str]:
     if name in MODEL_PASSES:
         return {"stratum/device": "gpu"}
@@ -90,7 +109,7 @@ def build_step_assets(step: str, names: list[str],
     """One op for the passes `names`, one asset each: a run materialising any subset of them (enrich_job,
     a per-pass job, a backfill) runs ONE engine run over the selected passes of the shard."""
     specs = [dg.AssetSpec(name, deps=upstream_passes(name), description=_describe(name), group_name="passes",
-                          tags=_pass_tags(name),
+                          tags=_pass_tags(name), kinds=pass_kinds(name),
                           code_version=provenance.code_version(name, model_dir_from_env())) for name in names]
 
     @dg.multi_asset(name=step, specs=specs, partitions_def=shard_partitions, can_subset=True,
