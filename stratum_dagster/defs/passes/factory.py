@@ -11,7 +11,7 @@ from stratum_core import provenance
 from stratum_core.models import model_dir_from_env
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import verify_shard
-from stratum_dagster.defs.passes.step import run_step
+from stratum_dagster.defs.passes.step import INPUT_CHECK, run_step, step_inputs
 from stratum_dagster.failures import dagster_failures
 from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.execution import (CAPTION_POOL, CAPTION_QUEUE, CELERY_QUEUE_TAG, CPU_QUEUE, GPU_POOL,
@@ -112,13 +112,20 @@ def build_step_assets(step: str, names: list[str],
                           tags=_pass_tags(name), kinds=pass_kinds(name),
                           code_version=provenance.code_version(name, model_dir_from_env())) for name in names]
 
-    @dg.multi_asset(name=step, specs=specs, partitions_def=shard_partitions, can_subset=True,
-                    retry_policy=retry_policy, **_step_placement(step, names))
+    # Blocking: a failed check keeps the readers from running (in this step, see run_step, and downstream).
+    check_specs = [dg.AssetCheckSpec(INPUT_CHECK, asset=u, blocking=True, description=(
+        f"Before the step computes {', '.join(n for n in names if u in upstream_passes(n))}: every {u} artifact "
+        f"of the shard that they read parses and has the right shape, dtype and values."))
+        for u in step_inputs(names)]
+
     def _step(context: dg.AssetExecutionContext, stratum: StratumResource,
-              caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult]:
+              caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         yield from run_step(context, names, stratum, caption_server)
 
-    return _step
+    with warnings.catch_warnings():  # partitioned checks are a preview feature (see build_verify_check)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.multi_asset(name=step, specs=specs, check_specs=check_specs, partitions_def=shard_partitions,
+                              can_subset=True, retry_policy=retry_policy, **_step_placement(step, names))(_step)
 
 
 def build_verify_check(name: str, retry_policy: dg.RetryPolicy | None = INFRASTRUCTURE_RETRY) -> dg.AssetChecksDefinition:
