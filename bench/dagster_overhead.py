@@ -39,7 +39,7 @@ from stratum_dagster.definitions import defs
 key = sys.argv[1]
 for spec in sys.argv[2:]:
     job, names = spec.split(":")
-    result = defs.resolve_job_def(job).execute_in_process(
+    result = defs().resolve_job_def(job).execute_in_process(
         instance=dg.DagsterInstance.get(), partition_key=key, asset_selection=[dg.AssetKey(n) for n in names.split(",")])
     if not result.success:
         sys.exit(1)

@@ -196,7 +196,7 @@ def measure(args: argparse.Namespace, src: Path, out: Path) -> list[Tick]:
     stratum = StratumResource(input_root=str(src), output_root=str(out), device="cpu", shard_size=args.shard_size)
     ticks: list[Tick] = []
     with dg.DagsterInstance.get() as instance:
-        tick = make_tick(instance, stratum, defs)
+        tick = make_tick(instance, stratum, defs())
         cursor = sweep(tick, new_images_sensor, None, "register all", ticks, new_images_note)
         keys = shards.shard_keys(out)
         print(f"registered {len(keys):,} shards; Dagster knows {len(instance.get_dynamic_partitions('shards')):,}")

@@ -25,12 +25,9 @@ INSTANCE_YAML = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 
 def runnable_passes(stratum, caption_server) -> tuple[list[str], dict[str, str]]:
     """The default passes that can run here (never downloading), and advice for each one that cannot."""
-    from stratum_core.passes import DEFAULT_PASSES, build_passes
-    from stratum_core.preflight import check_passes
+    from stratum_core.passes import DEFAULT_PASSES
 
-    names = list(DEFAULT_PASSES)
-    passes = build_passes(names, stratum._options("cpu"), stratum.pass_configs(names, caption_server))
-    readiness = check_passes(passes)
+    readiness = stratum.preflight(DEFAULT_PASSES, caption_server, download=False)
     return [r.pass_name for r in readiness if r.ready], {r.pass_name: r.advice for r in readiness if not r.ready}
 
 
@@ -128,7 +125,7 @@ def run_quickstart(args: argparse.Namespace, input_dir: Path, output_dir: Path, 
 
     from stratum_core.shards import register_all, shard_keys
     from stratum_core.status import dataset_status
-    from stratum_dagster.definitions import defs
+    from stratum_dagster.definitions import defs as code_location
     from stratum_dagster.partitions import add_registered_shards
     from stratum_dagster.resources import CaptionServerResource, StratumResource
 
@@ -150,6 +147,7 @@ def run_quickstart(args: argparse.Namespace, input_dir: Path, output_dir: Path, 
              ", ".join(keys))
 
     instance = dg.DagsterInstance.get()
+    defs = code_location()
     add_registered_shards(instance, output_dir)
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     if caption_settings:

@@ -6,24 +6,21 @@ The resources build the same config objects as the `stratum` CLI; `stratum_core`
 """
 
 
-import argparse
-import contextlib
-import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import dagster as dg
 from pydantic import Field
 
 from stratum_core.discover import SourceImage
-from stratum_core.errors import ConfigError
 from stratum_core.preflight import Readiness
 from stratum_core.publish.config import PublishConfig
 from stratum_core.summary import RunSummary
 
-log = logging.getLogger("stratum.dagster")
+if TYPE_CHECKING:
+    from stratum_core.passes.caption import CaptionConfig
 
 # The publish options default as in `stratum publish` (both take them from PublishConfig).
 _PUBLISH_DEFAULTS = {f.name: f.default for f in fields(PublishConfig)}
@@ -45,8 +42,8 @@ CAPTION_ENV = {"backend": "STRATUM_CAPTION_BACKEND", "url": "STRATUM_CAPTION_URL
 
 
 class CaptionServerResource(dg.ConfigurableResource):
-    """The Ollama (or OpenAI-compatible) server the caption pass talks to. `None` takes the environment
-    variable (CAPTION_ENV), else the pass's default."""
+    """The Ollama (or OpenAI-compatible) server the caption pass talks to, and how it is asked. `None` takes
+    the environment variable (CAPTION_ENV) where there is one, else the caption pass's default (CaptionConfig)."""
 
     backend: Optional[str] = Field(default=None, description="ollama | openai (any OpenAI-compatible server); "
                                                              "default $STRATUM_CAPTION_BACKEND, else ollama")
@@ -54,26 +51,34 @@ class CaptionServerResource(dg.ConfigurableResource):
         default=None, description="server URL (ollama: its /api/generate endpoint); default $STRATUM_CAPTION_URL")
     model: Optional[str] = Field(
         default=None, description="model name on the server; default $STRATUM_CAPTION_MODEL, else gemma3:27b")
-    max_tokens: Optional[int] = Field(default=None, description="most tokens per caption")
-    concurrency: Optional[int] = Field(default=None, description="caption requests in flight")
-    timeout_s: Optional[float] = Field(default=None, description="seconds to wait for one answer")
+    max_tokens: Optional[int] = Field(default=None, description="most tokens per caption [512]")
+    concurrency: Optional[int] = Field(default=None, description="caption requests in flight [4]")
+    timeout_s: Optional[float] = Field(default=None, description="seconds to wait for one answer [120]")
+    retries: Optional[int] = Field(default=None, description="retries per image after a transient failure [3]")
+    backoff_s: Optional[float] = Field(
+        default=None, description="seconds of the first retry's backoff; the n-th waits up to this · 2ⁿ [1]")
+    truncated: Optional[str] = Field(
+        default=None, description="a caption cut at max_tokens: keep (counted) | fail the image [keep]")
+    prompt_file: Optional[str] = Field(
+        default=None, description="UTF-8 text file whose content replaces the built-in caption prompt")
     api_key: Optional[str] = Field(default=None, description="bearer token; use EnvVar('STRATUM_CAPTION_API_KEY')")
-    extra_args: list[str] = Field(default_factory=list, description="more `stratum process` caption options")
 
-    def to_args(self) -> list[str]:
-        """These settings as the caption pass's own `stratum process` options."""
+    def caption_config(self) -> "CaptionConfig":
+        """The caption pass's config, the same object `stratum process` builds from its --caption-* flags."""
+        from stratum_core.passes.caption import API_KEY_VARIABLES, CaptionConfig, read_prompt_file
+
         backend, url, model = (getattr(self, f) or os.environ.get(v) or None for f, v in CAPTION_ENV.items())
-        args = ["--caption-backend", backend or "ollama"]
-        for option, value in (("--caption-url", url), ("--caption-model", model),
-                              ("--caption-max-tokens", self.max_tokens),
-                              ("--caption-concurrency", self.concurrency), ("--caption-timeout", self.timeout_s)):
-            if value is not None:
-                args += [option, str(value)]
-        return args + list(self.extra_args)
-
-    def environ(self) -> dict[str, str]:
-        """The process environment, with the key where the caption pass looks for it."""
-        return {**os.environ, "STRATUM_CAPTION_API_KEY": self.api_key} if self.api_key else dict(os.environ)
+        backend = backend or "ollama"
+        settings: dict[str, Any] = {"max_tokens": self.max_tokens, "concurrency": self.concurrency,
+                                    "timeout": self.timeout_s, "retries": self.retries,
+                                    "backoff_base": self.backoff_s, "on_truncated": self.truncated}
+        if self.prompt_file:
+            settings.update(prompt=read_prompt_file(Path(self.prompt_file)), prompt_file=self.prompt_file)
+        # The key is read here, at the edge, from the variables the CLI reads for this backend.
+        api_key = self.api_key or next(
+            (os.environ[v] for v in API_KEY_VARIABLES.get(backend, ()) if os.environ.get(v)), None)
+        return CaptionConfig(backend=backend, url=url, model=model, api_key=api_key,
+                             **{k: v for k, v in settings.items() if v is not None})
 
 
 class StratumResource(dg.ConfigurableResource):
@@ -89,8 +94,8 @@ class StratumResource(dg.ConfigurableResource):
     workers: Optional[int] = Field(default=None, description="decode threads (default: as the CLI, cores up to 8)")
     shard_size: int = Field(default=1000, description="images per new shard")
     offline: Optional[bool] = Field(default=None, description="never download weights (default $HF_HUB_OFFLINE)")
-    pass_args: dict[str, list[str]] = Field(
-        default_factory=dict, description="per pass, more `stratum process` options, e.g. {'pose': ['--…']}")
+    pose_backend: str = Field(default="auto", description="pose runtime: auto | onnxruntime | torch "
+                                                          "(`--pose-backend`)")
     redo: Optional[str] = Field(
         default=None, description="stale | all: every run also recomputes existing artifacts (`--redo`); a run "
                                   "tagged stratum/redo (the status sensor's stale re-runs) uses its tag")
@@ -136,23 +141,24 @@ class StratumResource(dg.ConfigurableResource):
         return ShardRun(key, names, images, summary, claim.device)
 
     def pass_configs(self, names: Sequence[str], caption: CaptionServerResource | None = None) -> dict[str, Any]:
-        """Each pass's config from `pass_args` (and the caption server's settings), as the CLI builds it."""
-        extra = {n: list(self.pass_args.get(n, [])) for n in names}
-        if caption is not None and "caption" in extra:
-            extra["caption"] = caption.to_args() + extra["caption"]
-        environ = caption.environ() if caption is not None else dict(os.environ)
-        return {n: pass_config(n, extra[n], environ) for n in names}
+        """The config of each pass that has options, from the typed fields: the objects the CLI builds."""
+        from stratum_core.passes.dwpose import PoseConfig
 
-    def preflight(self, pass_names: Sequence[str], caption: CaptionServerResource | None = None) -> list[Readiness]:
+        builders = {"caption": lambda: (caption or CaptionServerResource()).caption_config(),
+                    "pose": lambda: PoseConfig(backend=self.pose_backend)}
+        return {n: builders[n]() for n in names if n in builders}
+
+    def preflight(self, pass_names: Sequence[str], caption: CaptionServerResource | None = None,
+                  download: Optional[bool] = None) -> list[Readiness]:
         """Which of the passes can run here (dependencies, weights, server), before any image is touched;
-        weights are fetched first when the run may download them. No device is claimed."""
+        weights are fetched first when `download` (default: when the run may download them). No device is claimed."""
         from stratum_core.passes import build_passes
         from stratum_core.preflight import check_passes
 
         names = list(pass_names)
         options = self._options("cpu")
         return check_passes(build_passes(names, options, self.pass_configs(names, caption)),
-                            download=not options.offline)
+                            download=not options.offline if download is None else download)
 
     def _options(self, device: str):
         from stratum_core.models import model_dir_from_env, offline_from_env
@@ -203,47 +209,3 @@ class HubResource(dg.ConfigurableResource):
         """The configured token, else $HF_TOKEN as the run sees it; None lets huggingface_hub use its saved
         login, as the CLI does. Read here, at run time: an unset HF_TOKEN must not fail loading or the run."""
         return self.token or os.environ.get("HF_TOKEN") or None
-
-
-def pass_config(name: str, args: Sequence[str], environ: Mapping[str, str]) -> Any:
-    """A pass's frozen config from its own `stratum process` options, exactly as the CLI builds it."""
-    from stratum_core.passes import PassUnavailable, pass_class
-
-    try:
-        cls = pass_class(name)
-    except PassUnavailable:
-        return None  # the engine reports the missing pass with its own message
-    parser = argparse.ArgumentParser(prog=f"{name} options", add_help=False)
-    cls.add_arguments(parser)
-    known = set(parser._option_string_actions)
-    args = _known_args(list(args), known)
-    with contextlib.redirect_stderr(_LogWriter()):
-        try:
-            namespace = parser.parse_args(args)
-        except SystemExit as exc:
-            raise ConfigError(f"bad options for the {name} pass: {' '.join(args)}") from exc
-    return cls.config_from_args(namespace, environ)
-
-
-def _known_args(args: list[str], known: set[str]) -> list[str]:
-    """Drop `--option value` pairs this pass does not define (caption settings a build may not have)."""
-    kept, i = [], 0
-    while i < len(args):
-        option = args[i].split("=", 1)[0]
-        takes_value = "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--")
-        step = 2 if takes_value else 1
-        if option in known:
-            kept.extend(args[i:i + step])
-        else:
-            log.warning("ignoring %s: the pass defines no such option", option)
-        i += step
-    return kept
-
-
-class _LogWriter:
-    def write(self, text: str) -> None:
-        if text.strip():
-            log.error("%s", text.strip())
-
-    def flush(self) -> None:
-        pass

@@ -1,1 +1,2 @@
-"""Per-area Dagster definitions (shards, passes, publish), merged in `stratum_dagster.definitions`."""
+"""The code location's definitions, one module per area (shards, passes, publish, resources), loaded by
+`dg.load_from_defs_folder` in `stratum_dagster.definitions`."""

@@ -36,15 +36,15 @@ def tree(tmp_path: Path, instance) -> tuple[Path, Path, str]:
 def test_definitions_load_and_validate():
     from stratum_dagster.definitions import defs
 
-    dg.Definitions.validate_loadable(defs)
-    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    dg.Definitions.validate_loadable(defs())
+    jobs = {j.name for j in defs().resolve_all_job_defs()}
     assert {"enrich_job", "publish_job", "reconcile_job", "pixel_job", "seg_job", "t5_job"} <= jobs
 
 
 def test_asset_deps_follow_the_spec():
     from stratum_dagster.definitions import defs
 
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     deps = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
             for k in graph.get_all_asset_keys()}
     assert {k: v for k, v in deps.items() if k != "hub_dataset"} == {
@@ -56,10 +56,10 @@ def test_asset_deps_follow_the_spec():
 def test_every_pass_asset_is_partitioned_by_shard_and_enrich_job_leaves_out_pixel():
     from stratum_dagster.definitions import defs
 
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     for name in ("metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel"):
         assert graph.get(dg.AssetKey(name)).partitions_def.name == "shards"
-    enrich = defs.resolve_job_def("enrich_job")
+    enrich = defs().resolve_job_def("enrich_job")
     assert {k.to_user_string() for k in enrich.asset_layer.selected_asset_keys} == {
         "metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal"}
 
@@ -67,11 +67,11 @@ def test_every_pass_asset_is_partitioned_by_shard_and_enrich_job_leaves_out_pixe
 def test_gpu_assets_share_the_gpu_pool_and_carry_kubernetes_gpu_requests():
     from stratum_dagster.definitions import defs
 
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     for name in ("dinov3", "t5", "pose", "seg", "depth", "normal"):
         node = graph.get(dg.AssetKey(name))
         assert node.pools == {"gpu"}
-        k8s_config = json.loads(defs.resolve_assets_def(name).op.tags["dagster-k8s/config"])
+        k8s_config = json.loads(defs().resolve_assets_def(name).op.tags["dagster-k8s/config"])
         limits = k8s_config["container_config"]["resources"]["limits"]
         assert limits == {"nvidia.com/gpu": "1"}
     assert graph.get(dg.AssetKey("caption")).pools == {"caption"}
@@ -82,11 +82,11 @@ def test_gpu_assets_share_the_gpu_pool_and_carry_kubernetes_gpu_requests():
 def test_enrich_job_runs_three_steps_and_retries_infrastructure_errors():
     from stratum_dagster.definitions import defs
 
-    enrich = defs.resolve_job_def("enrich_job")
+    enrich = defs().resolve_job_def("enrich_job")
     assert sorted(n for n in enrich.graph.node_dict if not n.endswith("_verify_check")) == [
         "caption", "image_passes", "t5"]
     assert enrich.graph.node_dict["image_passes"].definition.retry_policy.max_retries == 2
-    assets = defs.resolve_assets_def("seg")
+    assets = defs().resolve_assets_def("seg")
     assert {k.to_user_string() for k in assets.keys} == {"metadata", "dinov3", "pose", "seg", "depth", "normal"}
     assert assets.can_subset
 

@@ -28,14 +28,14 @@ def test_every_run_executes_in_process_by_default():
     from stratum_dagster.definitions import defs
 
     # the implicit asset job is what the asset catalog, backfills and asset sensors run
-    jobs = [defs.resolve_implicit_global_asset_job_def(), *defs.resolve_all_job_defs()]
+    jobs = [defs().resolve_implicit_global_asset_job_def(), *defs().resolve_all_job_defs()]
     assert {job.executor_def.name for job in jobs} == {"in_process"}
 
 
 def test_every_pass_step_and_check_retries_infrastructure_errors_in_any_job():
     from stratum_dagster.definitions import defs
 
-    ops = _pass_nodes(defs.resolve_implicit_global_asset_job_def())
+    ops = _pass_nodes(defs().resolve_implicit_global_asset_job_def())
     assert len(ops) == 4 + 9  # image_passes, caption, t5, pixel; a verify check per pass
     assert {(op.retry_policy.max_retries, op.retry_policy.delay) for op in ops.values()} == {(2, 30)}
 
@@ -43,7 +43,7 @@ def test_every_pass_step_and_check_retries_infrastructure_errors_in_any_job():
 def test_every_op_is_routed_to_a_documented_celery_queue_and_only_gpu_steps_request_a_gpu():
     from stratum_dagster.definitions import defs
 
-    ops = _pass_nodes(defs.resolve_implicit_global_asset_job_def())
+    ops = _pass_nodes(defs().resolve_implicit_global_asset_job_def())
     queues = {name: op.tags["dagster-celery/queue"] for name, op in ops.items()}
     assert {n: q for n, q in queues.items() if not n.endswith("_verify_check")} == {
         "image_passes": "gpu", "t5": "gpu", "caption": "caption", "pixel": "dagster"}
@@ -70,7 +70,7 @@ def test_the_documented_run_config_loads_with_its_executor(executor, tmp_path):
     script = (
         "import sys, yaml, dagster as dg\n"
         "from stratum_dagster.definitions import defs\n"
-        "jobs = [defs.resolve_implicit_global_asset_job_def(), defs.resolve_job_def('enrich_job')]\n"
+        "jobs = [defs().resolve_implicit_global_asset_job_def(), defs().resolve_job_def('enrich_job')]\n"
         "assert {j.executor_def.name for j in jobs} == {sys.argv[2]}, [j.executor_def.name for j in jobs]\n"
         "config = yaml.safe_load(open(sys.argv[1]))\n"
         "for job in jobs:\n"
@@ -107,7 +107,7 @@ def _run_tags(instance: dg.DagsterInstance, job: dg.JobDefinition, assets: list[
 def test_a_catalog_run_with_a_gpu_step_gets_the_gpu_request(instance):
     from stratum_dagster.definitions import defs
 
-    catalog_job = defs.resolve_implicit_global_asset_job_def()  # no job tags of its own
+    catalog_job = defs().resolve_implicit_global_asset_job_def()  # no job tags of its own
     tags = _run_tags(instance, catalog_job, ["metadata", "seg"])
     assert json.loads(tags["dagster-k8s/config"]) == GPU_K8S_CONFIG
 
@@ -115,7 +115,7 @@ def test_a_catalog_run_with_a_gpu_step_gets_the_gpu_request(instance):
 def test_a_run_without_a_gpu_step_gets_no_gpu_request(instance):
     from stratum_dagster.definitions import defs
 
-    assert _run_tags(instance, defs.resolve_implicit_global_asset_job_def(), ["pixel"]) == {}
+    assert _run_tags(instance, defs().resolve_implicit_global_asset_job_def(), ["pixel"]) == {}
 
 
 def test_steps_that_run_in_their_own_pods_leave_the_run_pod_without_a_gpu(instance):

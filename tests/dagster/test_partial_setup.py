@@ -34,7 +34,7 @@ def partial_site(tmp_path, monkeypatch):
 def _execute(job_name: str, site: dict, key: str | None = None) -> dg.ExecuteInJobResult:
     from stratum_dagster.definitions import defs
 
-    return defs.resolve_job_def(job_name).execute_in_process(
+    return defs().resolve_job_def(job_name).execute_in_process(
         instance=site["instance"], partition_key=key or site["key"], raise_on_error=False)
 
 

@@ -113,7 +113,7 @@ def _publish_through_the_code_location(tmp_path, hub, instance, monkeypatch) -> 
     # What HF_ENDPOINT sets when huggingface_hub is imported; the job runs with the resource's endpoint unset.
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    return defs.resolve_job_def("publish_job").execute_in_process(instance=instance, raise_on_error=False)
+    return defs().resolve_job_def("publish_job").execute_in_process(instance=instance, raise_on_error=False)
 
 
 def test_publish_job_runs_without_hf_token(tmp_path, hub, instance, monkeypatch):

@@ -25,7 +25,7 @@ def instance():
 def tick(sensor, instance: dg.DagsterInstance, stratum, cursor: str | None) -> dg.SensorResult:
     """Evaluate one tick and apply its partition requests and asset events, as the daemon would."""
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"stratum": stratum},
-                                      definitions=defs)
+                                      definitions=defs())
     result = sensor(context)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -123,7 +123,7 @@ def test_shard_partitions_sensor_adds_cli_registered_shards_as_partitions_and_re
 
 
 def test_shard_partitions_sensor_is_on_by_default_and_the_launching_sensors_are_off():
-    statuses = {s.name: s.default_status for s in defs.sensors}
+    statuses = {s.name: s.default_status for s in defs().sensors}
     assert statuses == {"shard_partitions_sensor": dg.DefaultSensorStatus.RUNNING,
                         "new_images_sensor": dg.DefaultSensorStatus.STOPPED,
                         "shard_status_sensor": dg.DefaultSensorStatus.STOPPED}

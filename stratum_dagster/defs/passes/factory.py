@@ -11,7 +11,7 @@ from stratum_core import provenance
 from stratum_core.models import model_dir_from_env
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import verify_shard
-from stratum_dagster.defs.passes.step import run_step
+from stratum_dagster.defs.passes.step import INPUT_CHECK, run_step, step_inputs
 from stratum_dagster.failures import dagster_failures
 from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.execution import (CAPTION_POOL, CAPTION_QUEUE, CELERY_QUEUE_TAG, CPU_QUEUE, GPU_POOL,
@@ -66,6 +66,25 @@ def steps() -> dict[str, list[str]]:
     return grouped
 
 
+# Dagster kinds (the technology icons in the UI) of the modules a pass runs on.
+RUNTIME_KINDS = {"torch": "pytorch", "onnxruntime": "onnx"}
+
+
+def pass_kinds(name: str) -> set[str]:
+    """A pass asset's kinds: the servers a server-bound pass talks to (caption: ollama, openai), the runtimes a
+    model pass runs on (pytorch; pose: onnx or pytorch, its --pose-backend), else python."""
+    from stratum_core.passes.caption import BACKENDS as CAPTION_SERVERS
+    from stratum_core.passes.dwpose import BACKEND_MODULES as POSE_RUNTIMES
+
+    cls = pass_class(name)
+    if cls.io_bound:
+        return set(CAPTION_SERVERS)
+    modules = set(cls.requires)  # the pass's optional modules (the one place this adapter reads them)
+    if name == "pose":
+        modules |= {m for runtime in POSE_RUNTIMES.values() for m in runtime}
+    return {RUNTIME_KINDS[m] for m in modules if m in RUNTIME_KINDS} or {"python"}
+
+
 def _pass_tags(name: str) -> dict[str, str]:
     if name in MODEL_PASSES:
         return {"stratum/device": "gpu"}
@@ -90,16 +109,23 @@ def build_step_assets(step: str, names: list[str],
     """One op for the passes `names`, one asset each: a run materialising any subset of them (enrich_job,
     a per-pass job, a backfill) runs ONE engine run over the selected passes of the shard."""
     specs = [dg.AssetSpec(name, deps=upstream_passes(name), description=_describe(name), group_name="passes",
-                          tags=_pass_tags(name),
+                          tags=_pass_tags(name), kinds=pass_kinds(name),
                           code_version=provenance.code_version(name, model_dir_from_env())) for name in names]
 
-    @dg.multi_asset(name=step, specs=specs, partitions_def=shard_partitions, can_subset=True,
-                    retry_policy=retry_policy, **_step_placement(step, names))
+    # Blocking: a failed check keeps the readers from running (in this step, see run_step, and downstream).
+    check_specs = [dg.AssetCheckSpec(INPUT_CHECK, asset=u, blocking=True, description=(
+        f"Before the step computes {', '.join(n for n in names if u in upstream_passes(n))}: every {u} artifact "
+        f"of the shard that they read parses and has the right shape, dtype and values."))
+        for u in step_inputs(names)]
+
     def _step(context: dg.AssetExecutionContext, stratum: StratumResource,
-              caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult]:
+              caption_server: CaptionServerResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         yield from run_step(context, names, stratum, caption_server)
 
-    return _step
+    with warnings.catch_warnings():  # partitioned checks are a preview feature (see build_verify_check)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.multi_asset(name=step, specs=specs, check_specs=check_specs, partitions_def=shard_partitions,
+                              can_subset=True, retry_policy=retry_policy, **_step_placement(step, names))(_step)
 
 
 def build_verify_check(name: str, retry_policy: dg.RetryPolicy | None = INFRASTRUCTURE_RETRY) -> dg.AssetChecksDefinition:
