@@ -13,6 +13,7 @@ from stratum_dagster.defs.passes import assets as pass_area
 from stratum_dagster.defs.passes.factory import EXECUTOR
 from stratum_dagster.defs.publish import assets as publish_area
 from stratum_dagster.defs.shards import sensors as shard_area
+from stratum_dagster.defs.sources import observations as source_area
 from stratum_dagster.resources import CaptionServerResource, HubResource, StratumResource
 
 RESOURCES = {
@@ -23,6 +24,6 @@ RESOURCES = {
     "hub": HubResource(repo_id=dg.EnvVar("STRATUM_HUB_REPO")),
 }
 
-defs = dg.Definitions.merge(shard_area.defs, pass_area.defs, publish_area.defs,
+defs = dg.Definitions.merge(shard_area.defs, pass_area.defs, publish_area.defs, source_area.defs,
                             # the executor of every run, the implicit asset job's (catalog, backfills) included
                             dg.Definitions(resources=RESOURCES, executor=EXECUTOR))
