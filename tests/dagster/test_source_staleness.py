@@ -63,6 +63,15 @@ def test_pass_assets_that_read_pixels_depend_on_the_source_images():
     assert graph.get(SOURCE_IMAGES).is_observable
 
 
+def test_observing_the_sources_is_a_cpu_step_on_the_cpu_queue():
+    from stratum_dagster.definitions import defs
+    from stratum_dagster.execution import CELERY_QUEUE_TAG, CPU_QUEUE
+
+    node = defs.resolve_implicit_global_asset_job_def().graph.node_dict["source_images"]
+    assert node.definition.tags[CELERY_QUEUE_TAG] == CPU_QUEUE
+    assert "dagster-k8s/config" not in node.definition.tags
+
+
 def test_the_sensor_observes_each_shard_with_its_source_version(two_shards):
     instance, src, out, people, pets = two_shards
     stratum = stratum_resource(src, out)

@@ -26,6 +26,7 @@ import dagster as dg
 from stratum_core import shards
 from stratum_core.passes import pass_class
 from stratum_core.source_versions import SourceVersion, shard_source_version
+from stratum_dagster.execution import CELERY_QUEUE_TAG, CPU_QUEUE
 from stratum_dagster.partitions import SHARD_PARTITIONS_NAME, shard_partitions
 from stratum_dagster.resources import StratumResource
 
@@ -60,6 +61,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)
     source_images = dg.observable_source_asset(
         key=SOURCE_IMAGES, partitions_def=shard_partitions, group_name="sources",
+        op_tags={CELERY_QUEUE_TAG: CPU_QUEUE},  # stats only: any CPU worker observes it
         description="The source images of each shard under the input root; its data version changes when an "
                     "image is replaced, touched or removed.")(_observe_all)
 
