@@ -15,7 +15,9 @@ from dagster._core.loader import LoadingContextForTest
 from stratum_core import shards
 from stratum_core.source_versions import shard_source_version
 from stratum_dagster.resources import CaptionServerResource
+from stratum_dagster.defs.shards.sensors import new_images_sensor
 from stratum_dagster.defs.sources.observations import SOURCE_IMAGES, source_images, source_images_sensor
+from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
 from tests.dagster.helpers import PASSES_WITHOUT_RETRIES, materialize, register, stratum_resource, write_image, write_tree
 
 
@@ -122,3 +124,19 @@ def test_observing_the_source_asset_in_a_run_reports_the_change_too(two_shards):
     assert status.get_status(dg.AssetKey("metadata"), people) == StaleStatus.STALE
     assert [c.dependency for c in status.get_stale_causes(dg.AssetKey("metadata"), people)] == \
         [AssetKeyPartitionKey(SOURCE_IMAGES, people)]
+
+
+def test_a_shard_run_as_soon_as_the_new_images_sensor_adds_it_still_sees_a_later_source_change(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, ["people/a.png", "people/b.png"])
+    stratum = stratum_resource(src, out)
+    with dg.instance_for_test() as instance:
+        tick = new_images_sensor(dg.build_sensor_context(instance=instance, resources={"stratum": stratum}))
+        [key] = [r.partition_key for r in tick.run_requests]
+        for event in tick.asset_events:  # what the daemon does with the tick, in its order
+            instance.report_runless_asset_event(event)
+        instance.add_dynamic_partitions(SHARD_PARTITIONS_NAME, [key])
+        assert materialize(["metadata"], key, instance, stratum).success  # the requested run, before any
+        replace_source(src / "people/a.png")                             # source_images_sensor tick
+        observe_by_sensor(instance, stratum)
+        assert resolver(instance, stratum).get_status(dg.AssetKey("metadata"), key) == StaleStatus.STALE

@@ -12,8 +12,11 @@ names, sizes and mtimes, one stat each; which artifacts are stale and why stays 
   in one run (Dagster observes partitioned source assets in an unpartitioned run).
 
 A partition materialised before its sources were first observed records no source data version, so
-Dagster can only compare later observations with each other after its next materialisation; the sensor
-observes a new partition on its first tick (30 s), normally before any run of it.
+Dagster can only compare later observations with each other after its next materialisation. The sensors
+that add shard partitions (`shard_partitions_sensor`, `new_images_sensor`) therefore report the first
+observation in the same tick (`first_observations`; the daemon stores a tick's asset events before its
+partitions and runs); partitions added otherwise (`python -m stratum_dagster.partitions`) get theirs on
+this sensor's next tick.
 """
 
 import hashlib
@@ -48,6 +51,22 @@ def observation(key: str, version: SourceVersion) -> dg.AssetObservation:
     return dg.AssetObservation(asset_key=SOURCE_IMAGES, partition=key,
                                tags={"dagster/data_version": version.version},
                                metadata={"images": version.images, "missing": version.missing})
+
+
+FIRST_OBSERVATIONS_BUDGET_S = 10.0  # inside the adding sensor's tick; the rest wait for source_images_sensor
+
+
+def first_observations(stratum: StratumResource, keys: list[str],
+                       budget_s: float = FIRST_OBSERVATIONS_BUDGET_S) -> list[dg.AssetObservation]:
+    """Observations for shard partitions about to be added: the sensor that adds them reports these in the
+    same tick, before any run of them can start, so their first materialisation records the source version.
+    Stops after `budget_s` (a first tick over thousands of CLI-registered shards must not time out)."""
+    events, started = [], time.monotonic()
+    for key in keys:
+        if time.monotonic() - started > budget_s:
+            break
+        events.append(observation(key, shard_version(stratum, key)))
+    return events
 
 
 def _observe_all(context: dg.AssetExecutionContext, stratum: StratumResource) -> dg.DataVersionsByPartition:
