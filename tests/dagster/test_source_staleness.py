@@ -14,11 +14,12 @@ from dagster._core.loader import LoadingContextForTest
 
 from stratum_core import shards
 from stratum_core.source_versions import shard_source_version
-from stratum_dagster.resources import CaptionServerResource
 from stratum_dagster.defs.shards.sensors import new_images_sensor
 from stratum_dagster.defs.sources.observations import SOURCE_IMAGES, source_images, source_images_sensor
 from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
-from tests.dagster.helpers import PASSES_WITHOUT_RETRIES, materialize, register, stratum_resource, write_image, write_tree
+from stratum_dagster.resources import CaptionServerResource
+from tests.dagster.helpers import (PASSES_WITHOUT_RETRIES, materialize, register, stratum_resource, write_image,
+                                   write_tree)
 
 
 @pytest.fixture
