@@ -43,6 +43,7 @@ def source_deps(pass_name: str) -> list[dg.AssetKey]:
 
 
 def shard_version(stratum: StratumResource, key: str) -> SourceVersion:
+    """The version of shard `key`'s sources under the resource's input root."""
     return shard_source_version(stratum.input_dir, shards.load_shard(stratum.output_dir, key))
 
 
