@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="publish a layer whose images were produced by different model revisions (the manifest "
                         "and card list the mix); default: refuse it")
     p.add_argument("--plan", action="store_true",
-                   help="print the planned files, folders, bytes and commits; upload nothing, read no arrays")
+                   help="print the planned files, folders, bytes and commits and what produced each layer "
+                        "(model, revision, pass version; mixed revisions publish would refuse); upload nothing, "
+                        "read no arrays")
+    p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
     p.add_argument("--verbose", "-v", action="store_true", help="also log every HTTP request")
     p.set_defaults(handler=cmd_publish)
 
@@ -79,8 +82,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                            allow_mixed_revisions=args.allow_mixed_revisions)
     if args.plan:
         layout = plan(args.dataset_dir, config, token=_token(), endpoint=args.endpoint)
-        sys.stdout.write(layout.summary() + "\n")
-        return 0 if layout.ok else 2
+        sys.stdout.write((json.dumps(layout.to_dict(), indent=1) if args.json else layout.summary()) + "\n")
+        return 0 if layout.publishable else 2
     result = publish(args.dataset_dir, config, token=_token(), endpoint=args.endpoint)
     if result.commits:
         sys.stdout.write(f"published {len(result.uploaded_files)} file(s) to {result.repo_id} in "

@@ -64,10 +64,26 @@ class LayoutPlan:
     commits: int = 0
     hours: float = 0.0  # at the configured commits per hour
     problems: list[str] = field(default_factory=list)  # Hub limits the plan would break
+    # layer → what produced its selected images (`provenance.layer_provenance`, variants kept); set by
+    # `publisher.plan`, empty when planning from sizes alone
+    provenance: dict[str, dict] = field(default_factory=dict)
+    allow_mixed_revisions: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def refused_layers(self) -> list[str]:
+        """Layers `publish` would refuse: their images come from several model revisions (see `variants`)."""
+        if self.allow_mixed_revisions:
+            return []
+        return [layer for layer, info in self.provenance.items() if "variants" in info]
+
+    @property
+    def publishable(self) -> bool:
+        """`publish` with the same options would go ahead: within the Hub's limits, no refused layer."""
+        return self.ok and not self.refused_layers
 
     def summary(self) -> str:
         folder, entries = self.largest_folder
@@ -78,12 +94,43 @@ class LayoutPlan:
         lines += [f"  {layer}: {c.images_per_chunk} images per chunk, {c.chunks_per_folder} chunks per folder"
                   for layer, c in self.chunking.items()]
         lines += [f"LIMIT: {p}" for p in self.problems] or ["within the Hub's limits"]
+        lines += self._provenance_lines()
         return "\n".join(lines)
+
+    def _provenance_lines(self) -> list[str]:
+        if not self.provenance:
+            return []
+        lines = ["provenance (what produced each layer):"]
+        for layer, info in self.provenance.items():
+            unknown = f"{info['unknown']} of unknown provenance" if info.get("unknown") else ""
+            if not info.get("images"):
+                lines.append(f"  {layer}: unknown provenance ({info.get('unknown', 0)} images without a record)")
+                continue
+            variants = info.get("variants", [info])
+            produced = "; ".join(f"{v['images']} by {produced_by(v)}" for v in variants)
+            label = f"{len(variants)} model revisions: " if len(variants) > 1 else ""
+            lines.append(f"  {layer}: {label}{produced}" + (f"; {unknown}" if unknown else ""))
+            if len(variants) > 1:
+                lines.append(f"  REFUSED: {layer} mixes model revisions; `--allow-mixed-revisions` would publish it"
+                             if layer in self.refused_layers else
+                             f"  {layer}: mixed revisions allowed (--allow-mixed-revisions): the manifest and card "
+                             "list the mix")
+        return lines
 
     def to_dict(self) -> dict:
         return {"chunks": len(self.chunks), "bytes": self.bytes, "files": self.files, "folders": self.folders,
                 "largest_folder": list(self.largest_folder), "commits": self.commits, "hours": self.hours,
-                "chunking": {k: v.to_json() for k, v in self.chunking.items()}, "problems": self.problems}
+                "chunking": {k: v.to_json() for k, v in self.chunking.items()}, "problems": self.problems,
+                "provenance": self.provenance, "refused_layers": self.refused_layers,
+                "allow_mixed_revisions": self.allow_mixed_revisions}
+
+
+def produced_by(variant: Mapping) -> str:
+    """`model weights vN precision` of one (model, weights, pass version, precision), leaving out what is unset."""
+    version = variant.get("version")
+    parts = [variant.get("model"), variant.get("weights"), f"v{version}" if version is not None else None,
+             variant.get("precision")]
+    return " ".join(str(p) for p in parts if p) or "-"
 
 
 def nice_floor(n: float) -> int:

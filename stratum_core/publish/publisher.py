@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from itertools import zip_longest
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -163,7 +163,11 @@ def plan(dataset_dir, config: PublishConfig, token: str | None = None, endpoint:
     if not offline:
         hub = HubClient(config.hub_repo, token=token, endpoint=endpoint, retry=config.retry)
         state = hub.read_state_if_exists() or state
-    return plan_jobs(dataset, selection, config, state)[1]
+    layout = plan_jobs(dataset, selection, config, state)[1]
+    # What publish would record, without refusing: the plan says which layers publish would refuse.
+    layout.provenance = selected_layers_provenance(dataset, selection, config.layers, allow_mixed=True)
+    layout.allow_mixed_revisions = config.allow_mixed_revisions
+    return layout
 
 
 def publish_new(dataset_dir, config: PublishConfig, token: str | None = None, endpoint: str | None = None,
@@ -223,16 +227,23 @@ def layers_provenance(dataset: DatasetView, selection: range, config: PublishCon
     `config.allow_mixed_revisions` (then the entry lists the `variants`). Images without a record count as
     `unknown` and never cause a refusal; a layer with no record at all (a dataset from before provenance) is
     left out, so its manifest stays as it was."""
+    infos = selected_layers_provenance(dataset, selection, config.layers, config.allow_mixed_revisions)
+    return {layer: info for layer, info in infos.items() if info.get("images")}
+
+
+def selected_layers_provenance(dataset: DatasetView, selection: range, layers: Sequence[str],
+                               allow_mixed: bool) -> dict[str, dict]:
+    """`provenance.layer_provenance` of each of `layers` over the selected images that have it, every layer
+    listed (one without any record: `images` 0 and its `unknown` count). Raises on mixed revisions unless
+    `allow_mixed`."""
     from stratum_core import provenance
     from stratum_core.artifacts import pass_files
 
     out = {}
-    for layer in config.layers:
+    for layer in layers:
         files = pass_files(layer)
         ids = [i for i in (dataset.ids[p] for p in selection) if files <= dataset.names[i]]
-        info = provenance.layer_provenance(dataset.root, ids, layer, allow_mixed=config.allow_mixed_revisions)
-        if info.get("images"):
-            out[layer] = info
+        out[layer] = provenance.layer_provenance(dataset.root, ids, layer, allow_mixed=allow_mixed)
     return out
 
 

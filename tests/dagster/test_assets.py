@@ -47,9 +47,10 @@ def test_asset_deps_follow_the_spec():
     graph = defs().resolve_asset_graph()
     deps = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
             for k in graph.get_all_asset_keys()}
+    src = "source_images"  # every pass that reads the image depends on its shard's sources
     assert {k: v for k, v in deps.items() if k != "hub_dataset"} == {
-        "metadata": [], "caption": [], "dinov3": [], "t5": ["caption"], "pose": [], "seg": [],
-        "depth": ["seg"], "normal": ["seg"], "pixel": []}
+        "metadata": [src], "caption": [src], "dinov3": [src], "t5": ["caption"], "pose": [src], "seg": [src],
+        "depth": ["seg", src], "normal": ["seg", src], "pixel": [src], src: []}
     assert deps["hub_dataset"] == sorted(["metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal"])
 
 

@@ -108,7 +108,7 @@ def test_graphql_lists_the_assets_and_the_shard_partitions(dagster_dev, site):
     nodes = _graphql(dagster_dev, query)["assetNodes"]
     by_name = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(by_name) == {"metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel",
-                            "hub_dataset"}
+                            "hub_dataset", "source_images"}
     [dimension] = by_name["seg"]["partitionKeysByDimension"]
     assert site["key"] in dimension["partitionKeys"]
 

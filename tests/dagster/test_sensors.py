@@ -125,6 +125,7 @@ def test_shard_partitions_sensor_adds_cli_registered_shards_as_partitions_and_re
 def test_shard_partitions_sensor_is_on_by_default_and_the_launching_sensors_are_off():
     statuses = {s.name: s.default_status for s in defs().sensors}
     assert statuses == {"shard_partitions_sensor": dg.DefaultSensorStatus.RUNNING,
+                        "source_images_sensor": dg.DefaultSensorStatus.RUNNING,  # observes, launches nothing
                         "new_images_sensor": dg.DefaultSensorStatus.STOPPED,
                         "shard_status_sensor": dg.DefaultSensorStatus.STOPPED}
 

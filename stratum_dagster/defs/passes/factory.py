@@ -12,6 +12,7 @@ from stratum_core.models import model_dir_from_env
 from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import verify_shard
 from stratum_dagster.defs.passes.step import INPUT_CHECK, run_step, step_inputs
+from stratum_dagster.defs.sources.observations import source_deps
 from stratum_dagster.failures import dagster_failures
 from stratum_dagster.partitions import shard_partitions
 from stratum_dagster.execution import (CAPTION_POOL, CAPTION_QUEUE, CELERY_QUEUE_TAG, CPU_QUEUE, GPU_POOL,
@@ -108,8 +109,8 @@ def build_step_assets(step: str, names: list[str],
                       retry_policy: dg.RetryPolicy | None = INFRASTRUCTURE_RETRY) -> dg.AssetsDefinition:
     """One op for the passes `names`, one asset each: a run materialising any subset of them (enrich_job,
     a per-pass job, a backfill) runs ONE engine run over the selected passes of the shard."""
-    specs = [dg.AssetSpec(name, deps=upstream_passes(name), description=_describe(name), group_name="passes",
-                          tags=_pass_tags(name), kinds=pass_kinds(name),
+    specs = [dg.AssetSpec(name, deps=[*upstream_passes(name), *source_deps(name)], description=_describe(name),
+                          group_name="passes", tags=_pass_tags(name), kinds=pass_kinds(name),
                           code_version=provenance.code_version(name, model_dir_from_env())) for name in names]
 
     # Blocking: a failed check keeps the readers from running (in this step, see run_step, and downstream).

@@ -29,6 +29,7 @@ from stratum_core.passes import DEFAULT_PASSES, REGISTRY
 from stratum_core.store import Store
 from stratum_dagster.defs.passes.factory import enrich_job
 from stratum_dagster.defs.passes.step import REDO_TAG
+from stratum_dagster.defs.sources.observations import first_observations
 from stratum_dagster.partitions import SHARD_PARTITIONS_NAME, shard_partitions
 from stratum_dagster.resources import StratumResource
 
@@ -50,7 +51,8 @@ def shard_partitions_sensor(context: dg.SensorEvaluationContext, stratum: Stratu
     if not to_add:
         return dg.SensorResult(skip_reason="every registered shard is a partition")
     context.log.info("registered shards added as partitions: %s", ", ".join(to_add))
-    return dg.SensorResult(dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)])
+    return dg.SensorResult(dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)],
+                           asset_events=first_observations(stratum, to_add))  # before any run of them
 
 
 def _unknown_shards(context: dg.SensorEvaluationContext, stratum: StratumResource) -> list[str]:
@@ -89,6 +91,7 @@ def new_images_sensor(context: dg.SensorEvaluationContext, stratum: StratumResou
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=key, partition_key=key) for key in to_run],
         dynamic_partitions_requests=[shard_partitions.build_add_request(to_add)] if to_add else [],
+        asset_events=first_observations(stratum, to_add),  # stored before the runs start
         cursor=next_cursor)
 
 
