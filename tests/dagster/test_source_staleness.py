@@ -60,7 +60,7 @@ def resolver(instance: dg.DagsterInstance, stratum) -> CachingStaleStatusResolve
 def test_pass_assets_that_read_pixels_depend_on_the_source_images():
     from stratum_dagster.definitions import defs
 
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     readers = {k.to_user_string() for k in graph.get(SOURCE_IMAGES).child_keys}
     assert readers == {"metadata", "caption", "dinov3", "pose", "seg", "depth", "normal", "pixel"}  # not t5
     assert graph.get(SOURCE_IMAGES).is_observable
@@ -70,7 +70,7 @@ def test_observing_the_sources_is_a_cpu_step_on_the_cpu_queue():
     from stratum_dagster.definitions import defs
     from stratum_dagster.execution import CELERY_QUEUE_TAG, CPU_QUEUE
 
-    node = defs.resolve_implicit_global_asset_job_def().graph.node_dict["source_images"]
+    node = defs().resolve_implicit_global_asset_job_def().graph.node_dict["source_images"]
     assert node.definition.tags[CELERY_QUEUE_TAG] == CPU_QUEUE
     assert "dagster-k8s/config" not in node.definition.tags
 
