@@ -19,12 +19,6 @@ from tests.dagster.helpers import (asset_metadata, check_results, materialize, r
                                    stratum_resource, write_tree)
 
 
-@pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 @pytest.fixture
 def tree(tmp_path: Path, instance) -> tuple[Path, Path, str]:
     src, out = tmp_path / "in", tmp_path / "out"
