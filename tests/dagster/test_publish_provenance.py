@@ -7,7 +7,7 @@ import json
 
 from stratum_core.publish import PublishConfig
 from stratum_dagster.resources import HubResource
-from tests.core.publish.hubdata import IDS, REPO, TOKEN, hub, make_dataset, record_dinov3  # noqa: F401
+from tests.core.publish.hubdata import IDS, REPO, TOKEN, make_dataset, record_dinov3
 from tests.dagster.test_publish import _run
 
 OLD, NEW = "rev:1111111111aaaa", "rev:2222222222bbbb"
