@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from stratum_core.cli import main
+from stratum_testing.cli import process_cli
 from stratum_testing.images import write_solid
 
 
@@ -18,8 +18,8 @@ def test_the_default_run_lists_every_setup_problem_at_once_and_writes_nothing(tm
     monkeypatch.setenv("STRATUM_MODEL_DIR", str(tmp_path / "no-models"))
     (tmp_path / "in").mkdir()
     write_solid(tmp_path / "in" / "a.png", (64, 64), (9, 9, 9))
-    code = main(["process", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--device", "cpu",
-                 "--ollama-url", f"http://127.0.0.1:{_closed_port()}/api/generate"])
+    code = process_cli(tmp_path / "in", tmp_path / "out", "--device", "cpu",
+                       "--ollama-url", f"http://127.0.0.1:{_closed_port()}/api/generate")
     assert code == 2
     problems = [line.strip() for line in caplog.text.splitlines() if line.startswith("  ")]
     assert [line.split(":")[0] for line in problems] == ["caption", "dinov3", "t5", "pose", "seg", "depth", "normal"]
@@ -34,6 +34,6 @@ def test_the_default_run_lists_every_setup_problem_at_once_and_writes_nothing(tm
 def test_a_run_whose_passes_can_all_run_is_not_stopped(tmp_path):
     (tmp_path / "in").mkdir()
     write_solid(tmp_path / "in" / "a.png", (64, 64), (9, 9, 9))
-    assert main(["process", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--passes", "pixel",
-                 "--device", "cpu"]) == 0
+    assert process_cli(tmp_path / "in", tmp_path / "out", "--passes", "pixel",
+                       "--device", "cpu") == 0
     assert (tmp_path / "out" / "a" / "pixel.npy").is_file()

@@ -12,6 +12,7 @@ from stratum_core.cli import main as cli_main
 from stratum_dagster.defs.shards.sensors import (new_images_sensor, shard_partitions_sensor,
                                                  shard_status_sensor)
 from stratum_dagster.definitions import defs
+from stratum_testing.cli import process_cli
 from tests.dagster.helpers import register, stratum_resource, write_tree
 
 
@@ -64,8 +65,8 @@ def test_status_sensor_reports_a_shard_completed_by_the_cli(tmp_path, fresh_inst
     src, out = tmp_path / "in", tmp_path / "out"
     write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
     [key] = register(src, out, fresh_instance, "ffhq")
-    assert cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu",
-                     "--shard-key", key, "--workers", "1"]) == 0
+    assert process_cli(src, out, "--passes", "pixel", "--device", "cpu",
+                       "--shard-key", key, "--workers", "1") == 0
     result = tick(shard_status_sensor, fresh_instance, stratum_resource(src, out), None)
     reported = sorted((e.asset_key.to_user_string(), e.partition) for e in result.asset_events)
     assert reported == [("metadata", key), ("pixel", key)]
@@ -78,8 +79,8 @@ def _shard_processed_by_the_cli(tmp_path, instance):
     src, out = tmp_path / "in", tmp_path / "out"
     write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
     [key] = register(src, out, instance, "ffhq")
-    cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu", "--shard-key", key,
-              "--workers", "1"])
+    process_cli(src, out, "--passes", "pixel", "--device", "cpu", "--shard-key", key,
+                "--workers", "1")
     return out, key, stratum_resource(src, out)
 
 
@@ -126,8 +127,8 @@ def test_new_images_sensor_requests_no_run_for_a_shard_already_finished(tmp_path
     src, out = tmp_path / "in", tmp_path / "out"
     write_tree(src, ["ffhq/a.png", "celeb/b.png"])
     assert cli_main(["shards", "register", str(src), "-o", str(out)]) == 0
-    assert cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu",
-                     "--shard-key", "ffhq-0000", "--workers", "1"]) == 0
+    assert process_cli(src, out, "--passes", "pixel", "--device", "cpu",
+                       "--shard-key", "ffhq-0000", "--workers", "1") == 0
     for name in ("caption", "dinov3", "t5", "pose", "seg", "depth", "normal"):  # as if every pass had run
         for filename in pass_files(name):
             (out / "ffhq" / "a" / filename).write_bytes(b"")

@@ -6,11 +6,11 @@ import dagster as dg
 import pytest
 
 from stratum_core import provenance
-from stratum_core.cli import main as cli_main
 from stratum_core.store import Store
 from stratum_dagster.defs.passes.step import REDO_TAG
 from stratum_dagster.defs.shards.sensors import RERUN_STALE_ENV, shard_status_sensor
 from stratum_dagster.resources import CaptionServerResource
+from stratum_testing.cli import process_cli
 from tests.dagster.helpers import PASSES_WITHOUT_RETRIES, register, stratum_resource, write_image, write_tree
 from tests.dagster.test_sensors import tick
 
@@ -21,8 +21,8 @@ def processed(tmp_path, fresh_instance):
     src, out = tmp_path / "in", tmp_path / "out"
     write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
     [key] = register(src, out, fresh_instance, "ffhq")
-    assert cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu",
-                     "--shard-key", key, "--workers", "1"]) == 0
+    assert process_cli(src, out, "--passes", "pixel", "--device", "cpu",
+                       "--shard-key", key, "--workers", "1") == 0
     write_image(src / "ffhq" / "b.png", size=(40, 56), seed=9)  # same name, other content
     return src, out, key
 
