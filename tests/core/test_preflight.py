@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from stratum_core.passes import DEFAULT_PASSES
 from stratum_testing.cli import process_cli
 from stratum_testing.images import write_solid
 
@@ -22,12 +23,14 @@ def test_the_default_run_lists_every_setup_problem_at_once_and_writes_nothing(tm
                        "--ollama-url", f"http://127.0.0.1:{_closed_port()}/api/generate")
     assert code == 2
     problems = [line.strip() for line in caplog.text.splitlines() if line.startswith("  ")]
-    assert [line.split(":")[0] for line in problems] == ["caption", "dinov3", "t5", "pose", "seg", "depth", "normal"]
-    assert "does not answer" in problems[0]
-    assert problems[1].startswith("dinov3: weights missing (facebook/dinov3-vitl16-pretrain-lvd1689m) — "
-                                  "stratum models download --passes dinov3 (looked in ")
-    assert str(tmp_path / "no-models" / "facebook" / "dinov3-vitl16-pretrain-lvd1689m") in problems[1]
-    assert problems[5] == "depth: needs seg, which cannot run here"
+    # no weights and no caption server here: every default pass has a problem, in dependency order
+    assert [line.split(":")[0] for line in problems] == list(DEFAULT_PASSES)
+    by_pass = {line.split(":")[0]: line for line in problems}
+    assert "does not answer" in by_pass["caption"]
+    assert by_pass["dinov3"].startswith("dinov3: weights missing (facebook/dinov3-vitl16-pretrain-lvd1689m) — "
+                                        "stratum models download --passes dinov3 (looked in ")
+    assert str(tmp_path / "no-models" / "facebook" / "dinov3-vitl16-pretrain-lvd1689m") in by_pass["dinov3"]
+    assert by_pass["depth"] == "depth: needs seg, which cannot run here"
     assert not (tmp_path / "out").exists()
 
 

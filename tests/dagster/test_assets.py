@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, upstream_passes
 from stratum_dagster.defs.passes.reporting import PREVIEW_WIDTH
 from stratum_dagster.resources import CaptionServerResource
 from tests.dagster.helpers import (asset_metadata, check_results, materialize, register, run_job, step_of_event,
@@ -42,27 +43,28 @@ def test_asset_deps_follow_the_spec():
     deps = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
             for k in graph.get_all_asset_keys()}
     assert {k: v for k, v in deps.items() if k != "hub_dataset"} == {
-        "metadata": [], "caption": [], "dinov3": [], "t5": ["caption"], "pose": [], "seg": [],
-        "depth": ["seg"], "normal": ["seg"], "pixel": []}
-    assert deps["hub_dataset"] == sorted(["metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal"])
+        name: sorted(upstream_passes(name)) for name in REGISTRY}  # every pass, on the passes it reads
+    assert {k: v for k, v in deps.items() if v and k != "hub_dataset"} == {
+        "t5": ["caption"], "depth": ["seg"], "normal": ["seg"]}
+    assert deps["hub_dataset"] == sorted(["metadata", *DEFAULT_PASSES])
 
 
 def test_every_pass_asset_is_partitioned_by_shard_and_enrich_job_leaves_out_pixel():
     from stratum_dagster.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    for name in ("metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel"):
+    for name in REGISTRY:
         assert graph.get(dg.AssetKey(name)).partitions_def.name == "shards"
     enrich = defs.resolve_job_def("enrich_job")
-    assert {k.to_user_string() for k in enrich.asset_layer.selected_asset_keys} == {
-        "metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal"}
+    selected = {k.to_user_string() for k in enrich.asset_layer.selected_asset_keys}
+    assert selected == {"metadata", *DEFAULT_PASSES} and "pixel" not in selected
 
 
 def test_gpu_assets_share_the_gpu_pool_and_carry_kubernetes_gpu_requests():
     from stratum_dagster.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    for name in ("dinov3", "t5", "pose", "seg", "depth", "normal"):
+    for name in MODEL_PASSES:
         node = graph.get(dg.AssetKey(name))
         assert node.pools == {"gpu"}
         k8s_config = json.loads(defs.resolve_assets_def(name).op.tags["dagster-k8s/config"])

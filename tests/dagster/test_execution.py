@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from stratum_core.errors import ConfigError
+from stratum_core.passes import REGISTRY
 from stratum_dagster.execution import GPU_K8S_CONFIG, executor_name, stratum_executor
 
 REPO = Path(__file__).parents[2]
@@ -36,7 +37,7 @@ def test_every_pass_step_and_check_retries_infrastructure_errors_in_any_job():
     from stratum_dagster.definitions import defs
 
     ops = _pass_nodes(defs.resolve_implicit_global_asset_job_def())
-    assert len(ops) == 4 + 9  # image_passes, caption, t5, pixel; a verify check per pass
+    assert len(ops) == 4 + len(REGISTRY)  # image_passes, caption, t5, pixel; a verify check per pass
     assert {(op.retry_policy.max_retries, op.retry_policy.delay) for op in ops.values()} == {(2, 30)}
 
 

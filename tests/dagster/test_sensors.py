@@ -8,6 +8,7 @@ import dagster as dg
 
 from stratum_core import shards
 from stratum_core.artifacts import pass_files
+from stratum_core.passes import DEFAULT_PASSES
 from stratum_core.cli import main as cli_main
 from stratum_dagster.defs.shards.sensors import (new_images_sensor, shard_partitions_sensor,
                                                  shard_status_sensor)
@@ -129,7 +130,7 @@ def test_new_images_sensor_requests_no_run_for_a_shard_already_finished(tmp_path
     assert cli_main(["shards", "register", str(src), "-o", str(out)]) == 0
     assert process_cli(src, out, "--passes", "pixel", "--device", "cpu",
                        "--shard-key", "ffhq-0000", "--workers", "1") == 0
-    for name in ("caption", "dinov3", "t5", "pose", "seg", "depth", "normal"):  # as if every pass had run
+    for name in DEFAULT_PASSES:  # as if every pass had run
         for filename in pass_files(name):
             (out / "ffhq" / "a" / filename).write_bytes(b"")
     result = tick(new_images_sensor, fresh_instance, stratum_resource(src, out), None)
