@@ -4,8 +4,6 @@ printed and exit 2 (issue 12 defect 3). Real small filesystems (tmpfs) where the
 from __future__ import annotations
 
 import errno
-import json
-import os
 import subprocess
 import sys
 import tempfile
