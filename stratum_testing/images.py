@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,19 @@ def write_gradient(path: Path, width: int, height: int, seed: int = 0) -> Path:
     """A valid image whose format follows the suffix (.jpg → quality 95 JPEG)."""
     args = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}
     return save_rgb(path, gradient(width, height, seed), **args)
+
+
+def write_sources(root: Path, sizes: Mapping[str, tuple[int, int]]) -> Path:
+    """A source folder for a run: a gradient image per relative path → (width, height), the i-th drawn with
+    seed i (format from the suffix). Returns `root`."""
+    for seed, (rel_path, (width, height)) in enumerate(sizes.items()):
+        write_gradient(root / rel_path, width, height, seed)
+    return root
+
+
+def numbered(count: int, size: tuple[int, int] = (64, 48), name: str = "{:03d}.png") -> dict[str, tuple[int, int]]:
+    """`count` images of one size named by their index (000.png, 001.png, …): `write_sources`' argument."""
+    return {name.format(i): size for i in range(count)}
 
 
 # ---------------------------------------------------------------- hand-made PNG streams

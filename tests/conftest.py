@@ -1,4 +1,5 @@
-"""Test-session settings: offline, isolated caches and Dagster home, no real weights."""
+"""Test-session settings (offline, isolated caches and Dagster home, no real weights) and the fixtures
+shared by more than one test package."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    """A running fake Hub (tests/core/publish, tests/dagster); huggingface_hub leaves the suite's offline mode for it."""
+    import huggingface_hub.constants as constants
+
+    from stratum_testing.hub import FakeHub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as fake:
+        yield fake

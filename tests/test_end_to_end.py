@@ -126,15 +126,12 @@ def processed(work, model_dir, source_dir, ollama) -> Processed:
 # ------------------------------------------------------------------ the model folder
 
 def test_models_list_finds_every_smoke_model_in_the_model_dir(model_dir, work):
-    from stratum_core.passes.dinov3 import DINOv3Pass
-    from stratum_core.passes.dwpose import DWPosePass
-    from stratum_core.passes.sapiens import DEPTH_MODEL, NORMAL_MODEL, SEG_MODEL
-    from stratum_core.passes.t5 import T5Pass
+    from stratum_core.passes import MODEL_PASSES, pass_class
 
     run = stratum("models", "list", env=_base_env(work, STRATUM_MODEL_DIR=str(model_dir)))
     assert run.returncode == 0, run.stderr
     rows = {line.split()[0]: line for line in run.stdout.splitlines() if line.strip()}
-    for spec in (DINOv3Pass.model, T5Pass.model, DWPosePass.model, SEG_MODEL, DEPTH_MODEL, NORMAL_MODEL):
+    for spec in (pass_class(name).model for name in MODEL_PASSES):
         assert re.search(rf"present, [\d.]+ \w*B \(model_dir: {re.escape(str(model_dir / spec.hub_id))}\)",
                          rows[spec.hub_id]), rows[spec.hub_id]
 

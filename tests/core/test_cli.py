@@ -9,19 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from stratum_core.cli import build_parser, main
+from stratum_core.cli import build_parser
 from stratum_core.progress import Progress
 from stratum_testing import images
+from stratum_testing.cli import process_cli
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 
 
 @pytest.fixture(scope="module")
 def input_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cli") / "in"
-    for i in range(3):
-        images.write_gradient(root / f"img{i}.png", 40 + i, 30)
-    return root
+    return images.write_sources(tmp_path_factory.mktemp("cli") / "in", {f"img{i}.png": (40 + i, 30) for i in range(3)})
 
 
 def stratum(*args: str) -> subprocess.CompletedProcess:
@@ -89,13 +87,13 @@ def test_progress_line_counts_only_worked_images_in_the_rate():
 def test_an_empty_input_is_an_error(tmp_path, caplog):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("no images here")
-    assert main(["process", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--passes", "pixel"]) == 2
+    assert process_cli(tmp_path / "in", tmp_path / "out", "--passes", "pixel") == 2
     assert "no images found" in caplog.text
 
 
 def test_image_list_and_shard_key_together_are_refused(tmp_path, caplog):
     (tmp_path / "in").mkdir()
     (tmp_path / "list.txt").write_text("a.png\n")
-    code = main(["process", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--shard-key", "x-0000",
-                 "--image-list", str(tmp_path / "list.txt")])
+    code = process_cli(tmp_path / "in", tmp_path / "out", "--shard-key", "x-0000",
+                       "--image-list", str(tmp_path / "list.txt"))
     assert code == 2 and "give one" in caplog.text

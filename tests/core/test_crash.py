@@ -29,10 +29,8 @@ N_IMAGES = 30
 
 @pytest.fixture(scope="module")
 def input_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("crash") / "in"
-    for i in range(N_IMAGES):
-        images.write_gradient(root / f"d{i % 3}" / f"{i:03d}.png", 64 + i, 48, seed=i)
-    return root
+    sizes = {f"d{i % 3}/{i:03d}.png": (64 + i, 48) for i in range(N_IMAGES)}
+    return images.write_sources(tmp_path_factory.mktemp("crash") / "in", sizes)
 
 
 def process_cmd(input_dir: Path, output: Path, *extra: str) -> list[str]:

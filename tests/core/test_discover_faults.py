@@ -18,6 +18,7 @@ from stratum_core.status import dataset_status
 from stratum_core.store import Store
 from stratum_core.artifacts import BY_NAME
 from stratum_testing import images
+from stratum_testing.cli import process_cli
 
 
 def errors_by_source(found) -> dict[str, str]:
@@ -143,7 +144,7 @@ def test_refused_sources_reach_summary_run_record_and_status_while_the_rest_is_p
     with open(os.fsencode(source) + b"/caf\xe9.png", "wb") as f:
         f.write((source / "ok.png").read_bytes())
     out = tmp_path / "out"
-    code = main(["process", str(source), "-o", str(out), "--passes", "pixel", "--progress-every", "3600"])
+    code = process_cli(source, out, "--passes", "pixel", "--progress-every", "3600")
     printed = capsys.readouterr().out
     assert code == 1  # refused sources make the run exit non-zero, every good image is done
     assert sorted(n for n in os.listdir(out / "ok") if n != ".provenance.json") == ["metadata.json", "pixel.npy"]

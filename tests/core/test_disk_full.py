@@ -4,8 +4,6 @@ printed and exit 2 (issue 12 defect 3). Real small filesystems (tmpfs) where the
 from __future__ import annotations
 
 import errno
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -14,20 +12,17 @@ from pathlib import Path
 import pytest
 
 import stratum_core.engine as engine_module
-from stratum_core.cli import main
 from stratum_core.summary import RunSummary
 from stratum_core.verify import verify
 from stratum_testing import images
+from stratum_testing.cli import process_cli
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 
 
 @pytest.fixture(scope="module")
 def input_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("full") / "in"
-    for i in range(12):
-        images.write_gradient(root / f"{i:03d}.png", 64, 48, seed=i)
-    return root
+    return images.write_sources(tmp_path_factory.mktemp("full") / "in", images.numbered(12))
 
 
 def mount_tmpfs(size: str, *options: str) -> Path:
@@ -91,7 +86,7 @@ def test_an_output_that_is_a_file_is_a_usage_error_before_any_image_is_decoded(i
     decoded = []
     monkeypatch.setattr(engine_module, "decode", lambda path: decoded.append(path))
     (tmp_path / "out").write_text("a file, not a folder")
-    assert main(["process", str(input_dir), "-o", str(tmp_path / "out"), "--passes", "pixel"]) == 2
+    assert process_cli(input_dir, tmp_path / "out", "--passes", "pixel") == 2
     assert "exists and is not a folder" in caplog.text
     assert decoded == []
 
@@ -107,7 +102,7 @@ def test_an_unwritable_output_folder_is_a_usage_error(input_dir, tmp_path, monke
 
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
     (tmp_path / "out").mkdir()
-    assert main(["process", str(input_dir), "-o", str(tmp_path / "out"), "--passes", "pixel"]) == 2
+    assert process_cli(input_dir, tmp_path / "out", "--passes", "pixel") == 2
     assert "cannot write to the output folder" in caplog.text and "Read-only file system" in caplog.text
     assert not (tmp_path / "out" / "000").exists()
 
@@ -118,8 +113,8 @@ def test_a_run_record_that_cannot_be_saved_still_prints_the_summary_and_exits_2(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(RunSummary, "save", save)
-    code = main(["process", str(input_dir), "-o", str(tmp_path / "out"), "--passes", "pixel",
-                 "--progress-every", "3600"])
+    code = process_cli(input_dir, tmp_path / "out", "--passes", "pixel",
+                       "--progress-every", "3600")
     out = capsys.readouterr().out
     assert code == 2
     assert "pixel     done 12, existing 0" in out

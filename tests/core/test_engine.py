@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from stratum_core import passes as pass_registry
-from stratum_core.cli import main
 from stratum_core.discover import discover
 from stratum_core.engine import Engine, RunConfig
 from stratum_core.errors import InfrastructureError, is_out_of_memory
@@ -23,20 +22,18 @@ from stratum_core.passes.pixel import PixelPass
 from stratum_core.progress import Progress
 from stratum_core.store import Store
 from stratum_testing import images
+from stratum_testing.cli import process_cli
 
 
 @pytest.fixture
 def input_dir(tmp_path) -> Path:
-    root = tmp_path / "in"
-    images.write_gradient(root / "land.jpg", 96, 64, seed=1)
-    images.write_gradient(root / "sub" / "port.png", 64, 96, seed=2)
-    images.write_gradient(root / "square.png", 50, 50, seed=3)
-    return root
+    sizes = {"land.jpg": (96, 64), "sub/port.png": (64, 96), "square.png": (50, 50)}
+    return images.write_sources(tmp_path / "in", sizes)
 
 
 def process(input_dir: Path, output: Path, *extra: str) -> int:
-    return main(["process", str(input_dir), "-o", str(output), "--workers", "2", "--progress-every", "3600",
-                 *extra])
+    return process_cli(input_dir, output, "--workers", "2", "--progress-every", "3600",
+                       *extra)
 
 
 def test_pixel_run_writes_metadata_with_exact_keys(input_dir, tmp_path, capsys):
@@ -298,9 +295,7 @@ def test_each_image_is_decoded_once_per_run_for_every_pass(input_dir, tmp_path, 
 
 def test_decoding_runs_only_a_bounded_way_ahead_of_a_slow_writer(tmp_path, monkeypatch):
     # Memory must not grow with the dataset: with a slow disk, decodes wait instead of piling up.
-    root = tmp_path / "in"
-    for i in range(80):
-        images.write_gradient(root / f"{i:02d}.png", 16, 16, seed=i)
+    root = images.write_sources(tmp_path / "in", images.numbered(80, (16, 16), "{:02d}.png"))
     decoded, written, ahead = [0], [0], []
     real_write = Store.write
 
@@ -333,9 +328,7 @@ class BigBatchPixelPass(RecordingPixelPass):
 
 def batch_sizes_of_a_big_batch_pass(tmp_path: Path, n_images: int, batch_size: int | None) -> list[int]:
     """Run metadata + BigBatchPixelPass over `n_images` same-bucket images; the batch sizes it saw."""
-    root = tmp_path / "in"
-    for i in range(n_images):
-        images.write_gradient(root / f"{i:02d}.png", 16, 16, seed=i)
+    root = images.write_sources(tmp_path / "in", images.numbered(n_images, (16, 16), "{:02d}.png"))
     found = discover(root)
     recording = BigBatchPixelPass(PassOptions())
     config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=2, batch_size=batch_size)

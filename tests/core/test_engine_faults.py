@@ -32,10 +32,7 @@ N_IMAGES = 8
 
 @pytest.fixture(scope="module")
 def input_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults") / "in"
-    for i in range(N_IMAGES):
-        images.write_gradient(root / f"{i:03d}.png", 64, 48, seed=i)
-    return root
+    return images.write_sources(tmp_path_factory.mktemp("faults") / "in", images.numbered(N_IMAGES))
 
 
 def run_engine(input_dir: Path, output: Path, passes: list, batch_size: int = 4):

@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from stratum_core.buckets import Bucket
-from stratum_core.cli import main
 from stratum_core.discover import discover
 from stratum_core.engine import RunConfig, run
 from stratum_core.errors import ItemError
 from stratum_core.intake import decode
 from stratum_core.progress import Progress
 from stratum_testing import images
+from stratum_testing.cli import process_cli
 
 
 @pytest.fixture(scope="session")
@@ -194,8 +194,8 @@ def test_image_list_lines_outside_the_input_are_refused_and_the_rest_done(bad, t
     listing.write_text(f"../outside.png\n{outside}\nescape.png\none.png\n", encoding="utf-8")
     before = outside.stat().st_mtime_ns
     out = tmp_path / "out"
-    code = main(["process", str(input_dir), "-o", str(out), "--passes", "pixel", "--image-list", str(listing),
-                 "--device", "cpu"])
+    code = process_cli(input_dir, out, "--passes", "pixel", "--image-list", str(listing),
+                       "--device", "cpu")
     report = capsys.readouterr().out
     assert code == 1
     assert "3 sources refused" in report

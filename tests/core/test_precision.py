@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stratum_core.errors import ConfigError
-from stratum_core.passes import build_passes
+from stratum_core.passes import MODEL_PASSES, build_passes
 from stratum_core.passes.base import PassOptions, parse_precision
 
 
@@ -31,9 +31,8 @@ def test_a_bad_precision_spec_is_refused_before_any_work(spec, message):
 
 def precisions(spec: str, device: str) -> dict[str, str]:
     """Each model pass's resolved precision for `--precision spec` on `device`."""
-    names = ("dinov3", "t5", "pose", "seg", "depth", "normal")
-    return {p.name: p.options.resolved_precision for p in build_passes(names, PassOptions(device=device,
-                                                                                         precision=spec))}
+    options = PassOptions(device=device, precision=spec)
+    return {p.name: p.options.resolved_precision for p in build_passes(MODEL_PASSES, options)}
 
 
 def test_auto_on_cuda_is_bf16_except_depth_tf32_and_pose_fp32():

@@ -23,14 +23,15 @@ from stratum_core.status import dataset_status
 from stratum_core.store import Store
 from stratum_core.verify import verify
 from stratum_testing import images
+from stratum_testing.cli import process_cli
 
 STRATUM = str(Path(sys.executable).parent / "stratum")
 SAPIENS = "seg,depth,normal,pixel"
 
 
 def process(input_dir: Path, output: Path, *extra: str) -> int:
-    return main(["process", str(input_dir), "-o", str(output), "--workers", "2", "--progress-every", "3600",
-                 *extra])
+    return process_cli(input_dir, output, "--workers", "2", "--progress-every", "3600",
+                       *extra)
 
 
 def stale(output: Path) -> dict[str, dict[str, int]]:
@@ -48,11 +49,7 @@ def record_of(output: Path, image_id: str) -> dict:
 
 @pytest.fixture
 def input_dir(tmp_path) -> Path:
-    root = tmp_path / "in"
-    images.write_gradient(root / "a.png", 96, 64, seed=1)
-    images.write_gradient(root / "b.png", 64, 96, seed=2)
-    images.write_gradient(root / "c.png", 50, 50, seed=3)
-    return root
+    return images.write_sources(tmp_path / "in", {"a.png": (96, 64), "b.png": (64, 96), "c.png": (50, 50)})
 
 
 @pytest.fixture

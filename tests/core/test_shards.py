@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from stratum_core import shards
-from stratum_core.cli import main as cli_main
 from stratum_core.errors import ConfigError
+from stratum_testing.cli import process_cli
 
 
 def make_images(root: Path, rel_paths: list[str], size: tuple[int, int] = (40, 30)) -> None:
@@ -131,8 +131,8 @@ def test_shard_completion_counts_finished_and_failed_images(dataset):
 def test_cli_process_shard_key_runs_exactly_that_shard(dataset, capsys):
     src, out = dataset
     shards.register_group(src, out, "ffhq", shard_size=2)
-    assert cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu",
-                     "--shard-key", "ffhq-0001", "--workers", "1"]) == 0
+    assert process_cli(src, out, "--passes", "pixel", "--device", "cpu",
+                       "--shard-key", "ffhq-0001", "--workers", "1") == 0
     done = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("pixel.npy"))
     assert done == ["ffhq/002", "ffhq/003"]
 

@@ -8,15 +8,13 @@ import pytest
 
 from stratum_core.cli import main
 from stratum_testing import images
+from stratum_testing.cli import process_cli
 
 
 @pytest.fixture
 def input_dir(tmp_path) -> Path:
-    root = tmp_path / "in"
-    for i in range(3):
-        images.write_gradient(root / "ffhq" / f"{i:05d}.png", 40, 30, seed=i)
-    images.write_gradient(root / "loose.jpg", 30, 40)
-    return root
+    sizes = {**images.numbered(3, (40, 30), "ffhq/{:05d}.png"), "loose.jpg": (30, 40)}
+    return images.write_sources(tmp_path / "in", sizes)
 
 
 def test_register_prints_the_new_shards(input_dir, tmp_path, capsys):
@@ -36,7 +34,7 @@ def test_registering_again_adds_only_new_images(input_dir, tmp_path, capsys):
 def test_process_with_a_shard_key_runs_exactly_that_shard(input_dir, tmp_path, capsys):
     out = tmp_path / "out"
     main(["shards", "register", str(input_dir), "-o", str(out), "--shard-size", "2"])
-    assert main(["process", str(input_dir), "-o", str(out), "--passes", "pixel", "--shard-key", "ffhq-0000"]) == 0
+    assert process_cli(input_dir, out, "--passes", "pixel", "--shard-key", "ffhq-0000") == 0
     done = sorted(str(p.parent.relative_to(out)) for p in out.rglob("pixel.npy"))
     assert done == ["ffhq/00000", "ffhq/00001"]
     capsys.readouterr()

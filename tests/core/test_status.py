@@ -11,6 +11,7 @@ from stratum_core.artifacts import ARTIFACTS, BY_NAME
 from stratum_core.cli import main
 from stratum_core.status import dataset_status
 from stratum_core.store import Store
+from stratum_testing.cli import process_cli
 from stratum_testing.images import write_solid
 
 
@@ -124,7 +125,7 @@ def test_status_shows_the_sources_the_last_run_refused(tmp_path, capsys):
     write_solid(source / "a.png", (64, 64), (9, 9, 9))
     write_solid(source / "ok.png", (64, 64), (9, 9, 9))
     out = tmp_path / "out"
-    assert main(["process", str(source), "-o", str(out), "--passes", "pixel", "--device", "cpu"]) == 1
+    assert process_cli(source, out, "--passes", "pixel", "--device", "cpu") == 1
     capsys.readouterr()
     status = dataset_status(out)
     assert status.total_images == 1
@@ -157,7 +158,7 @@ def test_status_counts_undecodable_sources_as_failed_metadata(tmp_path, capsys):
     for i in range(4):
         (source / f"broken{i}.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    assert main(["process", str(source), "-o", str(out), "--passes", "pixel", "--device", "cpu"]) == 1
+    assert process_cli(source, out, "--passes", "pixel", "--device", "cpu") == 1
     capsys.readouterr()
     lines = dataset_status(out).format().splitlines()
     assert lines[:2] == ["Total images: 7", "metadata: 3 / 7 (42.9%)"]
@@ -187,8 +188,8 @@ def test_status_counts_registered_shards_that_never_ran(tmp_path):
         for i in range(3):
             write_solid(source / group / f"{i}.png", (64, 64), (9, 9, 9))
     register_all(source, out)
-    assert main(["process", str(source), "-o", str(out), "--passes", "pixel", "--device", "cpu",
-                 "--shard-key", "a-0000"]) == 0
+    assert process_cli(source, out, "--passes", "pixel", "--device", "cpu",
+                       "--shard-key", "a-0000") == 0
     status = dataset_status(out)
     assert (status.total_images, status.with_metadata, status.not_started) == (6, 3, 3)
     assert "Not processed yet: 3 (registered or in the last run" in status.format()

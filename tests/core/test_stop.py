@@ -33,10 +33,7 @@ N_IMAGES = 24
 
 @pytest.fixture(scope="module")
 def input_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("stop") / "in"
-    for i in range(N_IMAGES):
-        images.write_gradient(root / f"{i:03d}.png", 64, 48, seed=i)
-    return root
+    return images.write_sources(tmp_path_factory.mktemp("stop") / "in", images.numbered(N_IMAGES))
 
 
 def start(input_dir: Path, output: Path, **env: str) -> subprocess.Popen:

@@ -13,6 +13,7 @@ from stratum_core.cli import main
 from stratum_core.store import Store
 from stratum_core.verify import STALE_TEMP_SECONDS, check_image, verify
 from stratum_testing import images
+from stratum_testing.cli import process_cli
 
 BUCKET = (1024, 1024)  # H, W of the test image's bucket
 
@@ -150,13 +151,13 @@ def test_verify_fix_then_process_redoes_the_artifact(tmp_path, capsys):
     source = tmp_path / "in"
     images.write_gradient(source / "x.png", 40, 40)
     out = tmp_path / "out"
-    main(["process", str(source), "-o", str(out), "--passes", "pixel", "--progress-every", "3600"])
+    process_cli(source, out, "--passes", "pixel", "--progress-every", "3600")
     good = np.load(out / "x" / "pixel.npy")
     np.save(out / "x" / "pixel.npy", good.astype(np.float32))
     assert main(["verify", str(out), "--fix"]) == 0
     assert not (out / "x" / "pixel.npy").exists()
     capsys.readouterr()
-    main(["process", str(source), "-o", str(out), "--passes", "pixel", "--progress-every", "3600"])
+    process_cli(source, out, "--passes", "pixel", "--progress-every", "3600")
     assert "pixel     done 1, existing 0" in capsys.readouterr().out
     assert verify(out).ok
     assert np.array_equal(np.load(out / "x" / "pixel.npy"), good)

@@ -13,16 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stratum_core.passes import DEFAULT_PASSES, MODEL_PASSES, REGISTRY, pass_class, upstream_passes
 from stratum_dagster.defs.passes.reporting import PREVIEW_WIDTH
 from stratum_dagster.resources import CaptionServerResource
 from tests.dagster.helpers import (asset_metadata, check_results, materialize, register, run_job, step_of_event,
                                    stratum_resource, write_tree)
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture
@@ -48,28 +43,31 @@ def test_asset_deps_follow_the_spec():
     deps = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
             for k in graph.get_all_asset_keys()}
     src = "source_images"  # every pass that reads the image depends on its shard's sources
-    assert {k: v for k, v in deps.items() if k != "hub_dataset"} == {
-        "metadata": [src], "caption": [src], "dinov3": [src], "t5": ["caption"], "pose": [src], "seg": [src],
-        "depth": ["seg", src], "normal": ["seg", src], "pixel": [src], src: []}
-    assert deps["hub_dataset"] == sorted(["metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal"])
+    assert {k: v for k, v in deps.items() if k in REGISTRY} == {  # every pass, on what it reads
+        name: sorted([*upstream_passes(name), *([src] if pass_class(name).uses_image else [])]) for name in REGISTRY}
+    assert {k: sorted(set(v) - {src}) for k, v in deps.items() if k in REGISTRY and set(v) - {src}} == {
+        "t5": ["caption"], "depth": ["seg"], "normal": ["seg"]}
+    assert sorted(k for k, v in deps.items() if k in REGISTRY and src not in v) == ["t5"]  # t5 reads no pixels
+    assert deps[src] == []
+    assert deps["hub_dataset"] == sorted(["metadata", *DEFAULT_PASSES])
 
 
 def test_every_pass_asset_is_partitioned_by_shard_and_enrich_job_leaves_out_pixel():
     from stratum_dagster.definitions import defs
 
     graph = defs().resolve_asset_graph()
-    for name in ("metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel"):
+    for name in REGISTRY:
         assert graph.get(dg.AssetKey(name)).partitions_def.name == "shards"
     enrich = defs().resolve_job_def("enrich_job")
-    assert {k.to_user_string() for k in enrich.asset_layer.selected_asset_keys} == {
-        "metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal"}
+    selected = {k.to_user_string() for k in enrich.asset_layer.selected_asset_keys}
+    assert selected == {"metadata", *DEFAULT_PASSES} and "pixel" not in selected
 
 
 def test_gpu_assets_share_the_gpu_pool_and_carry_kubernetes_gpu_requests():
     from stratum_dagster.definitions import defs
 
     graph = defs().resolve_asset_graph()
-    for name in ("dinov3", "t5", "pose", "seg", "depth", "normal"):
+    for name in MODEL_PASSES:
         node = graph.get(dg.AssetKey(name))
         assert node.pools == {"gpu"}
         k8s_config = json.loads(defs().resolve_assets_def(name).op.tags["dagster-k8s/config"])

@@ -18,7 +18,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from stratum_core.artifacts import pass_files
 from stratum_core.cli import main as cli_main
+from stratum_core.passes import DEFAULT_PASSES, REGISTRY
 from stratum_core.store import FAILURE_PREFIX
 from tests.dagster.helpers import register, write_tree
 from stratum_testing.model_dir import build_smoke_model_dir
@@ -95,9 +97,8 @@ def test_dagster_job_execute_enrich_job_writes_every_default_artifact_of_the_sha
     for image_id in ("people/a", "people/b"):
         folder = site["out"] / image_id
         assert (folder / "caption.txt").read_text() == "A person stands in front of a grey wall."
-        assert {p.name for p in folder.iterdir()} >= {
-            "metadata.json", "caption.txt", "dinov3_cls.npy", "dinov3_patches.npy", "t5_hidden.npy", "t5_mask.npy",
-            "pose.npy", "seg.npy", "depth.npy", "normal.npy"}
+        assert {p.name for p in folder.iterdir()} >= {f for name in ("metadata", *DEFAULT_PASSES)
+                                                      for f in pass_files(name)}
         assert np.load(folder / "seg.npy").shape == (1216, 832)
         assert np.load(folder / "t5_hidden.npy").shape == (512, 1024)
         assert not list(folder.glob(f"{FAILURE_PREFIX}*"))
@@ -107,8 +108,7 @@ def test_graphql_lists_the_assets_and_the_shard_partitions(dagster_dev, site):
     query = """{ assetNodes { assetKey { path } groupName partitionKeysByDimension { name partitionKeys } } }"""
     nodes = _graphql(dagster_dev, query)["assetNodes"]
     by_name = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-    assert set(by_name) == {"metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel",
-                            "hub_dataset", "source_images"}
+    assert set(by_name) == {*REGISTRY, "hub_dataset", "source_images"}
     [dimension] = by_name["seg"]["partitionKeysByDimension"]
     assert site["key"] in dimension["partitionKeys"]
 
@@ -175,9 +175,10 @@ def test_the_asset_catalog_shows_every_asset_with_its_partitions_and_no_dialog_o
     (site["root"] / "asset_catalog.html").write_text(dom)
     page = _Page()
     page.feed(dom)
-    for name in ("metadata", "caption", "dinov3", "t5", "pose", "seg", "depth", "normal", "pixel", "hub_dataset"):
+    for name in (*REGISTRY, "hub_dataset"):
         assert name in page.texts, f"asset {name} is not on the page"
-    assert page.texts.count("2 partitions") == 9  # every pass asset: the shard added directly and the CLI's
+    # every pass asset: the shard added directly and the CLI's
+    assert page.texts.count("2 partitions") == len(REGISTRY)
     assert not page.dialogs, f"a dialog covers the page: {page.dialogs}"
 
 

@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from stratum_core.errors import ConfigError
+from stratum_core.passes import REGISTRY
 from stratum_dagster.execution import GPU_K8S_CONFIG, executor_name, stratum_executor
 
 REPO = Path(__file__).parents[2]
@@ -37,7 +38,7 @@ def test_every_pass_step_and_check_retries_infrastructure_errors_in_any_job():
     from stratum_dagster.definitions import defs
 
     ops = _pass_nodes(defs().resolve_implicit_global_asset_job_def())
-    assert len(ops) == 4 + 9  # image_passes, caption, t5, pixel; a verify check per pass
+    assert len(ops) == 4 + len(REGISTRY)  # image_passes, caption, t5, pixel; a verify check per pass
     assert {(op.retry_policy.max_retries, op.retry_policy.delay) for op in ops.values()} == {(2, 30)}
 
 
@@ -88,12 +89,10 @@ def test_the_documented_run_config_loads_with_its_executor(executor, tmp_path):
 
 
 @pytest.fixture
-def instance(tmp_path, monkeypatch):
+def resource_env(tmp_path, monkeypatch) -> None:
     for name in ("STRATUM_INPUT_DIR", "STRATUM_OUTPUT_DIR"):  # the resources' settings, resolved at run creation
         monkeypatch.setenv(name, str(tmp_path))
     monkeypatch.setenv("STRATUM_HUB_REPO", "nobody/unused")
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def _run_tags(instance: dg.DagsterInstance, job: dg.JobDefinition, assets: list[str]) -> dict[str, str]:
@@ -105,27 +104,27 @@ def _run_tags(instance: dg.DagsterInstance, job: dg.JobDefinition, assets: list[
     return gpu_tags_for_run(instance, run)
 
 
-def test_a_catalog_run_with_a_gpu_step_gets_the_gpu_request(instance):
+def test_a_catalog_run_with_a_gpu_step_gets_the_gpu_request(resource_env, fresh_instance):
     from stratum_dagster.definitions import defs
 
     catalog_job = defs().resolve_implicit_global_asset_job_def()  # no job tags of its own
-    tags = _run_tags(instance, catalog_job, ["metadata", "seg"])
+    tags = _run_tags(fresh_instance, catalog_job, ["metadata", "seg"])
     assert json.loads(tags["dagster-k8s/config"]) == GPU_K8S_CONFIG
 
 
-def test_a_run_without_a_gpu_step_gets_no_gpu_request(instance):
+def test_a_run_without_a_gpu_step_gets_no_gpu_request(resource_env, fresh_instance):
     from stratum_dagster.definitions import defs
 
-    assert _run_tags(instance, defs().resolve_implicit_global_asset_job_def(), ["pixel"]) == {}
+    assert _run_tags(fresh_instance, defs().resolve_implicit_global_asset_job_def(), ["pixel"]) == {}
 
 
-def test_steps_that_run_in_their_own_pods_leave_the_run_pod_without_a_gpu(instance):
+def test_steps_that_run_in_their_own_pods_leave_the_run_pod_without_a_gpu(resource_env, fresh_instance):
     from stratum_dagster.definitions import RESOURCES
     from stratum_dagster.defs.passes.assets import defs as pass_defs
 
     job = dg.Definitions(assets=pass_defs.assets, resources=RESOURCES,
                          executor=stratum_executor({"STRATUM_EXECUTOR": "k8s"})).resolve_implicit_global_asset_job_def()
-    assert _run_tags(instance, job, ["metadata", "seg"]) == {}
+    assert _run_tags(fresh_instance, job, ["metadata", "seg"]) == {}
 
 
 def test_the_default_instance_example_uses_the_gpu_tagging_coordinator(tmp_path):

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from tests.dagster.helpers import asset_metadata, materialize, register, stratum_resource, write_tree
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def test_the_resource_takes_a_per_pass_precision_and_each_asset_reports_its_own(tmp_path: Path, instance):

@@ -6,22 +6,15 @@ import argparse
 import json
 
 import dagster as dg
-import pytest
 
 from stratum_core.publish import PublishConfig, publish
 from stratum_core.publish.cli import register as register_publish_cli
 from stratum_dagster.defs.publish import assets as publish_area
 from stratum_dagster.resources import HubResource, StratumResource
-from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import REPO, TOKEN, config, make_dataset
 
 PUBLISH_OPTIONS = ("layers", "offset", "limit", "license", "attribution_file", "private", "rows_per_parquet",
                    "images_per_tar", "max_tar_mb", "chunks_per_commit", "folder_limit", "commits_per_hour")
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def _run(job_name: str, instance: dg.DagsterInstance, hub_resource: HubResource, dataset=None,

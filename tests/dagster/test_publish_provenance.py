@@ -7,8 +7,8 @@ import json
 
 from stratum_core.publish import PublishConfig
 from stratum_dagster.resources import HubResource
-from tests.core.publish.hubdata import IDS, REPO, TOKEN, hub, make_dataset, record_dinov3  # noqa: F401
-from tests.dagster.test_publish import _run, instance  # noqa: F401
+from tests.core.publish.hubdata import IDS, REPO, TOKEN, make_dataset, record_dinov3
+from tests.dagster.test_publish import _run
 
 OLD, NEW = "rev:1111111111aaaa", "rev:2222222222bbbb"
 
@@ -24,7 +24,7 @@ def test_hub_resource_allow_mixed_revisions_is_off_like_the_cli():
     assert PublishConfig(hub_repo=REPO).allow_mixed_revisions is False
 
 
-def test_publish_job_refuses_a_layer_of_mixed_revisions(tmp_path, hub, instance):  # noqa: F811
+def test_publish_job_refuses_a_layer_of_mixed_revisions(tmp_path, hub, instance):
     _mixed_dataset(tmp_path / "ds")
     resource = HubResource(repo_id=REPO, token=TOKEN, endpoint=hub.url, layers=["dinov3"])
     result = _run("publish_job", instance, resource, tmp_path / "ds")
@@ -34,7 +34,7 @@ def test_publish_job_refuses_a_layer_of_mixed_revisions(tmp_path, hub, instance)
     assert ("datasets", REPO) not in hub.repos
 
 
-def test_publish_job_with_allow_mixed_revisions_publishes_and_lists_the_mix(tmp_path, hub, instance):  # noqa: F811
+def test_publish_job_with_allow_mixed_revisions_publishes_and_lists_the_mix(tmp_path, hub, instance):
     _mixed_dataset(tmp_path / "ds")
     resource = HubResource(repo_id=REPO, token=TOKEN, endpoint=hub.url, layers=["dinov3"],
                            allow_mixed_revisions=True)

@@ -6,23 +6,23 @@ import dagster as dg
 import pytest
 
 from stratum_core import provenance
-from stratum_core.cli import main as cli_main
 from stratum_core.store import Store
 from stratum_dagster.defs.passes.step import REDO_TAG
 from stratum_dagster.defs.shards.sensors import RERUN_STALE_ENV, shard_status_sensor
 from stratum_dagster.resources import CaptionServerResource
+from stratum_testing.cli import process_cli
 from tests.dagster.helpers import PASSES_WITHOUT_RETRIES, register, stratum_resource, write_image, write_tree
-from tests.dagster.test_sensors import instance, tick  # noqa: F401
+from tests.dagster.test_sensors import tick
 
 
 @pytest.fixture
-def processed(tmp_path, instance):  # noqa: F811
+def processed(tmp_path, fresh_instance):
     """A registered shard of two images whose pixel pass ran through the CLI; b's source then replaced."""
     src, out = tmp_path / "in", tmp_path / "out"
     write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
-    [key] = register(src, out, instance, "ffhq")
-    assert cli_main(["process", str(src), "-o", str(out), "--passes", "pixel", "--device", "cpu",
-                     "--shard-key", key, "--workers", "1"]) == 0
+    [key] = register(src, out, fresh_instance, "ffhq")
+    assert process_cli(src, out, "--passes", "pixel", "--device", "cpu",
+                       "--shard-key", key, "--workers", "1") == 0
     write_image(src / "ffhq" / "b.png", size=(40, 56), seed=9)  # same name, other content
     return src, out, key
 
@@ -31,44 +31,44 @@ def _mtimes(out) -> dict[str, int]:
     return {i: (out / "ffhq" / i / "pixel.npy").stat().st_mtime_ns for i in ("a", "b")}
 
 
-def test_with_rerun_stale_the_sensor_requests_a_redo_stale_run_of_the_stale_passes(processed, instance,  # noqa: F811
+def test_with_rerun_stale_the_sensor_requests_a_redo_stale_run_of_the_stale_passes(processed, fresh_instance,
                                                                                  monkeypatch):
     src, out, key = processed
     monkeypatch.setenv(RERUN_STALE_ENV, "1")
-    result = tick(shard_status_sensor, instance, stratum_resource(src, out), None)
+    result = tick(shard_status_sensor, fresh_instance, stratum_resource(src, out), None)
     [request] = result.run_requests
     assert request.partition_key == key and request.tags == {REDO_TAG: "stale"}
     assert dg.AssetKey("pixel") in request.asset_selection
 
 
-def test_without_rerun_stale_a_stale_shard_gets_no_run(processed, instance, monkeypatch):  # noqa: F811
+def test_without_rerun_stale_a_stale_shard_gets_no_run(processed, fresh_instance, monkeypatch):
     src, out, _ = processed
     monkeypatch.delenv(RERUN_STALE_ENV, raising=False)
-    result = tick(shard_status_sensor, instance, stratum_resource(src, out), None)
+    result = tick(shard_status_sensor, fresh_instance, stratum_resource(src, out), None)
     assert not result.run_requests
 
 
-def test_the_same_staleness_on_a_later_tick_has_the_same_run_key(processed, instance, monkeypatch):  # noqa: F811
+def test_the_same_staleness_on_a_later_tick_has_the_same_run_key(processed, fresh_instance, monkeypatch):
     src, out, _ = processed
     monkeypatch.setenv(RERUN_STALE_ENV, "1")
     stratum = stratum_resource(src, out)
-    first = tick(shard_status_sensor, instance, stratum, None)
-    second = tick(shard_status_sensor, instance, stratum, first.cursor)
+    first = tick(shard_status_sensor, fresh_instance, stratum, None)
+    second = tick(shard_status_sensor, fresh_instance, stratum, first.cursor)
     assert [r.run_key for r in second.run_requests] == [r.run_key for r in first.run_requests]
 
 
-def test_the_requested_run_recomputes_the_stale_artifacts_and_leaves_the_rest(processed, instance,  # noqa: F811
+def test_the_requested_run_recomputes_the_stale_artifacts_and_leaves_the_rest(processed, fresh_instance,
                                                                               monkeypatch):
     src, out, key = processed
     monkeypatch.setenv(RERUN_STALE_ENV, "1")
     stratum = stratum_resource(src, out)
-    first = tick(shard_status_sensor, instance, stratum, None)
+    first = tick(shard_status_sensor, fresh_instance, stratum, None)
     [request] = first.run_requests
     before = _mtimes(out)
     assert provenance.image_staleness(out, ["ffhq/a", "ffhq/b"]).stale_images["pixel"] == ["ffhq/b"]
     result = dg.materialize(
         [*PASSES_WITHOUT_RETRIES.assets, *PASSES_WITHOUT_RETRIES.asset_checks],
-        selection=request.asset_selection, partition_key=key, instance=instance, tags=request.tags,
+        selection=request.asset_selection, partition_key=key, instance=fresh_instance, tags=request.tags,
         resources={"stratum": stratum, "caption_server": CaptionServerResource()})
     assert result.success
     after = _mtimes(out)
@@ -76,4 +76,4 @@ def test_the_requested_run_recomputes_the_stale_artifacts_and_leaves_the_rest(pr
     assert not provenance.image_staleness(out, ["ffhq/a", "ffhq/b"]).stale
     metadata = provenance.read_record(Store(out), "ffhq/b")["source"]
     assert metadata["size"] == (src / "ffhq" / "b.png").stat().st_size
-    assert not tick(shard_status_sensor, instance, stratum, first.cursor).run_requests
+    assert not tick(shard_status_sensor, fresh_instance, stratum, first.cursor).run_requests

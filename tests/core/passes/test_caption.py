@@ -22,6 +22,7 @@ from stratum_core.errors import ConfigError, InfrastructureError
 from stratum_core.passes.base import PassOptions
 from stratum_core.passes.caption import CaptionConfig, CaptionPass
 from stratum_core.store import Store
+from stratum_testing.cli import process_cli
 from stratum_testing.ollama import FakeOllama
 from stratum_testing.openai_server import FakeOpenAI
 
@@ -294,12 +295,10 @@ def test_engine_runs_enough_caption_batches_at_once_to_keep_the_requests_in_flig
 
 
 def test_cli_run_against_a_server_that_always_fails_exits_non_zero(images: Path, tmp_path: Path) -> None:
-    from stratum_core.cli import main
-
     fake = FakeOllama(always=500)
     with fake as url:
-        code = main(["process", str(images), "-o", str(tmp_path / "out"), "--passes", "caption",
-                     "--ollama-url", url, "--caption-retries", "1", "--caption-backoff", "0.001"])
+        code = process_cli(images, tmp_path / "out", "--passes", "caption",
+                           "--ollama-url", url, "--caption-retries", "1", "--caption-backoff", "0.001")
     assert code == 1
     assert Store(tmp_path / "out").read_failure("square", "caption")["reason"] == "server_error"
     assert fake.generate_count == 4
@@ -307,10 +306,8 @@ def test_cli_run_against_a_server_that_always_fails_exits_non_zero(images: Path,
 
 def test_cli_run_with_the_server_down_exits_2_and_writes_nothing(images: Path, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    from stratum_core.cli import main
-
-    code = main(["process", str(images), "-o", str(tmp_path / "out"), "--passes", "caption",
-                 "--ollama-url", f"http://127.0.0.1:{_closed_port()}/api/generate"])
+    code = process_cli(images, tmp_path / "out", "--passes", "caption",
+                       "--ollama-url", f"http://127.0.0.1:{_closed_port()}/api/generate")
     assert code == 2
     assert "does not answer" in caplog.text and "ollama serve" in caplog.text
     assert not (tmp_path / "out").exists()

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from stratum_core.captioning.cleaning import MAX_CAPTION_CHARS, clean_caption
-from stratum_core.cli import main
 from stratum_core.discover import discover
 from stratum_core.engine import RunConfig, run
 from stratum_core.passes.caption import CaptionConfig
 from stratum_core.status import dataset_status
 from stratum_core.store import Store
+from stratum_testing.cli import process_cli
 from stratum_testing.ollama import FakeOllama
 from stratum_testing.openai_server import FakeOpenAI
 
@@ -77,8 +77,8 @@ def test_an_untruncated_answer_has_no_note(two_images, tmp_path):
 
 def test_with_caption_truncated_fail_a_cut_answer_fails_the_image(two_images, tmp_path):
     with FakeOllama(captions="A cube on a", truncated=True) as url:
-        code = main(["process", str(two_images), "-o", str(tmp_path / "out"), "--passes", "caption",
-                     "--ollama-url", url, "--caption-truncated", "fail", "--progress-every", "3600"])
+        code = process_cli(two_images, tmp_path / "out", "--passes", "caption",
+                           "--ollama-url", url, "--caption-truncated", "fail", "--progress-every", "3600")
     assert code == 1
     assert not (tmp_path / "out" / "0" / "caption.txt").exists()
     assert Store(tmp_path / "out").read_failure("0", "caption")["reason"] == "truncated"
@@ -109,10 +109,10 @@ def test_a_server_that_dies_mid_run_is_reported_once_and_the_run_record_is_saved
 
     fake.captions = captions
     with fake as url:
-        code = main(["process", str(folder), "-o", str(tmp_path / "out"), "--passes", "caption",
-                     "--ollama-url", url, "--batch-size", "1", "--caption-concurrency", "1",
-                     "--caption-retries", "1", "--caption-backoff", "0.001", "--caption-timeout", "5",
-                     "--progress-every", "3600"])
+        code = process_cli(folder, tmp_path / "out", "--passes", "caption",
+                           "--ollama-url", url, "--batch-size", "1", "--caption-concurrency", "1",
+                           "--caption-retries", "1", "--caption-backoff", "0.001", "--caption-timeout", "5",
+                           "--progress-every", "3600")
     out = capsys.readouterr().out
     assert code == 2
     assert caplog.text.count("does not answer") == 1  # printed once, not by the lane and the CLI

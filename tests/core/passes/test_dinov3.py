@@ -21,6 +21,7 @@ from stratum_core.intake import decode  # noqa: E402
 from stratum_core.passes.base import Item, PassOptions  # noqa: E402
 from stratum_core.passes.dinov3 import IMAGENET_MEAN, IMAGENET_STD, DINOv3Pass  # noqa: E402
 from stratum_core.store import Store  # noqa: E402
+from stratum_testing.cli import process_cli  # noqa: E402
 from stratum_testing.transformers_models import build_dinov3, build_t5  # noqa: E402
 
 HUB_ID = "facebook/dinov3-vitl16-pretrain-lvd1689m"
@@ -175,8 +176,8 @@ def test_cli_with_explicit_model_option_writes_valid_features(tmp_path, input_di
     one = tmp_path / "in"
     one.mkdir()
     (one / "taller.png").write_bytes((input_dir / "taller.png").read_bytes())
-    code = cli.main(["process", str(one), "-o", str(tmp_path / "out"), "--passes", "dinov3", "--device", "cpu",
-                     "--workers", "1", "--model", f"dinov3={dino_folder}"])
+    code = process_cli(one, tmp_path / "out", "--passes", "dinov3", "--device", "cpu",
+                       "--workers", "1", "--model", f"dinov3={dino_folder}")
     assert code == 0
     assert read(tmp_path / "out", "taller", "dinov3_patches").shape == (3696, 1024)
     assert cli.main(["verify", str(tmp_path / "out")]) == 0
@@ -190,8 +191,8 @@ def test_cli_finds_weights_under_stratum_model_dir(tmp_path, input_dir, dino_fol
     one.mkdir()
     (one / "taller.png").write_bytes((input_dir / "taller.png").read_bytes())
     monkeypatch.setenv("STRATUM_MODEL_DIR", str(model_dir))
-    code = cli.main(["process", str(one), "-o", str(tmp_path / "out"), "--passes", "dinov3", "--device", "cpu",
-                     "--workers", "1"])
+    code = process_cli(one, tmp_path / "out", "--passes", "dinov3", "--device", "cpu",
+                       "--workers", "1")
     assert code == 0
     assert read(tmp_path / "out", "taller", "dinov3_cls").shape == (1024,)
 

@@ -14,6 +14,7 @@ from stratum_core.errors import InfrastructureError
 from stratum_core.intake import Decoded
 from stratum_core.passes.base import Item, PassOptions
 from stratum_core.passes.dwpose import DWPosePass, providers_for
+from stratum_testing.cli import process_cli
 from stratum_testing.dwpose_models import (
     DETECTOR_FILE,
     POSE_FILE,
@@ -226,8 +227,8 @@ def test_stratum_process_writes_pose_through_the_engine_and_verifies(tmp_path):
     for name in ("a", "b"):
         Image.fromarray(np.full((1024, 1024, 3), 120, np.uint8)).save(images / f"{name}.png")
     out = tmp_path / "out"
-    code = main(["process", str(images), "-o", str(out), "--passes", "pose", "--device", "cpu",
-                 "--model", f"pose={folder}"])
+    code = process_cli(images, out, "--passes", "pose", "--device", "cpu",
+                       "--model", f"pose={folder}")
     assert code == 0
     for name in ("a", "b"):
         pose = np.load(out / name / "pose.npy")

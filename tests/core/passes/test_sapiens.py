@@ -23,6 +23,7 @@ from stratum_core.passes.sapiens import (SapiensDepthPass, SapiensNormalPass, Sa
                                          scale_depth)
 from stratum_core.store import Store  # noqa: E402
 from stratum_core.verify import verify  # noqa: E402
+from stratum_testing.cli import process_cli  # noqa: E402
 from stratum_testing.sapiens_models import (GREY, RED, RED_CLASS, build_sapiens_models, model_path,  # noqa: E402
                                         normalised, save_scripted, write_not_torchscript)
 
@@ -340,8 +341,8 @@ def test_a_model_that_needs_the_real_input_size_loads(tmp_path):
 
 def test_cli_process_writes_valid_seg_depth_normal(input_dir, model_dir, tmp_path):
     output_dir = tmp_path / "out"
-    code = cli.main(["process", str(input_dir), "-o", str(output_dir), "--passes", "seg,depth,normal",
-                     "--model-dir", str(model_dir), "--device", "cpu", "--workers", "1"])
+    code = process_cli(input_dir, output_dir, "--passes", "seg,depth,normal",
+                       "--model-dir", str(model_dir), "--device", "cpu", "--workers", "1")
     assert code == 0
     assert len(list(output_dir.rglob("normal.npy"))) == 2
     assert cli.main(["verify", str(output_dir)]) == 0
@@ -372,9 +373,9 @@ def test_per_pass_precision_from_the_cli_is_recorded_in_the_run_record(input_dir
     import json
 
     output_dir = tmp_path / "out"
-    code = cli.main(["process", str(input_dir), "-o", str(output_dir), "--passes", "seg,depth,normal",
-                     "--model-dir", str(model_dir), "--device", "cpu", "--workers", "1",
-                     "--precision", "bf16,depth=tf32"])
+    code = process_cli(input_dir, output_dir, "--passes", "seg,depth,normal",
+                       "--model-dir", str(model_dir), "--device", "cpu", "--workers", "1",
+                       "--precision", "bf16,depth=tf32")
     assert code == 0
     (record,) = (output_dir / ".stratum" / "runs").glob("*.json")
     provenance = json.loads(record.read_text())["provenance"]

@@ -10,7 +10,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from stratum_core import cli  # noqa: E402
 from stratum_core.artifacts import BY_NAME  # noqa: E402
 from stratum_core.buckets import Bucket  # noqa: E402
 from stratum_core.discover import SourceImage  # noqa: E402
@@ -20,6 +19,7 @@ from stratum_core.intake import Decoded  # noqa: E402
 from stratum_core.passes.base import Item, PassOptions  # noqa: E402
 from stratum_core.passes.t5 import MAX_LENGTH, T5Pass, compute_precision  # noqa: E402
 from stratum_core.store import Store  # noqa: E402
+from stratum_testing.cli import process_cli  # noqa: E402
 from stratum_testing.transformers_models import build_t5  # noqa: E402
 
 CAPTIONS = [
@@ -141,8 +141,8 @@ def test_cli_finds_weights_under_the_t5_large_alias(tmp_path, t5_folder, monkeyp
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "t5-large").symlink_to(t5_folder, target_is_directory=True)
     monkeypatch.setenv("STRATUM_MODEL_DIR", str(tmp_path / "models"))
-    code = cli.main(["process", str(tmp_path / "in"), "-o", str(out), "--passes", "t5", "--device", "cpu",
-                     "--workers", "1"])
+    code = process_cli(tmp_path / "in", out, "--passes", "t5", "--device", "cpu",
+                       "--workers", "1")
     assert code == 0
     assert Store(out).read("a", BY_NAME["t5_hidden"]).shape == (MAX_LENGTH, 1024)
 

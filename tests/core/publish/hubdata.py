@@ -1,15 +1,14 @@
-"""Fixtures for publish tests: a small dataset written through Store, and the fake Hub wired in."""
+"""Data for publish tests: a small dataset written through Store, its ids, repo and token (the `hub`
+fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from stratum_core.artifacts import BY_NAME
 from stratum_core.buckets import Bucket
 from stratum_core.publish import PublishConfig, RetryPolicy
 from stratum_core.store import Store
-from stratum_testing.hub import FakeHub
 
 TOKEN = "hf_SECRETtoken1234567890"
 REPO = "me/faces"
@@ -39,16 +38,6 @@ def make_dataset(root, ids=IDS, captions=True, dinov3=True, patches=16) -> list[
 def config(**kwargs) -> PublishConfig:
     kwargs.setdefault("retry", FAST_RETRY)
     return PublishConfig(hub_repo=kwargs.pop("hub_repo", REPO), **kwargs)
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """A running fake Hub; huggingface_hub is taken out of the suite's offline mode for it."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with FakeHub() as fake:
-        yield fake
 
 
 def record_dinov3(root, image_ids, weights: str, version: str = "1", precision: str = "fp16",

@@ -9,7 +9,7 @@ import pytest
 
 from stratum_core.cli import main
 from stratum_core.publish import hub as hub_module
-from tests.core.publish.hubdata import REPO, TOKEN, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import REPO, TOKEN, make_dataset
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 from stratum_core.publish import PublishConfig, RetryPolicy, publish
 from stratum_core.publish.hub import PublishError
-from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import REPO, TOKEN, config, make_dataset
 
 
 def test_429_with_retry_after_twice_then_success_waits_and_publishes(tmp_path, hub):

@@ -12,7 +12,7 @@ from stratum_core.publish import publish, reconcile
 from stratum_core.publish.layout import index_path, list_chunks
 from stratum_core.publish.manifest import build_manifest, dumps
 from stratum_core.publish.pack import pack_data, pack_tar
-from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import REPO, TOKEN, config, make_dataset
 
 
 def flat_repo(root, hub, ids) -> None:

@@ -13,7 +13,7 @@ from stratum_core.errors import ConfigError
 from stratum_core.publish import publish, publish_new
 from stratum_core.publish.layout import index_entry, list_chunks
 from stratum_core.publish.publisher import DatasetView, shard_ready
-from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import REPO, TOKEN, config, make_dataset
 
 SMALL = dict(layers=("caption", "dinov3"), rows_per_parquet=2, images_per_tar=2)
 

@@ -12,7 +12,7 @@ import pytest
 
 from stratum_core.publish import plan, publish, reconcile
 from stratum_core.publish.layout import index_entry, list_chunks, unescape_key
-from tests.core.publish.hubdata import IDS, REPO, TOKEN, cls_value, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import IDS, REPO, TOKEN, cls_value, config, make_dataset
 
 NESTED = dict(layers=("caption", "dinov3"), rows_per_parquet=2, images_per_tar=1, folder_limit=5,
               chunks_per_commit=3)

@@ -8,7 +8,7 @@ import pytest
 
 from stratum_core.publish import publish
 from stratum_core.publish import hub as hub_module
-from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import REPO, TOKEN, config, make_dataset
 
 PACED = dict(layers=("caption",), rows_per_parquet=2, chunks_per_commit=1, commits_per_hour=2)
 

@@ -6,7 +6,7 @@ import json
 
 from stratum_core.cli import main
 from stratum_core.publish import plan
-from tests.core.publish.hubdata import (IDS, REPO, TOKEN, config, hub, make_dataset,  # noqa: F401
+from tests.core.publish.hubdata import (IDS, REPO, TOKEN, config, make_dataset,
                                         record_dinov3)
 
 MODEL = "facebook/dinov3-vitl16-pretrain-lvd1689m"

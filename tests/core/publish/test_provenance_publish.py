@@ -9,8 +9,7 @@ import pytest
 from stratum_core.cli import main
 from stratum_core.errors import ConfigError
 from stratum_core.publish import publish
-from tests.core.publish.hubdata import (IDS, REPO, TOKEN, config, hub, make_dataset,  # noqa: F401
-                                        record_dinov3)
+from tests.core.publish.hubdata import IDS, REPO, TOKEN, config, make_dataset, record_dinov3
 
 MODEL = "facebook/dinov3-vitl16-pretrain-lvd1689m"
 OLD, NEW = "rev:1111111111aaaa", "rev:2222222222bbbb"

@@ -13,7 +13,7 @@ import pytest
 from stratum_core.errors import ConfigError
 from stratum_core.publish import publish
 from stratum_core.publish.layout import escape_key, unescape_key
-from tests.core.publish.hubdata import IDS, REPO, TOKEN, cls_value, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import IDS, REPO, TOKEN, cls_value, config, make_dataset
 
 
 def _parquet(data: bytes):

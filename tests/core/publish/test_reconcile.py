@@ -6,7 +6,7 @@ import json
 
 from stratum_core.publish import reconcile, publish
 from stratum_core.publish.manifest import same_content
-from tests.core.publish.hubdata import REPO, TOKEN, config, hub, make_dataset  # noqa: F401
+from tests.core.publish.hubdata import REPO, TOKEN, config, make_dataset
 
 
 def _publish_two_chunks(tmp_path, hub):
