@@ -80,7 +80,6 @@ def main() -> None:
     parser.add_argument("--assets", help="run only these assets of --job (default job then: enrich_job)")
     parser.add_argument("--smoke-sapiens", action="store_true", help="use stratum_testing smoke Sapiens models")
     add_repeat(parser, 1)  # CLI and Dagster alternate, each round on fresh outputs (the shared machine is noisy)
-    parser.add_argument("--rounds", dest="repeat", type=int, help=argparse.SUPPRESS)  # the old name of --repeat
     parser.add_argument("--per-pass-runs", action="store_true",
                         help="with --assets, also time one <pass>_job run per asset (one engine run, one decode, "
                              "per pass: what enrich_job did before passes shared a step)")
