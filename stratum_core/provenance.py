@@ -57,19 +57,18 @@ SOURCE_CHANGED = "source changed"
 
 
 # ---------------------------------------------------------------------- source fingerprint
-def source_fingerprint(path: Path) -> dict[str, Any]:
+def source_fingerprint(path: Path, read: Any = None) -> dict[str, Any]:
     """Size, mtime and sha256 of a source file, plus the stratum version (goes into metadata.json).
 
-    Called by the metadata pass right after the intake decoded the file, so the bytes come from
-    the page cache, not the disk.
+    `read` is the intake's `SourceRead` (what it hashed while reading the bytes it decoded), so the
+    source is read once; without it (an item built from metadata.json, no decode) the file is read here.
     """
-    st = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return {"path": str(Path(path).absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "sha256": digest.hexdigest(), "stratum_version": __version__}
+    if read is None:
+        from stratum_core.intake import read_source
+
+        _, read = read_source(Path(path))
+    return {"path": str(Path(path).absolute()), "size": read.size, "mtime_ns": read.mtime_ns,
+            "sha256": read.sha256, "stratum_version": __version__}
 
 
 def source_changed(fingerprint: Mapping[str, Any]) -> bool | None:
