@@ -107,31 +107,50 @@ def _weight_files(location: Any) -> list[str]:
 
 _hash_lock = threading.Lock()
 _hash_memo: dict[str, str] = {}
+MODEL_CACHE_NAME = ".cache/stratum/weight-hashes.json"  # beside the weights: shared by every output dir
 
 
 def _hash_files(root: Path, files: Sequence[str], state_dir: Path | None) -> str:
-    """sha256 over the files' names and contents; each file hashed once per (path, size, mtime)."""
+    """sha256 over the files' names and contents; each file hashed once per (path, size, mtime).
+
+    The digests are kept beside the weights (`<model dir>/.cache/stratum/weight-hashes.json`, so a run
+    into any output reuses them) and in the output's `.stratum/weight-hashes.json` (for a read-only model
+    dir); both written atomically, best effort. A touched or replaced file has another key: hashed again.
+    """
+    caches = [root / MODEL_CACHE_NAME] + ([Path(state_dir) / WEIGHT_HASHES_NAME] if state_dir else [])
     with _hash_lock:
-        cache = _read_json(state_dir / WEIGHT_HASHES_NAME) if state_dir else {}
-        cache = cache if isinstance(cache, dict) else {}
-        combined, dirty = hashlib.sha256(), False
+        known: dict[str, str] = {}
+        for cache_path in caches:
+            cached = _read_json(cache_path)
+            if isinstance(cached, dict):
+                known.update({k: v for k, v in cached.items() if isinstance(v, str)})
+        combined, used = hashlib.sha256(), {}
         for name in files:
             path = root / name
             st = path.stat()
             stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-            digest = _hash_memo.get(stamp) or cache.get(stamp)
+            digest = _hash_memo.get(stamp) or known.get(stamp)
             if digest is None:
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-                        h.update(chunk)
-                digest, dirty = h.hexdigest(), True
-            _hash_memo[stamp] = cache[stamp] = digest
+                digest = _hash_file(path)
+            _hash_memo[stamp] = used[stamp] = digest
             combined.update(f"{name}\0{digest}\0".encode())
-        if dirty and state_dir is not None:
-            with contextlib.suppress(OSError):
-                write_atomic(state_dir / WEIGHT_HASHES_NAME, json.dumps(cache).encode())
+        for cache_path in caches:
+            cached = _read_json(cache_path)
+            cached = cached if isinstance(cached, dict) else {}
+            if any(cached.get(k) != v for k, v in used.items()):
+                with contextlib.suppress(OSError):
+                    cache_path.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(cache_path, json.dumps({**cached, **used}, indent=0).encode())
         return combined.hexdigest()
+
+
+def _hash_file(path: Path) -> str:
+    """The sha256 of one weight file (gigabytes for a real model: hence the caches above)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def pass_key(p: Any, location: Any = None, state_dir: Path | None = None) -> dict[str, Any]:
