@@ -565,9 +565,12 @@ def _edited_inputs(directory: str, line: bytes) -> dict[str, str]:
     from stratum_core.artifacts import BY_FILENAME
 
     edited: dict[str, str] = {}
+    stamps: dict[str, tuple[int, int] | None] = {}  # seg.npy, read by depth and normal: one stat
     for token in line.decode().split():
         name, filename, size, mtime_ns = token.rsplit(":", 3)
-        stamp = _file_stamp(f"{directory}/{filename}")
+        if filename not in stamps:
+            stamps[filename] = _file_stamp(f"{directory}/{filename}")
+        stamp = stamps[filename]
         if (stamp is None or stamp != (int(size), int(mtime_ns))) and filename in BY_FILENAME:
             edited.setdefault(name, BY_FILENAME[filename].pass_name)
     return edited
