@@ -57,13 +57,24 @@ def read_source(path: Path) -> tuple[bytes, SourceRead]:
     return data, SourceRead(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())
 
 
+class _SourceBytes(io.BytesIO):
+    """The source's bytes, named like the file in PIL's messages ("cannot identify image file '…/a.jpg'")."""
+
+    def __init__(self, data: bytes, path: Path):
+        super().__init__(data)
+        self._path = str(path)
+
+    def __repr__(self) -> str:
+        return repr(self._path)
+
+
 def decode(path: Path) -> Decoded:
     """Read `path` once, then open, orient, convert and crop it; raises ItemError with a closed-set reason."""
     try:
         data, read = read_source(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(_SourceBytes(data, path)) as img:
                 return replace(_decode_open(img), read=read)
     except ItemError:
         raise
