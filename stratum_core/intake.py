@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +24,58 @@ _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 
 
 @dataclass(frozen=True)
+class SourceRead:
+    """The source file as the intake read it: size and mtime (of the open file) and the sha256 of the
+    very bytes that were decoded, so the fingerprint in metadata.json costs no second read."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Decoded:
     """A source image cropped to its bucket.
 
     `crop` is (bucket.height, bucket.width, 3) uint8 RGB; `width`/`height` are the
-    source size after EXIF orientation.
+    source size after EXIF orientation; `read` is what the intake read (None when the item was
+    built from metadata.json without decoding).
     """
 
     crop: np.ndarray
     width: int
     height: int
     bucket: Bucket
+    read: SourceRead | None = None
+
+
+def read_source(path: Path) -> tuple[bytes, SourceRead]:
+    """The file's bytes (one read) and their fingerprint; size and mtime come from the same open file."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        data = f.read()
+    return data, SourceRead(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
+class _SourceBytes(io.BytesIO):
+    """The source's bytes, named like the file in PIL's messages ("cannot identify image file '…/a.jpg'")."""
+
+    def __init__(self, data: bytes, path: Path):
+        super().__init__(data)
+        self._path = str(path)
+
+    def __repr__(self) -> str:
+        return repr(self._path)
 
 
 def decode(path: Path) -> Decoded:
-    """Open, orient, convert and crop `path`; raises ItemError with a closed-set reason."""
+    """Read `path` once, then open, orient, convert and crop it; raises ItemError with a closed-set reason."""
     try:
+        data, read = read_source(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                return _decode_open(img)
+            with Image.open(_SourceBytes(data, path)) as img:
+                return replace(_decode_open(img), read=read)
     except ItemError:
         raise
     except Image.DecompressionBombError as exc:

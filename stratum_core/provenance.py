@@ -43,6 +43,7 @@ RECORD_NAME = ".provenance.json"
 CURRENT_NAME = "provenance-current.json"  # under <output>/.stratum/
 WEIGHT_HASHES_NAME = "weight-hashes.json"  # under <output>/.stratum/: content hashes by (path, size, mtime)
 FORMAT = 1
+_INDEX = 2  # the index lines' version (`#2`: three lines; `#1` records, two lines, are still read)
 REDO_MODES = ("none", "stale", "all")
 _HASH_CHUNK = 1 << 20
 
@@ -56,19 +57,18 @@ SOURCE_CHANGED = "source changed"
 
 
 # ---------------------------------------------------------------------- source fingerprint
-def source_fingerprint(path: Path) -> dict[str, Any]:
+def source_fingerprint(path: Path, read: Any = None) -> dict[str, Any]:
     """Size, mtime and sha256 of a source file, plus the stratum version (goes into metadata.json).
 
-    Called by the metadata pass right after the intake decoded the file, so the bytes come from
-    the page cache, not the disk.
+    `read` is the intake's `SourceRead` (what it hashed while reading the bytes it decoded), so the
+    source is read once; without it (an item built from metadata.json, no decode) the file is read here.
     """
-    st = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return {"path": str(Path(path).absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "sha256": digest.hexdigest(), "stratum_version": __version__}
+    if read is None:
+        from stratum_core.intake import read_source
+
+        _, read = read_source(Path(path))
+    return {"path": str(Path(path).absolute()), "size": read.size, "mtime_ns": read.mtime_ns,
+            "sha256": read.sha256, "stratum_version": __version__}
 
 
 def source_changed(fingerprint: Mapping[str, Any]) -> bool | None:
@@ -107,31 +107,50 @@ def _weight_files(location: Any) -> list[str]:
 
 _hash_lock = threading.Lock()
 _hash_memo: dict[str, str] = {}
+MODEL_CACHE_NAME = ".cache/stratum/weight-hashes.json"  # beside the weights: shared by every output dir
 
 
 def _hash_files(root: Path, files: Sequence[str], state_dir: Path | None) -> str:
-    """sha256 over the files' names and contents; each file hashed once per (path, size, mtime)."""
+    """sha256 over the files' names and contents; each file hashed once per (path, size, mtime).
+
+    The digests are kept beside the weights (`<model dir>/.cache/stratum/weight-hashes.json`, so a run
+    into any output reuses them) and in the output's `.stratum/weight-hashes.json` (for a read-only model
+    dir); both written atomically, best effort. A touched or replaced file has another key: hashed again.
+    """
+    caches = [root / MODEL_CACHE_NAME] + ([Path(state_dir) / WEIGHT_HASHES_NAME] if state_dir else [])
     with _hash_lock:
-        cache = _read_json(state_dir / WEIGHT_HASHES_NAME) if state_dir else {}
-        cache = cache if isinstance(cache, dict) else {}
-        combined, dirty = hashlib.sha256(), False
+        known: dict[str, str] = {}
+        for cache_path in caches:
+            cached = _read_json(cache_path)
+            if isinstance(cached, dict):
+                known.update({k: v for k, v in cached.items() if isinstance(v, str)})
+        combined, used = hashlib.sha256(), {}
         for name in files:
             path = root / name
             st = path.stat()
             stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-            digest = _hash_memo.get(stamp) or cache.get(stamp)
+            digest = _hash_memo.get(stamp) or known.get(stamp)
             if digest is None:
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-                        h.update(chunk)
-                digest, dirty = h.hexdigest(), True
-            _hash_memo[stamp] = cache[stamp] = digest
+                digest = _hash_file(path)
+            _hash_memo[stamp] = used[stamp] = digest
             combined.update(f"{name}\0{digest}\0".encode())
-        if dirty and state_dir is not None:
-            with contextlib.suppress(OSError):
-                write_atomic(state_dir / WEIGHT_HASHES_NAME, json.dumps(cache).encode())
+        for cache_path in caches:
+            cached = _read_json(cache_path)
+            cached = cached if isinstance(cached, dict) else {}
+            if any(cached.get(k) != v for k, v in used.items()):
+                with contextlib.suppress(OSError):
+                    cache_path.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(cache_path, json.dumps({**cached, **used}, indent=0).encode())
         return combined.hexdigest()
+
+
+def _hash_file(path: Path) -> str:
+    """The sha256 of one weight file (gigabytes for a real model: hence the caches above)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def pass_key(p: Any, location: Any = None, state_dir: Path | None = None) -> dict[str, Any]:
@@ -205,9 +224,13 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_raw(store: Store, image_id: str) -> bytes | None:
+    return _read_path(f"{store._image_dir_str(image_id)}/{RECORD_NAME}")
+
+
+def _read_path(path: str) -> bytes | None:
     # String paths and raw reads: status calls this once per image of a dataset of millions.
     try:
-        fd = os.open(f"{store._image_dir_str(image_id)}/{RECORD_NAME}", os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -221,12 +244,19 @@ def _read_raw(store: Store, image_id: str) -> bytes | None:
         os.close(fd)
 
 
+def _read_rest(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _parse_record(data: bytes | None) -> dict | None:
-    """The JSON body (after the two index lines, see `_index_lines`)."""
+    """The JSON body (after the index lines, see `_index_lines`: two in a `#1` record, three in `#2`)."""
     if not data:
         return None
     try:
-        record = json.loads(data if data[:1] == b"{" else data.split(b"\n", 2)[2])
+        record = json.loads(data if data[:1] == b"{" else data.split(b"\n", 3 if data[:2] == b"#2" else 2)[-1])
     except (ValueError, IndexError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("passes"), dict) else None
@@ -270,14 +300,41 @@ def _entry_states(record: Mapping[str, Any]) -> dict[str, tuple[str, str, tuple[
 
 
 def _index_lines(record: Mapping[str, Any]) -> str:
-    """Two text lines before the JSON with just what staleness needs, parsed without a JSON decoder:
-    `#1 <size> <mtime_ns> <sha256>\t<source path>` and, per pass, `name:keyid:state:up,…`. The second line
-    holds no per-image values, so status decides it once for all the images that share it."""
+    """Three text lines before the JSON with just what staleness needs, parsed without a JSON decoder:
+    `#2 <size> <mtime_ns> <sha256>\t<source path>`; per pass, `name:keyid:state:up,…`; per upstream file a
+    pass read, `name:<file>:<size>:<mtime_ns>` (t5's caption.txt as it was when t5 was computed). The second
+    line holds no per-image values, so status decides it once for all the images that share it."""
     source = record.get("source") or {}
     path = str(source.get("path", "")).replace("\\", "\\\\").replace("\n", "\\n")
-    first = f"#{FORMAT} {source.get('size', '-')} {source.get('mtime_ns', '-')} {source.get('sha256') or '-'}\t{path}"
+    first = f"#{_INDEX} {source.get('size', '-')} {source.get('mtime_ns', '-')} {source.get('sha256') or '-'}\t{path}"
     tokens = [f"{name}:{kid}:{state}:{','.join(ups)}" for name, (kid, state, ups) in _entry_states(record).items()]
-    return first + "\n" + " ".join(tokens) + "\n"
+    inputs = [f"{name}:{filename}:{size}:{mtime_ns}" for name, entry in (record.get("passes") or {}).items()
+              if isinstance(entry, dict) and not entry.get("pending")
+              for filename, (size, mtime_ns) in (entry.get("input_files") or {}).items()]
+    return first + "\n" + " ".join(tokens) + "\n" + " ".join(inputs) + "\n"
+
+
+def changed_inputs(directory: str | Path, rec: Mapping[str, Any] | None) -> dict[str, str]:
+    """pass → upstream pass whose file (as the pass read it, `input_files`) differs now: a hand-edited
+    caption.txt makes t5 stale. One stat per recorded input file."""
+    from stratum_core.artifacts import BY_FILENAME
+
+    changed: dict[str, str] = {}
+    for name, entry in ((rec or {}).get("passes") or {}).items():
+        if not isinstance(entry, dict) or entry.get("pending"):
+            continue
+        for filename, recorded in (entry.get("input_files") or {}).items():
+            if _file_stamp(f"{directory}/{filename}") != tuple(recorded) and filename in BY_FILENAME:
+                changed.setdefault(name, BY_FILENAME[filename].pass_name)
+    return changed
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 @contextlib.contextmanager
@@ -330,6 +387,7 @@ def record(store: Store, image_id: str, p: Any, outcome: Any) -> None:
                  "precision_used": info.get("precision"), "files": files}
         if getattr(p, "weights", None) is not None:
             entry["weights_path"] = str(p.weights.root)
+        input_files = _input_files(store, image_id, p)
 
         def change(rec: dict) -> None:
             if p.name == "metadata":
@@ -344,11 +402,28 @@ def record(store: Store, image_id: str, p: Any, outcome: Any) -> None:
             entry["source_sha256"] = (rec.get("source") or {}).get("sha256")
             entry["inputs"] = {u: rec["passes"][u].get("stamp") for u in upstream_of(p)
                                if u in rec["passes"]}
+            if input_files:
+                entry["input_files"] = input_files
             rec["passes"][p.name] = entry
 
         _update(store, image_id, change)
     except Exception as exc:  # never lose the artifacts over their record: the entry stays pending (stale)
         log.warning("provenance of %s [%s] not recorded: %s", image_id, p.name, exc)
+
+
+def _input_files(store: Store, image_id: str, p: Any) -> dict[str, list[int]]:
+    """(size, mtime_ns) of the upstream files `p` read (its `needs`): a later edit of one makes `p` stale.
+    Recorded after `p`'s artifacts, so they are the files it was computed from (the writer wrote them first)."""
+    from stratum_core.artifacts import BY_NAME
+
+    files = {}
+    for need in p.needs:
+        artifact = BY_NAME.get(need)
+        if artifact is not None and artifact.pass_name != p.name:
+            stamp = _file_stamp(f"{store._image_dir_str(image_id)}/{artifact.filename}")
+            if stamp is not None:
+                files[artifact.filename] = list(stamp)
+    return files
 
 
 def mark_pending(store: Store, image_id: str, pass_names: Iterable[str]) -> None:
@@ -377,10 +452,12 @@ def key_reason(recorded: Mapping[str, Any] | None, expected: Mapping[str, Any]) 
 
 def stale_reasons(rec: Mapping[str, Any] | None, names: set[str] | frozenset[str],
                   expected: Mapping[str, Mapping[str, Any] | None], passes: Iterable[str],
-                  source_status: bool | None = None) -> tuple[dict[str, str], set[str]]:
+                  source_status: bool | None = None,
+                  inputs_changed: Mapping[str, str] | None = None) -> tuple[dict[str, str], set[str]]:
     """({pass: why stale}, passes of unknown provenance) among `passes` whose files are all in `names`.
 
-    `source_status` is `source_changed(rec["source"])`, given by the caller so it is computed once.
+    `source_status` is `source_changed(rec["source"])`, given by the caller so it is computed once;
+    `inputs_changed` is `changed_inputs(image dir, rec)` (upstream files edited since a pass read them).
     """
     rec = rec or {"passes": {}}
     ids = {n: key_id(k) for n, k in expected.items() if k is not None}
@@ -389,12 +466,12 @@ def stale_reasons(rec: Mapping[str, Any] | None, names: set[str] | frozenset[str
         return key_reason(rec["passes"][name].get("key"), expected[name]) or "key changed"
 
     has_source = bool((rec.get("source") or {}).get("sha256"))
-    return _verdict(_entry_states(rec), has_source, names, ids, passes, source_status, why)
+    return _verdict(_entry_states(rec), has_source, names, ids, passes, source_status, why, inputs_changed)
 
 
 def _verdict(entries: Mapping[str, tuple], has_source: bool, names: set[str] | frozenset[str],
              expected_ids: Mapping[str, str], passes: Iterable[str], source_status: bool | None,
-             why) -> tuple[dict[str, str], set[str]]:
+             why, inputs_changed: Mapping[str, str] | None = None) -> tuple[dict[str, str], set[str]]:
     """The staleness rules over `_entry_states`; `why(pass)` says which key field changed (called only
     for a key id that differs, so status never decodes a full key of a current image)."""
     stale: dict[str, str] = {}
@@ -425,6 +502,8 @@ def _verdict(entries: Mapping[str, tuple], has_source: bool, names: set[str] | f
             reason = next((f"{up} is stale" for up in ups if up in stale), None)
             if reason is None and state != "k":
                 reason = f"{state[2:]} changed"
+            if reason is None and inputs_changed and name in inputs_changed:
+                reason = f"{inputs_changed[name]} changed"  # e.g. caption.txt edited by hand since t5 read it
         if reason is not None:
             stale[name] = reason
     return stale, unknown
@@ -432,37 +511,69 @@ def _verdict(entries: Mapping[str, tuple], has_source: bool, names: set[str] | f
 
 def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[str, Any]],
                   expected_ids: Mapping[str, str], passes: Sequence[str],
-                  cache: dict | None = None) -> tuple[dict[str, str], set[str], bool | None]:
-    """Status's per-image check from the two index lines: (stale, unknown, source changed). `cache` maps
-    (second line, source changed, file names) to a verdict: images that share them share it."""
-    if data[:1] == b"{":  # no index lines (written by hand or by a future format): the slow path
+                  cache: dict | None = None, directory: str | None = None
+                  ) -> tuple[dict[str, str], set[str], bool | None]:
+    """Status's per-image check from the index lines: (stale, unknown, source changed). `cache` maps
+    (second line, source changed, has a source, file names, edited inputs) to a verdict: images that share
+    them share it. `directory` (the image's folder) is where recorded input files are checked."""
+    first_end = data.find(b"\n")
+    second_end = data.find(b"\n", first_end + 1)
+    if data[:1] != b"#" or second_end < 0:  # no index lines (written by hand or by a future format): slow path
         rec = _parse_record(data)
         changed = source_changed(rec["source"]) if rec and rec.get("source") else None
-        return (*stale_reasons(rec, names, expected, passes, changed), changed)
-    first, second, _ = data.split(b"\n", 2)
-    head, _, path = first.decode().partition("\t")
-    _, size, mtime_ns, sha = head.split(" ")
+        edited = changed_inputs(directory, rec) if directory is not None else None
+        return (*stale_reasons(rec, names, expected, passes, changed, edited), changed)
+    # Per image (millions): a few byte operations, the source's stat, one dict lookup; no decode, no split.
+    tab = data.find(b"\t", 0, first_end)
+    has_source = data[tab - 1] != 45  # the sha256 field is "-": written without a source fingerprint
     changed = None
-    if sha != "-":
-        if "\\" in path:
-            path = path.replace("\\n", "\n").replace("\\\\", "\\")
+    if has_source:
+        path = data[tab + 1:first_end]
+        if b"\\" in path:
+            path = path.replace(b"\\n", b"\n").replace(b"\\\\", b"\\")
         try:
-            st = os.stat(path)
-            changed = str(st.st_size) != size or str(st.st_mtime_ns) != mtime_ns
+            st = os.stat(path)  # a bytes path: no decode
         except OSError:
-            changed = None
-    cache_key = (second, changed, sha != "-", frozenset(names)) if cache is not None else None
-    if cache_key is not None and cache_key in cache:
-        return (*cache[cache_key], changed)
+            pass
+        else:  # "#N <size> <mtime_ns> <sha256>": compare the text, not parsed numbers
+            changed = not data.startswith(b"%d %d " % (st.st_size, st.st_mtime_ns), 3)
+    second = data[first_end + 1:second_end]
+    edited: Any = ()
+    # After the second line: "\n" (an empty third line), "{" (a #1 record's JSON) or input-file tokens.
+    if directory is not None and data[second_end + 1] not in (10, 123):
+        third_end = data.find(b"\n", second_end + 1)
+        edited = tuple(sorted(_edited_inputs(directory, data[second_end + 1:third_end]).items()))
+    if cache is not None:
+        cache_key = (second, changed, has_source, frozenset(names), edited)
+        verdict = cache.get(cache_key)
+        if verdict is not None:
+            return verdict[0], verdict[1], changed
     entries = {}
     for token in second.decode().split():
         name, kid, state, ups = token.split(":", 3)
         entries[name] = (kid, state, tuple(ups.split(",")) if ups else ())
-    verdict = _verdict(entries, sha != "-", names, expected_ids, passes, changed, _KeyReason(data, expected))
-    if cache_key is not None and len(cache) < 4096:
+    verdict = _verdict(entries, has_source, names, expected_ids, passes, changed, _KeyReason(data, expected),
+                       dict(edited))
+    if cache is not None and len(cache) < 4096:
         cache[cache_key] = verdict
     return (*verdict, changed)
 
+
+def _edited_inputs(directory: str, line: bytes) -> dict[str, str]:
+    """pass → upstream pass, from the third index line's `name:<file>:<size>:<mtime_ns>` tokens: the files
+    that differ now from when the pass read them."""
+    from stratum_core.artifacts import BY_FILENAME
+
+    edited: dict[str, str] = {}
+    stamps: dict[str, tuple[int, int] | None] = {}  # seg.npy, read by depth and normal: one stat
+    for token in line.decode().split():
+        name, filename, size, mtime_ns = token.rsplit(":", 3)
+        if filename not in stamps:
+            stamps[filename] = _file_stamp(f"{directory}/{filename}")
+        stamp = stamps[filename]
+        if (stamp is None or stamp != (int(size), int(mtime_ns))) and filename in BY_FILENAME:
+            edited.setdefault(name, BY_FILENAME[filename].pass_name)
+    return edited
 
 
 class _KeyReason:
@@ -550,7 +661,8 @@ def plan(engine: Any, source: Any, on_disk: frozenset[str], todo: tuple) -> tupl
     elif state.redo == "stale":
         if rec is not None:
             changed = source_changed(rec["source"]) if rec.get("source") else None
-            stale, _ = stale_reasons(rec, on_disk, state.expected, state.names, changed)
+            stale, _ = stale_reasons(rec, on_disk, state.expected, state.names, changed,
+                                     changed_inputs(engine.store.image_dir(source.image_id), rec))
             wanted = set(stale) | {p.name for p in todo}
             for name in state.names:  # downstream of anything that runs again (dependency order)
                 if name in wanted:
@@ -579,8 +691,9 @@ class ProvenanceStatus:
 
     MAX_LISTED = 1000
 
-    def add(self, store: Store, image_id: str, names: set[str]) -> None:
-        """One image directory (called from status's walk; reads one small file)."""
+    def add(self, store: Store, image_id: str, names: set[str], directory: str | None = None) -> None:
+        """One image directory (called from status's walk; reads one small file). `directory` is the
+        image's folder when the caller has it (status's walk), which spares re-checking the id."""
         if self._current is None:
             from stratum_core.artifacts import pass_names
 
@@ -591,22 +704,35 @@ class ProvenanceStatus:
                 if pass_files(name) <= names:
                     self.unknown[name] += 1
             return
-        data = _read_raw(store, image_id)
+        if directory is None:
+            directory = store._image_dir_str(image_id)
+        try:  # (inlined _read_path: this runs once per image)
+            fd = os.open(f"{directory}/{RECORD_NAME}", os.O_RDONLY)
+            try:
+                data = os.read(fd, 1 << 16)
+                if len(data) == 1 << 16:
+                    data += _read_rest(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            data = b""
         try:
-            stale, unknown, changed = _fast_verdict(data or b"", names, self._current, self._ids, self._passes,
-                                                    self._verdicts)
+            stale, unknown, changed = _fast_verdict(data, names, self._current, self._ids, self._passes,
+                                                    self._verdicts, directory)
         except (ValueError, UnicodeDecodeError):  # a damaged record: its artifacts' provenance is unknown
             stale, unknown, changed = {}, {n for n in self._passes if pass_files(n) <= names}, None
         if changed:
             self.sources_changed += 1
-        elif changed is None and data and not data.startswith(b"#1 - "):
+        elif changed is None and data and data[2:5] != b" - ":  # a fingerprint whose source is gone
             self.sources_missing += 1
-        for name in unknown:
-            self.unknown[name] += 1
-        for name, reason in stale.items():
-            self.stale[name][reason] += 1
-            if len(self.stale_images[name]) < self.MAX_LISTED:
-                self.stale_images[name].append(image_id)
+        if unknown:
+            for name in unknown:
+                self.unknown[name] += 1
+        if stale:
+            for name, reason in stale.items():
+                self.stale[name][reason] += 1
+                if len(self.stale_images[name]) < self.MAX_LISTED:
+                    self.stale_images[name].append(image_id)
 
     def to_dict(self) -> dict:
         return {"stale": {p: dict(c) for p, c in self.stale.items()},

@@ -11,7 +11,7 @@ from pathlib import Path
 from stratum_core.artifacts import ARTIFACTS, BY_NAME
 from stratum_core.discover import iter_image_dirs
 from stratum_core.errors import StratumError
-from stratum_core.provenance import ProvenanceStatus
+from stratum_core.provenance import RECORD_NAME, ProvenanceStatus
 from stratum_core.store import FAILURE_PREFIX, STATE_DIR, Store
 
 
@@ -99,24 +99,32 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
     store = Store(output_dir)
     metadata_failure = FAILURE_PREFIX + BY_NAME["metadata"].filename
     seen: list[int] = []  # hashes of the ids with metadata.json or a metadata failure (8 bytes each)
+    # The per-image loop runs millions of times: set operations and counts by file name, mapped at the end.
+    root, metadata_file, files = str(output_dir), BY_NAME["metadata"].filename, frozenset(filenames)
+    quiet = files | {RECORD_NAME}  # names that are never a failure record
+    by_file: Counter = Counter()
+    image_dirs = with_metadata = 0
     for image_id, names in iter_image_dirs(Path(output_dir)):
-        status.image_dirs += 1
-        has_metadata = BY_NAME["metadata"].filename in names
+        image_dirs += 1
+        has_metadata = metadata_file in names
         if has_metadata or metadata_failure in names:  # an undecodable source is a known, failed image
             seen.append(hash(image_id))
         if has_metadata:
-            status.with_metadata += 1
-        elif not names.isdisjoint(filenames):
+            with_metadata += 1
+        elif not names.isdisjoint(files):
             status.without_metadata += 1  # counted apart, so no artifact count exceeds the total
             continue
-        status.provenance.add(store, image_id, names)
-        for name in names:
-            artifact = filenames.get(name)
-            if artifact is not None:
-                status.counts[artifact] += 1
-            elif name.startswith(FAILURE_PREFIX) and name.endswith(".json"):
-                pass_name = name[len(FAILURE_PREFIX):-len(".json")]
-                status.add_failure(image_id, pass_name, store.read_failure(image_id, pass_name) or {})
+        status.provenance.add(store, image_id, names, f"{root}/{image_id}")  # (ids from the walk are safe)
+        for filename in names & files:
+            by_file[filename] += 1
+        if not quiet.issuperset(names):
+            for name in names - quiet:
+                if name.startswith(FAILURE_PREFIX) and name.endswith(".json"):
+                    pass_name = name[len(FAILURE_PREFIX):-len(".json")]
+                    status.add_failure(image_id, pass_name, store.read_failure(image_id, pass_name) or {})
+    status.image_dirs, status.with_metadata = image_dirs, with_metadata
+    for filename, n in by_file.items():
+        status.counts[filenames[filename]] += n
     status.refused_in, record = newest_run_record(store.state_dir / "runs")
     status.refused_sources = list(record.get("discovery_errors") or [])[:MAX_LISTED]
     status.notes = run_notes(record)

@@ -22,5 +22,6 @@ class MetadataPass(Pass):
             "width": item.decoded.width,
             "height": item.decoded.height,
             "aspect_bucket": item.bucket.label,
-            "source": source_fingerprint(item.source.path),  # size, mtime, sha256: staleness (provenance.py)
+            # size, mtime, sha256 for staleness (provenance.py), from the bytes the intake read: no second read
+            "source": source_fingerprint(item.source.path, item.decoded.read),
         }) for item in outputs]
