@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stratum_core.discover import discover  # noqa: E402
 from stratum_core.engine import RunConfig, run  # noqa: E402
+from stratum_core.passes.base import PassOptions  # noqa: E402
 from stratum_core.passes.caption import CaptionConfig  # noqa: E402
 from stratum_testing.ollama import FakeOllama  # noqa: E402
 
@@ -53,7 +54,7 @@ def measure(root: Path, concurrency: int, latency: float, rounds: int, batch_siz
     fake = FakeOllama(captions="A grey noise field.", latency=latency)
     with fake as url:
         config = RunConfig(root / f"out-{concurrency}", ("metadata", "caption"), workers=workers,
-                           batch_size=batch_size, progress_every=3600,
+                           options=PassOptions(batch_size=batch_size), progress_every=3600,
                            pass_configs={"caption": CaptionConfig(url=url, concurrency=concurrency)})
         summary = run(config, images)
     if summary.passes["caption"].done != n:

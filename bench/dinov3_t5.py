@@ -139,7 +139,7 @@ def ours(name: str, options: PassOptions, images: list[SourceImage], out: Path, 
          workers: int) -> float:
     """Seconds for the engine run of `name`, the model loaded and warmed up before the clock starts."""
     config = RunConfig(output_dir=out, passes=("metadata", name), options=options, workers=workers,
-                       batch_size=batch, progress_every=1e9)
+                       progress_every=1e9)
     passes = build_passes(config.passes, options)
     for p in passes:
         p.load()
