@@ -24,6 +24,7 @@ from PIL import Image
 from _common import Samples, add_repeat, table, workspace
 from stratum_core.discover import discover
 from stratum_core.engine import RunConfig, run
+from stratum_core.passes.base import PassOptions
 from stratum_core.passes.caption import CaptionConfig
 from stratum_testing.ollama import FakeOllama
 
@@ -51,7 +52,7 @@ def measure(root: Path, concurrency: int, latency: float, rounds: int, batch_siz
     fake = FakeOllama(captions="A grey noise field.", latency=latency)
     with fake as url:
         config = RunConfig(root / f"out-{concurrency}", ("metadata", "caption"), workers=workers,
-                           batch_size=batch_size, progress_every=3600,
+                           options=PassOptions(batch_size=batch_size), progress_every=3600,
                            pass_configs={"caption": CaptionConfig(url=url, concurrency=concurrency)})
         summary = run(config, images)
     if summary.passes["caption"].done != n:

@@ -147,7 +147,7 @@ def ours(name: str, options: PassOptions, images: list[SourceImage], outs: list[
     seconds = Samples()
     for out in outs:
         config = RunConfig(output_dir=out, passes=("metadata", name), options=options, workers=workers,
-                           batch_size=batch, progress_every=1e9)
+                           progress_every=1e9)
         engine = Engine(config, passes, preloaded=True)  # loaded above: keep load time off the clock
         synchronize(options.device)
         start = time.perf_counter()

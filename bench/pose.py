@@ -223,7 +223,7 @@ def bench_engine(folder: Path, images: list[np.ndarray], device: str, batch_size
     found = discover(source).images
     options = PassOptions(device=device, batch_size=batch_size, model_paths={"pose": folder})
     config = RunConfig(output_dir=work / "out", passes=("metadata", "pose"), options=options,
-                       batch_size=batch_size, progress_every=1e9)
+                       progress_every=1e9)
     passes = build_passes(config.passes, options)
     for p in passes:
         p.load()

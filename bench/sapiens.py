@@ -150,10 +150,11 @@ def preloaded(names: str, options: PassOptions) -> list:
     return passes
 
 
-def timed_run(input_dir: Path, output_dir: Path, passes: list, options: PassOptions, batch: int | None) -> float:
-    """Seconds of one engine run; `batch` None lets RunConfig choose the group size (8 on CPU, 32 on CUDA)."""
+def timed_run(input_dir: Path, output_dir: Path, passes: list, options: PassOptions) -> float:
+    """Seconds of one engine run; `options.batch_size` None lets RunConfig choose the group size (8 on CPU,
+    32 on CUDA), as `stratum process`."""
     config = RunConfig(output_dir=output_dir, passes=tuple(p.name for p in passes), options=options,
-                       workers=2, batch_size=batch, progress_every=1e9)
+                       workers=2, progress_every=1e9)
     images = discover(input_dir, None, None).images
     start = time.perf_counter()
     summary = Engine(config, passes).run(images, progress=Progress(len(images), every=1e9))
@@ -174,7 +175,7 @@ def naive_passes(model_dir: Path, device: str) -> tuple[PassOptions, dict[str, l
 def naive(input_dir: Path, output_dir: Path, setup: tuple[PassOptions, dict[str, list]]) -> float:
     """Three runs, one model each; depth and normal read seg.npy back from disk."""
     options, passes = setup
-    return sum(timed_run(input_dir, output_dir, passes[name], options, batch=1) for name in passes)
+    return sum(timed_run(input_dir, output_dir, passes[name], options) for name in passes)
 
 
 def ours_passes(model_dir: Path, device: str, batch: int | None) -> tuple[PassOptions, list]:
@@ -183,9 +184,9 @@ def ours_passes(model_dir: Path, device: str, batch: int | None) -> tuple[PassOp
     return options, preloaded("seg,depth,normal", options)
 
 
-def ours(input_dir: Path, output_dir: Path, setup: tuple[PassOptions, list], batch: int | None) -> float:
+def ours(input_dir: Path, output_dir: Path, setup: tuple[PassOptions, list]) -> float:
     options, passes = setup
-    return timed_run(input_dir, output_dir, passes, options, batch)  # None: the engine's default, as `stratum process`
+    return timed_run(input_dir, output_dir, passes, options)
 
 
 def agreement(work: Path) -> float:
@@ -218,9 +219,9 @@ def main() -> None:
         naive_setup = naive_passes(work / "models", device)
         ours_setup = ours_passes(work / "models", device, args.batch_size)
         naive(work / "warm", work / "naive-warm", naive_setup)  # TorchScript profiles its first calls
-        ours(work / "warm", work / "ours-warm", ours_setup, args.batch_size)
+        ours(work / "warm", work / "ours-warm", ours_setup)
         times = rounds({"naive": lambda r: naive(work / "in", work / f"naive{r}", naive_setup),
-                        "ours": lambda r: ours(work / "in", work / f"ours{r}", ours_setup, args.batch_size)},
+                        "ours": lambda r: ours(work / "in", work / f"ours{r}", ours_setup)},
                        args.repeat)
         naive_s, ours_s = times["naive"].min, times["ours"].min
         n = args.images

@@ -72,7 +72,9 @@ def _add_process(sub: argparse._SubParsersAction) -> None:
                    help="auto | fp32 | tf32 | bf16 | fp16, or per pass, e.g. bf16,depth=fp32 (auto: each pass's "
                         "default on CUDA: bf16, depth tf32, pose fp32; fp32 on the CPU)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per model batch (default: chosen from free GPU memory, 8 on CPU)")
+                   help="images per model batch, and per same-bucket group the engine hands the passes "
+                        "(default: each pass picks its batch from free GPU memory; groups of 32 on CUDA, "
+                        "8 on CPU, grown to that choice up to 64)")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
                    help="decode threads (default: number of cores, at most 8)")
     select = p.add_mutually_exclusive_group()
@@ -190,7 +192,7 @@ def _process(args: argparse.Namespace, names: tuple[str, ...], configs: dict, st
             model_dir=args.model_dir or model_dir_from_env(), model_paths=parse_model_paths(args.model),
             offline=offline_from_env())
         config = RunConfig(output_dir=args.output, passes=names, options=options, pass_configs=configs,
-                           workers=args.workers, batch_size=args.batch_size,
+                           workers=args.workers,
                            progress_every=args.progress_every, verbose=args.verbose, redo=args.redo or "none")
         if args.shard_key:
             from stratum_core.shards import shard_sources

@@ -57,21 +57,20 @@ class RunConfig:
     options: PassOptions = field(default_factory=PassOptions)
     pass_configs: Mapping[str, Any] = field(default_factory=dict)
     workers: int = 2  # decode threads
-    batch_size: int | None = None  # images per same-bucket batch handed to the lanes (None: by device)
     progress_every: float = 30.0  # seconds between plain progress lines
     writers: int | None = None  # writer threads (None: from the bytes each image writes)
     verbose: bool = False
     redo: str = "none"  # "stale" | "all": also recompute existing artifacts (provenance.plan)
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or (self.batch_size is not None and self.batch_size < 1):
-            raise ConfigError("--workers and --batch-size must be at least 1")
+        if self.workers < 1:  # --batch-size is checked once, by PassOptions
+            raise ConfigError("--workers must be at least 1")
 
     @property
     def group_size(self) -> int:
-        """Images per batch: a pass splits it further to its own `max_batch` (chosen from free GPU
-        memory), so on a GPU the groups must be large enough not to cap that choice."""
-        return self.batch_size or (DEFAULT_GPU_GROUP if self.options.is_cuda else DEFAULT_CPU_GROUP)
+        """Images per same-bucket group handed to the lanes: `options.batch_size` when given, else by device
+        (a pass splits a group into model batches of its `max_batch`; see `PassOptions.batch_size`)."""
+        return self.options.batch_size or (DEFAULT_GPU_GROUP if self.options.is_cuda else DEFAULT_CPU_GROUP)
 
 
 @dataclass
@@ -551,7 +550,7 @@ class Engine:
 
     def _note_loaded(self, p: Pass) -> None:
         self._loaded.add(p.name)
-        if self.config.batch_size is None and p.chosen_batch:
+        if self.config.options.batch_size is None and p.chosen_batch:
             # A pass that picked its batch from free GPU memory gets groups that large, so
             # the engine's default group never caps its choice.
             self._group_size = max(self._group_size, min(p.chosen_batch, MAX_AUTO_GROUP))

@@ -134,7 +134,7 @@ class StratumResource(dg.ConfigurableResource):
         try:
             config = RunConfig(output_dir=self.output_dir, passes=names, options=self._options(claim.device),
                                pass_configs=configs, workers=self.workers or max(1, min(8, os.cpu_count() or 1)),
-                               batch_size=self.batch_size, redo=mode)
+                               redo=mode)
             summary = run(config, images)
         finally:
             claim.release()

@@ -50,11 +50,19 @@ def parse_precision(spec: str) -> tuple[str, dict[str, str]]:
 
 @dataclass(frozen=True)
 class PassOptions:
-    """Settings every pass shares; built by the CLI or the Dagster resources."""
+    """Settings every pass shares; built by the CLI or the Dagster resources.
+
+    `batch_size` (`--batch-size`) is the one batch-size setting of a run. Two sizes follow from it:
+    the *model batch*, the items one `forward` call gets (`Pass.max_batch`), and the engine's
+    *group*, the same-bucket images handed to the lanes at once (`RunConfig.group_size`), which a
+    pass splits into model batches. Given, it is both. None: each pass picks its model batch (the
+    torch passes from free GPU memory, `Pass.chosen_batch`), and the groups are 32 images on CUDA,
+    8 on the CPU, grown to a pass's chosen batch up to 64 (`engine.MAX_AUTO_GROUP`).
+    """
 
     device: str = "cpu"  # resolved: "cpu" or "cuda:N"
     precision: str = "auto"  # one value, or per pass: "bf16,depth=fp32" (see parse_precision)
-    batch_size: int | None = None  # None: the pass chooses (from free GPU memory on CUDA)
+    batch_size: int | None = None  # model batch and engine group; None: by device and free memory (see above)
     model_dir: Path | None = None  # $STRATUM_MODEL_DIR, read at the edge
     model_paths: Mapping[str, Path] = field(default_factory=dict)  # pass name → explicit path
     offline: bool = False  # HF_HUB_OFFLINE, read at the edge
@@ -163,7 +171,7 @@ class Pass:
 
     @property
     def max_batch(self) -> int:
-        """Largest batch handed to `forward`: what `load()` chose, else --batch-size, else 16."""
+        """Largest model batch handed to `forward`: what `load()` chose, else --batch-size, else 16."""
         return self.chosen_batch or self.options.batch_size or 16
 
     def resolve_weights(self) -> ModelLocation:

@@ -17,6 +17,7 @@ import pytest
 from stratum_core.discover import discover
 from stratum_core.engine import RunConfig, run
 from stratum_core.errors import InfrastructureError
+from stratum_core.passes.base import PassOptions
 from stratum_core.progress import Progress
 from stratum_core.store import is_temp_file
 from stratum_core.verify import verify
@@ -122,7 +123,8 @@ def test_a_full_disk_stops_the_run_early_and_a_rerun_completes_it(input_dir, tmp
     monkeypatch.setattr(os, "fdopen", fdopen)
     found = discover(input_dir)
     with pytest.raises(InfrastructureError, match="No space left on device.*re-run") as stopped:
-        run(RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pixel"), workers=2, batch_size=1),
+        run(RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pixel"), workers=2,
+                      options=PassOptions(batch_size=1)),
             found.images, found.errors, Progress(len(found.images), every=3600))
     monkeypatch.undo()
 

@@ -121,7 +121,8 @@ def test_unimplemented_model_pass_says_not_available(input_dir, tmp_path, caplog
 def engine_run(input_dir: Path, output: Path, extra_passes: list[Pass], batch_size: int = 2):
     found = discover(input_dir)
     options = PassOptions()
-    config = RunConfig(output_dir=output, passes=("metadata",), workers=2, batch_size=batch_size)
+    config = RunConfig(output_dir=output, passes=("metadata",), workers=2,
+                       options=PassOptions(batch_size=batch_size))
     engine = Engine(config, [MetadataPass(options), *extra_passes])
     return engine.run(found.images, found.errors, Progress(len(found.images), every=3600))
 
@@ -240,7 +241,7 @@ def test_progress_stops_reporting_when_the_run_fails(input_dir, tmp_path):
 def test_groups_are_larger_on_a_gpu_unless_a_batch_size_is_given(tmp_path):
     assert RunConfig(tmp_path, ("metadata",)).group_size == 8
     assert RunConfig(tmp_path, ("metadata",), PassOptions(device="cuda:0")).group_size == 32
-    assert RunConfig(tmp_path, ("metadata",), PassOptions(device="cuda:0"), batch_size=4).group_size == 4
+    assert RunConfig(tmp_path, ("metadata",), PassOptions(device="cuda:0", batch_size=4)).group_size == 4
 
 
 class FakeT5Pass(Pass):
@@ -331,7 +332,8 @@ def batch_sizes_of_a_big_batch_pass(tmp_path: Path, n_images: int, batch_size: i
     root = images.write_sources(tmp_path / "in", images.numbered(n_images, (16, 16), "{:02d}.png"))
     found = discover(root)
     recording = BigBatchPixelPass(PassOptions())
-    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=2, batch_size=batch_size)
+    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=2,
+                       options=PassOptions(batch_size=batch_size))
     Engine(config, [MetadataPass(PassOptions()), recording]).run(found.images, found.errors,
                                                                  Progress(n_images, every=3600))
     return [len(b) for b in recording.batches]

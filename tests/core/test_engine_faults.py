@@ -37,7 +37,8 @@ def input_dir(tmp_path_factory) -> Path:
 
 def run_engine(input_dir: Path, output: Path, passes: list, batch_size: int = 4):
     found = discover(input_dir)
-    config = RunConfig(output_dir=output, passes=("metadata",), workers=2, batch_size=batch_size)
+    config = RunConfig(output_dir=output, passes=("metadata",), workers=2,
+                       options=PassOptions(batch_size=batch_size))
     return Engine(config, passes).run(found.images, found.errors, Progress(len(found.images), every=3600))
 
 

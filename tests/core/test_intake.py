@@ -14,6 +14,7 @@ from stratum_core.discover import discover
 from stratum_core.engine import RunConfig, run
 from stratum_core.errors import ItemError
 from stratum_core.intake import decode
+from stratum_core.passes.base import PassOptions
 from stratum_core.progress import Progress
 from stratum_testing import images
 from stratum_testing.cli import process_cli
@@ -31,7 +32,8 @@ def bad_run(bad, tmp_path_factory):
     input_dir = bad["zero_byte"].parent
     before = {p: p.stat().st_mtime_ns for p in input_dir.rglob("*")}
     found = discover(input_dir)
-    summary = run(RunConfig(output_dir=work / "out", passes=("metadata", "pixel"), workers=2, batch_size=4),
+    summary = run(RunConfig(output_dir=work / "out", passes=("metadata", "pixel"), workers=2,
+                            options=PassOptions(batch_size=4)),
                   found.images, found.errors, Progress(len(found.images), every=3600))
     return summary, work, input_dir, before
 

@@ -122,7 +122,8 @@ def test_a_stop_request_from_another_thread_raises_run_interrupted_with_the_save
             return super().forward(batch)
 
     found = discover(input_dir)
-    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=1, batch_size=2)
+    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata",), workers=1,
+                       options=PassOptions(batch_size=2))
     engine = Engine(config, [MetadataPass(PassOptions()), StoppingPixel(PassOptions())])
     with pytest.raises(RunInterrupted) as stopped:
         engine.run(found.images, found.errors, Progress(N_IMAGES, every=3600), stop=stop)
@@ -149,7 +150,8 @@ def test_an_interrupt_raised_into_the_run_saves_a_record_saying_it_was_stopped(i
     monkeypatch.setattr(engine_module, "decode", decode)
     found = discover(input_dir)
     with pytest.raises(KeyboardInterrupt):
-        run(RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pixel"), workers=1, batch_size=1),
+        run(RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pixel"), workers=1,
+                      options=PassOptions(batch_size=1)),
             found.images, found.errors, Progress(N_IMAGES, every=3600))
     record = run_record(tmp_path / "out")
     assert record["stopped"] == "interrupted (KeyboardInterrupt)"

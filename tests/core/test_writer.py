@@ -101,7 +101,8 @@ def test_an_explicit_writer_count_wins():
 
 def pixel_run(input_dir, output, writers):
     found = discover(input_dir)
-    config = RunConfig(output_dir=output, passes=("metadata", "pixel"), workers=2, batch_size=2, writers=writers)
+    config = RunConfig(output_dir=output, passes=("metadata", "pixel"), workers=2, options=PassOptions(batch_size=2),
+                       writers=writers)
     options = PassOptions()
     engine = Engine(config, [MetadataPass(options), PixelPass(options)])
     return engine.run(found.images, found.errors, Progress(len(found.images), every=3600))

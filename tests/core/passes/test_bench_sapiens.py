@@ -42,6 +42,6 @@ def bench(monkeypatch):
 
 def test_ours_without_batch_size_uses_the_engines_cuda_group(bench, tmp_path):
     options = PassOptions(device="cuda:0")
-    bench.ours(tmp_path, tmp_path / "out", (options, [SimpleNamespace(name="seg")]), None)
+    bench.ours(tmp_path, tmp_path / "out", (options, [SimpleNamespace(name="seg")]))
     [config] = bench.recorded
-    assert config.batch_size is None and config.group_size == DEFAULT_GPU_GROUP
+    assert config.options.batch_size is None and config.group_size == DEFAULT_GPU_GROUP

@@ -61,7 +61,7 @@ def caption_run(input_dir: Path, output_dir: Path, batch_size: int = 8, **config
     config.setdefault("backoff_base", 0.001)
     caption = CaptionConfig(**config)
     run_config = RunConfig(output_dir, ("metadata", "caption"), pass_configs={"caption": caption},
-                           batch_size=batch_size, workers=1)
+                           options=PassOptions(batch_size=batch_size), workers=1)
     summary = run(run_config, discover(input_dir).images)
     return summary, Store(output_dir)
 
@@ -290,7 +290,7 @@ def test_bad_options_are_config_errors(argv: list[str], message: str) -> None:
 
 def test_engine_runs_enough_caption_batches_at_once_to_keep_the_requests_in_flight(tmp_path: Path) -> None:
     caption = CaptionPass(PassOptions(), CaptionConfig(concurrency=16))
-    engine = Engine(RunConfig(tmp_path, ("metadata", "caption"), batch_size=8), passes=[caption])
+    engine = Engine(RunConfig(tmp_path, ("metadata", "caption"), PassOptions(batch_size=8)), passes=[caption])
     assert engine.lane_parallelism([caption]) == 5
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from stratum_core.captioning.cleaning import MAX_CAPTION_CHARS, clean_caption
 from stratum_core.discover import discover
 from stratum_core.engine import RunConfig, run
+from stratum_core.passes.base import PassOptions
 from stratum_core.passes.caption import CaptionConfig
 from stratum_core.status import dataset_status
 from stratum_core.store import Store
@@ -33,7 +34,7 @@ def two_images(tmp_path: Path) -> Path:
 def caption_run(input_dir: Path, output: Path, **config):
     config.setdefault("backoff_base", 0.001)
     run_config = RunConfig(output, ("metadata", "caption"), pass_configs={"caption": CaptionConfig(**config)},
-                           batch_size=8, workers=1)
+                           options=PassOptions(batch_size=8), workers=1)
     return run(run_config, discover(input_dir).images)
 
 

@@ -65,8 +65,8 @@ def input_dir(tmp_path_factory) -> Path:
 def engine_output(tmp_path_factory, input_dir, dino_folder) -> Path:
     """All five images (four buckets, two squares batched together) through the engine once."""
     out = tmp_path_factory.mktemp("out")
-    options = PassOptions(model_paths={"dinov3": dino_folder})
-    config = RunConfig(output_dir=out, passes=("metadata", "dinov3"), options=options, workers=1, batch_size=8)
+    options = PassOptions(model_paths={"dinov3": dino_folder}, batch_size=8)
+    config = RunConfig(output_dir=out, passes=("metadata", "dinov3"), options=options, workers=1)
     summary = Engine(config).run(sources(input_dir))
     assert summary.passes["dinov3"].done == len(SOURCES)
     return out

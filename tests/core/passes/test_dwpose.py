@@ -208,8 +208,8 @@ def test_the_engine_writes_pose_for_each_image_of_a_landscape_run(tmp_path):
     images.mkdir()
     for k in range(3):
         Image.fromarray(np.full((832, 1216, 3), 60 + k, np.uint8)).save(images / f"{k}.png")
-    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pose"), batch_size=2,
-                       options=PassOptions(model_paths={"pose": folder}, offline=True))
+    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata", "pose"),
+                       options=PassOptions(model_paths={"pose": folder}, offline=True, batch_size=2))
     summary = run(config, discover(images).images)
     assert summary.passes["pose"].done == 3 and summary.exit_code == 0
     for k in range(3):

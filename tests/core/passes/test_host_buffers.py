@@ -85,7 +85,8 @@ def test_non_finite_dinov3_features_fail_the_image_in_the_writer_and_are_not_wri
         images.write_gradient(tmp_path / "in" / f"{name}.png", 32, 32)
     sources = [SourceImage(f"{n}.png", tmp_path / "in" / f"{n}.png") for n in ("a", "b")]
     options = PassOptions()
-    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata", "dinov3"), workers=1, batch_size=2)
+    config = RunConfig(output_dir=tmp_path / "out", passes=("metadata", "dinov3"), workers=1,
+                       options=PassOptions(batch_size=2))
     summary = Engine(config, [MetadataPass(options), NaNDINOv3(options)], preloaded=True).run(sources)
     assert [(f.image, f.pass_name, f.reason) for f in summary.failures] == [("a", "dinov3", "inference_error")]
     assert "dinov3_patches.npy: non-finite values" in summary.failures[0].message
