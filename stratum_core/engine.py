@@ -116,7 +116,7 @@ def plan_lanes(passes: Sequence[Pass]) -> list[list[Pass]]:
     lane_of: dict[str, int] = {}
     lanes: list[list[Pass]] = [[]]
     for p in passes:
-        upstream = {lane_of[produced_by[n].name] for n in p.needs if n in produced_by}
+        upstream = {lane_of[produced_by[n].name] for n in p.reads if n in produced_by}
         if p.io_bound:
             lanes.append([p])
             lane_of[p.name] = len(lanes) - 1
@@ -159,7 +159,7 @@ class Engine:
         # the pass is built for it (concurrency > 1): GPU passes stay one batch at a time.
         self._pass_locks = {p.name: threading.Lock() for p in self.passes}
         # Artifacts a later pass reads; only these stay on the item (not every 8 MB patch array).
-        self._needed = frozenset(n for p in self.passes for n in p.needs)
+        self._needed = frozenset(n for p in self.passes for n in p.reads)
         self._group_size = config.group_size  # grows to a loaded pass's chosen batch (see _note_loaded)
         if preloaded:
             for p in self.passes:
@@ -529,7 +529,7 @@ class Engine:
         damaged file fails this image only; `verify --fix` removes it so the next run redoes it).
         """
         missing, unreadable = [], ""
-        for name in p.needs:
+        for name in p.reads:
             if name in item.inputs:
                 continue
             artifact = BY_NAME[name]

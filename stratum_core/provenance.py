@@ -208,10 +208,10 @@ def _actual_key(p: Any, state_dir: Path) -> dict[str, Any]:
 
 
 def upstream_of(p: Any) -> list[str]:
-    """Passes whose artifacts `p` reads (t5 → caption; depth, normal → seg), from its `needs`."""
+    """Passes whose artifacts `p` reads (t5 → caption; depth, normal → seg), from its `reads`."""
     from stratum_core.artifacts import BY_NAME
 
-    return list(dict.fromkeys(BY_NAME[n].pass_name for n in p.needs if n in BY_NAME))
+    return list(dict.fromkeys(BY_NAME[n].pass_name for n in p.reads if n in BY_NAME))
 
 
 # ---------------------------------------------------------------------- the per-image record
@@ -412,12 +412,12 @@ def record(store: Store, image_id: str, p: Any, outcome: Any) -> None:
 
 
 def _input_files(store: Store, image_id: str, p: Any) -> dict[str, list[int]]:
-    """(size, mtime_ns) of the upstream files `p` read (its `needs`): a later edit of one makes `p` stale.
+    """(size, mtime_ns) of the upstream files `p` read (its `reads`): a later edit of one makes `p` stale.
     Recorded after `p`'s artifacts, so they are the files it was computed from (the writer wrote them first)."""
     from stratum_core.artifacts import BY_NAME
 
     files = {}
-    for need in p.needs:
+    for need in p.reads:
         artifact = BY_NAME.get(need)
         if artifact is not None and artifact.pass_name != p.name:
             stamp = _file_stamp(f"{store._image_dir_str(image_id)}/{artifact.filename}")
@@ -639,7 +639,7 @@ def _plan_state(engine: Any) -> _PlanState:
                     write_current(engine.store.state_dir, expected)
                 names = tuple(p.name for p in engine.passes)
                 downstream: dict[str, list[str]] = defaultdict(list)
-                for p in engine.passes:  # (from the passes' own `needs`: no pass module is imported here)
+                for p in engine.passes:  # (from the passes' own `reads`: no pass module is imported here)
                     for up in upstream_of(p):
                         downstream[up].append(p.name)
                 state = _PlanState(redo, expected, names, dict(downstream))

@@ -54,7 +54,7 @@ def upstream_passes(name: str) -> list[str]:
     """Passes whose artifacts `name` reads (t5 → caption, depth/normal → seg)."""
     from stratum_core.artifacts import BY_NAME
 
-    return list(dict.fromkeys(BY_NAME[n].pass_name for n in pass_class(name).needs))
+    return list(dict.fromkeys(BY_NAME[n].pass_name for n in pass_class(name).reads))
 
 
 def parse_passes(spec: str | Iterable[str]) -> tuple[str, ...]:

@@ -101,7 +101,7 @@ class Item:
     """One decoded image travelling through the passes of a run.
 
     `inputs` holds artifacts produced earlier in this run or read from disk (the
-    engine fills in each pass's `needs`); `scratch` lets related passes of one lane share
+    engine fills in each pass's `reads`); `scratch` lets related passes of one lane share
     work, e.g. the three Sapiens passes share one preprocessed tensor (a pass lists the keys
     it makes in `scratch_keys`, and the engine drops them when its lane is done with the batch).
     """
@@ -135,9 +135,9 @@ class Pass:
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
-    requires: ClassVar[tuple[str, ...]] = ()  # importable modules this pass needs
-    extra: ClassVar[str] = ""  # the pip extra that installs `requires`
-    needs: ClassVar[tuple[str, ...]] = ()  # artifact names read from earlier passes
+    requires_modules: ClassVar[tuple[str, ...]] = ()  # importable modules this pass needs
+    pip_extra: ClassVar[str] = ""  # the pip extra that installs `requires_modules`
+    reads: ClassVar[tuple[str, ...]] = ()  # artifact names read from earlier passes
     io_bound: ClassVar[bool] = False  # waits on a server: gets its own lane in the engine
     uses_image: ClassVar[bool] = True  # False: the engine skips decoding when only this pass runs
     uses_torch: ClassVar[bool] = False  # True: forward runs under torch.inference_mode
@@ -187,9 +187,9 @@ class Pass:
 
     def check_requirements(self) -> None:
         """Raise one clear message if an optional dependency is missing."""
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.requires_modules if importlib.util.find_spec(m) is None]
         if missing:
-            hint = f"pip install 'stratum[{self.extra}]'" if self.extra else "pip install " + " ".join(missing)
+            hint = f"pip install 'stratum[{self.pip_extra}]'" if self.pip_extra else "pip install " + " ".join(missing)
             raise InfrastructureError(f"the {self.name} pass needs {', '.join(missing)}: {hint}")
         if self.uses_torch and self.options.is_cuda:
             from stratum_core.devices import require_torch_cuda  # imports torch: only for GPU runs

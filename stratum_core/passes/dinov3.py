@@ -63,9 +63,9 @@ class DINOv3Pass(Pass):
     name = "dinov3"
     default = True
     version = "1"
-    requires = ("torch", "transformers")
+    requires_modules = ("torch", "transformers")
     uses_torch = True
-    extra = "gpu"
+    pip_extra = "gpu"
     model = ModelSpec("facebook/dinov3-vitl16-pretrain-lvd1689m")
 
     def __init__(self, options, config=None):

@@ -246,8 +246,8 @@ class DWPosePass(Pass):
     name = "pose"
     default = True
     version = "2"  # 2: detector fed BGR, crop matrix built from float32 points (bit-exact with the reference)
-    requires = ("cv2",)  # plus the backend's modules (BACKEND_MODULES), checked in check_requirements
-    extra = "pose"
+    requires_modules = ("cv2",)  # plus the backend's modules (BACKEND_MODULES), checked in check_requirements
+    pip_extra = "pose"
     model = ModelSpec("yzd-v/DWPose", (DETECTOR_FILE, POSE_FILE))
     config_class = PoseConfig
     auto_precision = "fp32"  # the ONNX files are fp32 and SimCC argmax flips on small logit changes

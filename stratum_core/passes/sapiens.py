@@ -230,10 +230,10 @@ class Prepared:
 class SapiensPass(Pass):
     """What the three Sapiens passes share: load, shared preprocessing, batched forward."""
 
-    requires = ("torch",)
+    requires_modules = ("torch",)
     uses_torch = True
     scratch_keys = (SCRATCH_KEY,)
-    extra = "sapiens"
+    pip_extra = "sapiens"
     channels: ClassVar[int]  # of the model output, checked at load
 
     def __init__(self, options, config=None):
@@ -347,7 +347,7 @@ class SapiensSegPass(SapiensPass):
 
 
 class _NeedsSeg(SapiensPass):
-    needs = ("seg",)
+    reads = ("seg",)
 
     def foreground(self, item: Item) -> Any:
         import torch

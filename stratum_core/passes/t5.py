@@ -65,10 +65,10 @@ class T5Pass(Pass):
     name = "t5"
     default = True
     version = "1"
-    requires = ("torch", "transformers", "tokenizers")
+    requires_modules = ("torch", "transformers", "tokenizers")
     uses_torch = True
-    extra = "gpu"
-    needs = ("caption",)
+    pip_extra = "gpu"
+    reads = ("caption",)
     uses_image = False
     # Only the files the encoder needs: the whole repo also holds TF, Flax, Rust and ONNX copies (~15 GB).
     model = ModelSpec("google-t5/t5-large", files=("config.json", "model.safetensors", "tokenizer.json"),

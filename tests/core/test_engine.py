@@ -246,7 +246,7 @@ def test_groups_are_larger_on_a_gpu_unless_a_batch_size_is_given(tmp_path):
 
 class FakeT5Pass(Pass):
     name = "t5"
-    needs = ("caption",)
+    reads = ("caption",)
     uses_image = False
 
     def forward(self, batch):
@@ -359,7 +359,7 @@ def test_two_runs_in_one_second_keep_both_run_records(input_dir, tmp_path):
 
 class SegNeedingPass(PixelPass):
     name = "depth"
-    needs = ("seg",)
+    reads = ("seg",)
 
     def postprocess(self, outputs, items):
         return [Outcome.ok(depth=np.zeros((i.bucket.height, i.bucket.width), np.float16)) for i in items]

@@ -80,7 +80,7 @@ def pass_kinds(name: str) -> set[str]:
     cls = pass_class(name)
     if cls.io_bound:
         return set(CAPTION_SERVERS)
-    modules = set(cls.requires)  # the pass's optional modules (the one place this adapter reads them)
+    modules = set(cls.requires_modules)  # the pass's optional modules (the one place this adapter reads them)
     if name == "pose":
         modules |= {m for runtime in POSE_RUNTIMES.values() for m in runtime}
     return {RUNTIME_KINDS[m] for m in modules if m in RUNTIME_KINDS} or {"python"}
