@@ -8,7 +8,6 @@ import contextlib
 import json
 import shutil
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
