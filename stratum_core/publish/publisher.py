@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from stratum_core.artifacts import BY_NAME
 from stratum_core.discover import iter_image_dirs
 from stratum_core.errors import ConfigError
 from stratum_core.publish.card import build_card
@@ -57,7 +58,8 @@ class DatasetView:
 
     @classmethod
     def load(cls, root: Path) -> "DatasetView":
-        names = {i: n for i, n in iter_image_dirs(root) if "metadata.json" in n}
+        metadata = BY_NAME["metadata"].filename
+        names = {i: n for i, n in iter_image_dirs(root) if metadata in n}
         registered = _registered_shards(Path(root))
         if not registered:
             return cls(Path(root), sorted(names), names)
