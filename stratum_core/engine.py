@@ -6,7 +6,6 @@ bounded: decodes in flight, per-bucket batches and every queue have a fixed size
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import queue
@@ -30,7 +29,7 @@ from stratum_core.passes import build_passes
 from stratum_core.passes.base import Item, Pass, PassOptions
 from stratum_core.progress import Progress
 from stratum_core.stopping import STOP_GRACE_S, StopRequest
-from stratum_core.store import FAILURE_PREFIX, Store, check_output_dir, sweep_dead_temp_files
+from stratum_core.store import DISK_FULL_ERRNOS, FAILURE_PREFIX, Store, check_output_dir, sweep_dead_temp_files
 from stratum_core.summary import Failure, PassStats, RunSummary
 from stratum_core.writer import WriterPool, join_until, put_until, writer_count
 
@@ -41,7 +40,6 @@ DEFAULT_CPU_GROUP = 8
 DEFAULT_GPU_GROUP = 32
 MAX_AUTO_GROUP = 64  # a pass's own batch choice may grow the groups up to this (64 crops ≈ 200 MB)
 # A full disk, a full quota, a read-only filesystem: no later write can succeed either.
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class _Dropped(Exception):
@@ -420,7 +418,7 @@ class Engine:
 
     def _note_write_error(self, exc: BaseException) -> None:
         """A full (or read-only) disk stops the run: every further write would fail the same way."""
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS and not self._disk_full:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS and not self._disk_full:
             self._disk_full = True
             self._abort = self._abort or InfrastructureError(
                 f"cannot write to {self.config.output_dir}: {exc.strerror or exc}; free some space (or make "
@@ -591,7 +589,10 @@ class Engine:
         if outcome.status == OK:
             for artifact in p.artifacts:
                 self.store.write(image_id, artifact, outcome.values[artifact.name])
-            provenance.record(self.store, image_id, p, outcome)
+            try:
+                provenance.record(self.store, image_id, p, outcome)
+            except OSError as exc:  # a full disk: the artifacts are written, their record stays pending (stale)
+                self._note_write_error(exc)
             self.store.clear_failure(image_id, p.name)
             with self._stats_lock:
                 summary.passes[p.name].done += 1

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from stratum_core import __version__
 from stratum_core.artifacts import pass_files
-from stratum_core.store import Store, write_atomic
+from stratum_core.store import DISK_FULL_ERRNOS, Store, write_atomic
 
 log = logging.getLogger("stratum.provenance")
 
@@ -407,6 +407,10 @@ def record(store: Store, image_id: str, p: Any, outcome: Any) -> None:
             rec["passes"][p.name] = entry
 
         _update(store, image_id, change)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise  # the caller stops the run and says so once; the entry stays pending (stale)
+        log.warning("provenance of %s [%s] not recorded: %s", image_id, p.name, exc)
     except Exception as exc:  # never lose the artifacts over their record: the entry stays pending (stale)
         log.warning("provenance of %s [%s] not recorded: %s", image_id, p.name, exc)
 
@@ -436,8 +440,9 @@ def mark_pending(store: Store, image_id: str, pass_names: Iterable[str]) -> None
 
     try:
         _update(store, image_id, change)
-    except OSError as exc:
-        log.warning("provenance of %s: cannot mark %s pending: %s", image_id, ", ".join(names), exc)
+    except OSError as exc:  # on a full disk the artifact writes fail too, and the engine says so once
+        level = logging.DEBUG if exc.errno in DISK_FULL_ERRNOS else logging.WARNING
+        log.log(level, "provenance of %s: cannot mark %s pending: %s", image_id, ", ".join(names), exc)
 
 
 # ---------------------------------------------------------------------- staleness

@@ -129,6 +129,8 @@ def decode_bytes(artifact: Artifact, data: bytes) -> Any:
     return load_json_bytes(data)
 
 
+# A write that failed for one of these fails for every file after it: the engine stops the run.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP}  # os.link on filesystems without links
 
 

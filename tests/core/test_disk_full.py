@@ -120,3 +120,20 @@ def test_a_run_record_that_cannot_be_saved_still_prints_the_summary_and_exits_2(
     assert "pixel     done 12, existing 0" in out
     assert "the run record could not be saved: OSError: [Errno 28] No space left on device" in out
     assert len(list((tmp_path / "out").rglob("pixel.npy"))) == 12  # the work itself is kept
+
+
+def test_a_disk_that_fills_while_a_provenance_record_is_written_stops_the_run_saying_so_once(input_dir, tmp_path,
+                                                                                             monkeypatch, caplog):
+    from stratum_core import provenance
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(provenance, "_update", full)  # every artifact fits; its record does not
+    output = tmp_path / "out"
+    assert process_cli(input_dir, output, "--passes", "pixel", "--workers", "1", "--batch-size", "1") == 2
+    assert caplog.text.count("No space left on device") == 1
+    assert "cannot write to" in caplog.text and "provenance of" not in caplog.text
+    written = sorted(p.parent.name for p in output.rglob("metadata.json"))
+    assert written and len(written) < 12  # stopped early, and what was written is kept
+    assert provenance.read_record(provenance.Store(output), written[0]) is None  # no record: unknown, not wrong
