@@ -29,12 +29,6 @@ def no_caption_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def cli_caption_config(flags: list[str], environ: dict[str, str] | None = None):
     """The CaptionConfig `stratum process` builds from these --caption-* flags."""
     parser = argparse.ArgumentParser()

@@ -15,12 +15,6 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     from stratum_testing.sapiens_models import build_sapiens_models
 
