@@ -44,6 +44,34 @@ def register(src: Path, out: Path, instance: dg.DagsterInstance, group: str, sha
     return keys
 
 
+def tick(sensor, instance: dg.DagsterInstance, stratum: StratumResource, cursor: str | None = None
+         ) -> dg.SensorResult:
+    """Evaluate one tick and apply it as the sensor daemon does: its asset events (observations,
+    materialisations) are stored first, then its partition requests."""
+    from stratum_dagster.definitions import defs
+
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"stratum": stratum},
+                                      definitions=defs())
+    result = sensor(context)
+    for event in result.asset_events or []:
+        instance.report_runless_asset_event(event)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def shard_processed_by_the_cli(root: Path, instance: dg.DagsterInstance) -> tuple[Path, Path, str]:
+    """One registered shard of two images (ffhq/a, ffhq/b) whose pixel pass ran outside Dagster, through
+    `stratum process --shard-key`: (input, output, shard key)."""
+    from stratum_testing.cli import process_cli
+
+    src, out = root / "in", root / "out"
+    write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
+    [key] = register(src, out, instance, "ffhq")
+    assert process_cli(src, out, "--passes", "pixel", "--device", "cpu", "--shard-key", key, "--workers", "1") == 0
+    return src, out, key
+
+
 def stratum_resource(src: Path, out: Path, **overrides) -> StratumResource:
     settings = {"device": "cpu", "workers": 1, "batch_size": 2, "offline": True, **overrides}
     return StratumResource(input_root=str(src), output_root=str(out), **settings)

@@ -14,19 +14,7 @@ from stratum_dagster.defs.shards.sensors import (new_images_sensor, shard_partit
                                                  shard_status_sensor)
 from stratum_dagster.definitions import defs
 from stratum_testing.cli import process_cli
-from tests.dagster.helpers import register, stratum_resource, write_tree
-
-
-def tick(sensor, instance: dg.DagsterInstance, stratum, cursor: str | None) -> dg.SensorResult:
-    """Evaluate one tick and apply its partition requests and asset events, as the daemon would."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"stratum": stratum},
-                                      definitions=defs())
-    result = sensor(context)
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    for event in result.asset_events or []:
-        instance.report_runless_asset_event(event)
-    return result
+from tests.dagster.helpers import register, shard_processed_by_the_cli, stratum_resource, tick, write_tree
 
 
 def test_new_images_sensor_registers_shards_for_a_new_folder_and_requests_runs(tmp_path, fresh_instance):
@@ -63,11 +51,7 @@ def test_new_images_land_in_new_shards_without_touching_old_ones(tmp_path, fresh
 
 
 def test_status_sensor_reports_a_shard_completed_by_the_cli(tmp_path, fresh_instance):
-    src, out = tmp_path / "in", tmp_path / "out"
-    write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
-    [key] = register(src, out, fresh_instance, "ffhq")
-    assert process_cli(src, out, "--passes", "pixel", "--device", "cpu",
-                       "--shard-key", key, "--workers", "1") == 0
+    src, out, key = shard_processed_by_the_cli(tmp_path, fresh_instance)
     result = tick(shard_status_sensor, fresh_instance, stratum_resource(src, out), None)
     reported = sorted((e.asset_key.to_user_string(), e.partition) for e in result.asset_events)
     assert reported == [("metadata", key), ("pixel", key)]
@@ -75,18 +59,9 @@ def test_status_sensor_reports_a_shard_completed_by_the_cli(tmp_path, fresh_inst
     assert not result.run_requests
 
 
-def _shard_processed_by_the_cli(tmp_path, instance):
-    """One registered shard of two images whose pixel pass ran outside Dagster: (output, key, resource)."""
-    src, out = tmp_path / "in", tmp_path / "out"
-    write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
-    [key] = register(src, out, instance, "ffhq")
-    process_cli(src, out, "--passes", "pixel", "--device", "cpu", "--shard-key", key,
-                "--workers", "1")
-    return out, key, stratum_resource(src, out)
-
-
 def test_status_sensor_requests_a_rerun_after_a_file_is_deleted(tmp_path, fresh_instance):
-    out, key, stratum = _shard_processed_by_the_cli(tmp_path, fresh_instance)
+    src, out, key = shard_processed_by_the_cli(tmp_path, fresh_instance)
+    stratum = stratum_resource(src, out)
     first = tick(shard_status_sensor, fresh_instance, stratum, None)
     quiet = tick(shard_status_sensor, fresh_instance, stratum, first.cursor)
     assert not quiet.run_requests and not quiet.asset_events
@@ -97,7 +72,8 @@ def test_status_sensor_requests_a_rerun_after_a_file_is_deleted(tmp_path, fresh_
 
 
 def test_status_sensor_requests_one_run_per_shard_for_every_pass_that_lost_files(tmp_path, fresh_instance):
-    out, key, stratum = _shard_processed_by_the_cli(tmp_path, fresh_instance)
+    src, out, key = shard_processed_by_the_cli(tmp_path, fresh_instance)
+    stratum = stratum_resource(src, out)
     first = tick(shard_status_sensor, fresh_instance, stratum, None)
     (out / "ffhq" / "a" / "metadata.json").unlink()
     (out / "ffhq" / "b" / "pixel.npy").unlink()

@@ -16,9 +16,8 @@ from stratum_core import shards
 from stratum_core.source_versions import shard_source_version
 from stratum_dagster.defs.shards.sensors import new_images_sensor
 from stratum_dagster.defs.sources.observations import SOURCE_IMAGES, source_images, source_images_sensor
-from stratum_dagster.partitions import SHARD_PARTITIONS_NAME
 from stratum_dagster.resources import CaptionServerResource
-from tests.dagster.helpers import (PASSES_WITHOUT_RETRIES, materialize, register, stratum_resource, write_image,
+from tests.dagster.helpers import (PASSES_WITHOUT_RETRIES, materialize, register, stratum_resource, tick, write_image,
                                    write_tree)
 
 
@@ -35,11 +34,7 @@ def two_shards(tmp_path):
 
 def observe_by_sensor(instance: dg.DagsterInstance, stratum, cursor: str | None = None) -> dg.SensorResult:
     """One tick of the sensor, its observations stored as the sensor daemon stores them."""
-    result = source_images_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
-                                                          resources={"stratum": stratum}))
-    for event in result.asset_events:
-        instance.report_runless_asset_event(event)
-    return result
+    return tick(source_images_sensor, instance, stratum, cursor)
 
 
 def replace_source(path: Path) -> None:
@@ -132,11 +127,7 @@ def test_a_shard_run_as_soon_as_the_new_images_sensor_adds_it_still_sees_a_later
     write_tree(src, ["people/a.png", "people/b.png"])
     stratum = stratum_resource(src, out)
     with dg.instance_for_test() as instance:
-        tick = new_images_sensor(dg.build_sensor_context(instance=instance, resources={"stratum": stratum}))
-        [key] = [r.partition_key for r in tick.run_requests]
-        for event in tick.asset_events:  # what the daemon does with the tick, in its order
-            instance.report_runless_asset_event(event)
-        instance.add_dynamic_partitions(SHARD_PARTITIONS_NAME, [key])
+        [key] = [r.partition_key for r in tick(new_images_sensor, instance, stratum).run_requests]
         assert materialize(["metadata"], key, instance, stratum).success  # the requested run, before any
         replace_source(src / "people/a.png")                             # source_images_sensor tick
         observe_by_sensor(instance, stratum)

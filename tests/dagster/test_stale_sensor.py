@@ -10,19 +10,14 @@ from stratum_core.store import Store
 from stratum_dagster.defs.passes.step import REDO_TAG
 from stratum_dagster.defs.shards.sensors import RERUN_STALE_ENV, shard_status_sensor
 from stratum_dagster.resources import CaptionServerResource
-from stratum_testing.cli import process_cli
-from tests.dagster.helpers import PASSES_WITHOUT_RETRIES, register, stratum_resource, write_image, write_tree
-from tests.dagster.test_sensors import tick
+from tests.dagster.helpers import (PASSES_WITHOUT_RETRIES, shard_processed_by_the_cli, stratum_resource, tick,
+                                   write_image)
 
 
 @pytest.fixture
 def processed(tmp_path, fresh_instance):
     """A registered shard of two images whose pixel pass ran through the CLI; b's source then replaced."""
-    src, out = tmp_path / "in", tmp_path / "out"
-    write_tree(src, ["ffhq/a.png", "ffhq/b.png"])
-    [key] = register(src, out, fresh_instance, "ffhq")
-    assert process_cli(src, out, "--passes", "pixel", "--device", "cpu",
-                       "--shard-key", key, "--workers", "1") == 0
+    src, out, key = shard_processed_by_the_cli(tmp_path, fresh_instance)
     write_image(src / "ffhq" / "b.png", size=(40, 56), seed=9)  # same name, other content
     return src, out, key
 
