@@ -317,15 +317,24 @@ def _index_lines(record: Mapping[str, Any]) -> str:
 def changed_inputs(directory: str | Path, rec: Mapping[str, Any] | None) -> dict[str, str]:
     """pass → upstream pass whose file (as the pass read it, `input_files`) differs now: a hand-edited
     caption.txt makes t5 stale. One stat per recorded input file."""
+    return _changed_files(directory, ((name, filename, tuple(recorded))
+                                      for name, entry in ((rec or {}).get("passes") or {}).items()
+                                      if isinstance(entry, dict) and not entry.get("pending")
+                                      for filename, recorded in (entry.get("input_files") or {}).items()))
+
+
+def _changed_files(directory: str | Path, recorded: Iterable[tuple[str, str, tuple[int, ...]]]) -> dict[str, str]:
+    """pass → upstream pass, for each (pass, file, (size, mtime_ns) when the pass read it) whose file differs
+    now; one stat per file (seg.npy, read by depth and normal, is looked at once)."""
     from stratum_core.artifacts import BY_FILENAME
 
     changed: dict[str, str] = {}
-    for name, entry in ((rec or {}).get("passes") or {}).items():
-        if not isinstance(entry, dict) or entry.get("pending"):
-            continue
-        for filename, recorded in (entry.get("input_files") or {}).items():
-            if _file_stamp(f"{directory}/{filename}") != tuple(recorded) and filename in BY_FILENAME:
-                changed.setdefault(name, BY_FILENAME[filename].pass_name)
+    stamps: dict[str, tuple[int, int] | None] = {}
+    for name, filename, stamp_then in recorded:
+        if filename not in stamps:
+            stamps[filename] = _file_stamp(f"{directory}/{filename}")
+        if stamps[filename] != stamp_then and filename in BY_FILENAME:
+            changed.setdefault(name, BY_FILENAME[filename].pass_name)
     return changed
 
 
@@ -567,18 +576,9 @@ def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[s
 def _edited_inputs(directory: str, line: bytes) -> dict[str, str]:
     """pass → upstream pass, from the third index line's `name:<file>:<size>:<mtime_ns>` tokens: the files
     that differ now from when the pass read them."""
-    from stratum_core.artifacts import BY_FILENAME
-
-    edited: dict[str, str] = {}
-    stamps: dict[str, tuple[int, int] | None] = {}  # seg.npy, read by depth and normal: one stat
-    for token in line.decode().split():
-        name, filename, size, mtime_ns = token.rsplit(":", 3)
-        if filename not in stamps:
-            stamps[filename] = _file_stamp(f"{directory}/{filename}")
-        stamp = stamps[filename]
-        if (stamp is None or stamp != (int(size), int(mtime_ns))) and filename in BY_FILENAME:
-            edited.setdefault(name, BY_FILENAME[filename].pass_name)
-    return edited
+    tokens = (token.rsplit(":", 3) for token in line.decode().split())
+    return _changed_files(directory, ((name, filename, (int(size), int(mtime_ns)))
+                                      for name, filename, size, mtime_ns in tokens))
 
 
 class _KeyReason:
