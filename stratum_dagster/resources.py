@@ -65,7 +65,7 @@ class CaptionServerResource(dg.ConfigurableResource):
 
     def caption_config(self) -> "CaptionConfig":
         """The caption pass's config, the same object `stratum process` builds from its --caption-* flags."""
-        from stratum_core.passes.caption import API_KEY_VARIABLES, CaptionConfig, read_prompt_file
+        from stratum_core.passes.caption import CaptionConfig, api_key_from, read_prompt_file
 
         backend, url, model = (getattr(self, f) or os.environ.get(v) or None for f, v in CAPTION_ENV.items())
         backend = backend or "ollama"
@@ -75,8 +75,7 @@ class CaptionServerResource(dg.ConfigurableResource):
         if self.prompt_file:
             settings.update(prompt=read_prompt_file(Path(self.prompt_file)), prompt_file=self.prompt_file)
         # The key is read here, at the edge, from the variables the CLI reads for this backend.
-        api_key = self.api_key or next(
-            (os.environ[v] for v in API_KEY_VARIABLES.get(backend, ()) if os.environ.get(v)), None)
+        api_key = self.api_key or api_key_from(os.environ, backend)
         return CaptionConfig(backend=backend, url=url, model=model, api_key=api_key,
                              **{k: v for k, v in settings.items() if v is not None})
 

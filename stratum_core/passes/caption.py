@@ -36,6 +36,11 @@ DEFAULT_URLS = {"ollama": DEFAULT_OLLAMA_URL, "openai": DEFAULT_OPENAI_URL}
 API_KEY_VARIABLES = {"ollama": ("STRATUM_CAPTION_API_KEY",), "openai": ("STRATUM_CAPTION_API_KEY", "OPENAI_API_KEY")}
 
 
+def api_key_from(environ: Mapping[str, str], backend: str) -> str | None:
+    """The bearer token for `backend` from the first of its variables that is set (CLI and Dagster alike)."""
+    return next((environ[v] for v in API_KEY_VARIABLES.get(backend, ()) if environ.get(v)), None)
+
+
 @dataclass(frozen=True)
 class CaptionConfig:
     """Caption settings. `url`/`model` None mean the backend's default; `api_key` never appears in repr."""
@@ -146,7 +151,7 @@ class CaptionPass(Pass):
         prompt, prompt_file = DEFAULT_PROMPT, None
         if args.caption_prompt_file is not None:
             prompt, prompt_file = read_prompt_file(args.caption_prompt_file), str(args.caption_prompt_file)
-        api_key = next((environ[v] for v in API_KEY_VARIABLES[backend] if environ.get(v)), None)
+        api_key = api_key_from(environ, backend)
         return CaptionConfig(backend=backend, url=url, model=model, max_tokens=args.caption_max_tokens,
                              concurrency=args.caption_concurrency, timeout=args.caption_timeout,
                              retries=args.caption_retries, backoff_base=args.caption_backoff, prompt=prompt,
