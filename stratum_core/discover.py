@@ -299,19 +299,41 @@ def _second(pair: tuple[str, str]) -> str:
     return pair[1]
 
 
+def _own_file_names() -> frozenset[str]:
+    """Every file name stratum itself writes in an image directory: artifacts, failure records, the
+    provenance record."""
+    from stratum_core.artifacts import pass_names
+    from stratum_core.provenance import RECORD_NAME
+    from stratum_core.store import FAILURE_PREFIX
+
+    return frozenset(BY_FILENAME) | {f"{FAILURE_PREFIX}{p}.json" for p in pass_names()} | {RECORD_NAME}
+
+
 def iter_image_dirs(output_dir: Path) -> Iterator[tuple[str, set[str]]]:
     """Yield (image_id, file names) for every image directory under `output_dir`.
 
     An image directory is one holding `metadata.json`, a failure record or any artifact (one
-    whose metadata.json was deleted, say); one `os.scandir` per directory, so this costs about
-    the same as a bare walk.
+    whose metadata.json was deleted, say). One listing per directory, so this costs no more
+    than a bare `os.scandir` walk: a directory holding only names stratum writes is an image
+    directory with nothing below it, listed by name (`os.listdir`); any other is scanned again
+    with `os.scandir` to tell its files from its folders.
     """
+    own = _OWN_FILE_NAMES
     # An explicit stack, not recursive generators: a `yield from` chain costs per image and per level,
     # and status walks millions of image directories. Same order: depth first, folders sorted by name.
     stack: list[tuple[str, str]] = [(str(output_dir), "")]
     pop, push = stack.pop, stack.extend
     while stack:
         directory, rel = pop()
+        try:
+            listed = os.listdir(directory)
+        except OSError:
+            continue
+        if rel and own.issuperset(listed):  # the common case: no per-entry objects, no file types
+            names = set(listed)
+            if _is_image_dir(names):
+                yield rel, names
+            continue
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
@@ -320,9 +342,16 @@ def iter_image_dirs(output_dir: Path) -> Iterator[tuple[str, set[str]]]:
         names = {e.name for e in entries if not e.is_dir(follow_symlinks=False)}
         subdirs = [e for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")] \
             if len(names) < len(entries) else ()
-        if rel and (not names.isdisjoint(BY_FILENAME) or any(n.startswith(".failed-") for n in names)):
+        if rel and _is_image_dir(names):
             yield rel, names
         if subdirs:
             prefix = f"{rel}/" if rel else ""
             # popped last-first: visited in name order
             push(sorted(((sub.path, prefix + sub.name) for sub in subdirs), key=_second, reverse=True))
+
+
+def _is_image_dir(names: set[str]) -> bool:
+    return not names.isdisjoint(BY_FILENAME) or any(n.startswith(".failed-") for n in names)
+
+
+_OWN_FILE_NAMES = _own_file_names()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from stratum_core import __version__
-from stratum_core.artifacts import pass_files
+from stratum_core.artifacts import BY_FILENAME, pass_files
 from stratum_core.store import DISK_FULL_ERRNOS, Store, write_atomic
 
 log = logging.getLogger("stratum.provenance")
@@ -317,24 +317,28 @@ def _index_lines(record: Mapping[str, Any]) -> str:
 def changed_inputs(directory: str | Path, rec: Mapping[str, Any] | None) -> dict[str, str]:
     """pass → upstream pass whose file (as the pass read it, `input_files`) differs now: a hand-edited
     caption.txt makes t5 stale. One stat per recorded input file."""
-    return _changed_files(directory, ((name, filename, tuple(recorded))
+    return _changed_files(directory, ((name, filename, "%d:%d" % tuple(recorded))
                                       for name, entry in ((rec or {}).get("passes") or {}).items()
                                       if isinstance(entry, dict) and not entry.get("pending")
                                       for filename, recorded in (entry.get("input_files") or {}).items()))
 
 
-def _changed_files(directory: str | Path, recorded: Iterable[tuple[str, str, tuple[int, ...]]]) -> dict[str, str]:
-    """pass → upstream pass, for each (pass, file, (size, mtime_ns) when the pass read it) whose file differs
-    now; one stat per file (seg.npy, read by depth and normal, is looked at once)."""
-    from stratum_core.artifacts import BY_FILENAME
-
+def _changed_files(directory: str | Path, recorded: Iterable[tuple[str, str, str]]) -> dict[str, str]:
+    """pass → upstream pass, for each (pass, file, `size:mtime_ns` when the pass read it) whose file differs
+    now; one stat per file (seg.npy, read by depth and normal, is looked at once). Stamps are compared as
+    text: status reads them from the index line and never parses the numbers."""
     changed: dict[str, str] = {}
-    stamps: dict[str, tuple[int, int] | None] = {}
+    stamps: dict[str, str] = {}
     for name, filename, stamp_then in recorded:
-        if filename not in stamps:
-            stamps[filename] = _file_stamp(f"{directory}/{filename}")
-        if stamps[filename] != stamp_then and filename in BY_FILENAME:
-            changed.setdefault(name, BY_FILENAME[filename].pass_name)
+        stamp_now = stamps.get(filename)
+        if stamp_now is None:
+            try:
+                st = os.stat(f"{directory}/{filename}")
+                stamp_now = stamps[filename] = "%d:%d" % (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp_now = stamps[filename] = ""  # gone: differs from any recorded stamp
+        if stamp_now != stamp_then and filename in _PASS_OF_FILE:
+            changed.setdefault(name, _PASS_OF_FILE[filename])
     return changed
 
 
@@ -556,9 +560,11 @@ def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[s
     # After the second line: "\n" (an empty third line), "{" (a #1 record's JSON) or input-file tokens.
     if directory is not None and data[second_end + 1] not in (10, 123):
         third_end = data.find(b"\n", second_end + 1)
-        edited = tuple(sorted(_edited_inputs(directory, data[second_end + 1:third_end]).items()))
+        changed_files = _edited_inputs(directory, data[second_end + 1:third_end])
+        if changed_files:
+            edited = tuple(sorted(changed_files.items()))
     if cache is not None:
-        cache_key = (second, changed, has_source, frozenset(names), edited)
+        cache_key = (second, names, changed, has_source, edited)
         verdict = cache.get(cache_key)
         if verdict is not None:
             return verdict[0], verdict[1], changed
@@ -576,9 +582,7 @@ def _fast_verdict(data: bytes, names: set[str], expected: Mapping[str, Mapping[s
 def _edited_inputs(directory: str, line: bytes) -> dict[str, str]:
     """pass → upstream pass, from the third index line's `name:<file>:<size>:<mtime_ns>` tokens: the files
     that differ now from when the pass read them."""
-    tokens = (token.rsplit(":", 3) for token in line.decode().split())
-    return _changed_files(directory, ((name, filename, (int(size), int(mtime_ns)))
-                                      for name, filename, size, mtime_ns in tokens))
+    return _changed_files(directory, (token.split(":", 2) for token in line.decode().split()))
 
 
 class _KeyReason:
@@ -595,6 +599,7 @@ class _KeyReason:
 
 
 _FILES_OF: dict[str, frozenset[str]] = {}  # pass → its file names (a plain dict: no call per pass per image)
+_PASS_OF_FILE = {filename: artifact.pass_name for filename, artifact in BY_FILENAME.items()}
 
 
 # ---------------------------------------------------------------------- the current configuration
@@ -696,9 +701,11 @@ class ProvenanceStatus:
 
     MAX_LISTED = 1000
 
-    def add(self, store: Store, image_id: str, names: set[str], directory: str | None = None) -> None:
+    def add(self, store: Store, image_id: str, names: set[str] | frozenset[str], directory: str | None = None
+            ) -> None:
         """One image directory (called from status's walk; reads one small file). `directory` is the
-        image's folder when the caller has it (status's walk), which spares re-checking the id."""
+        image's folder when the caller has it (status's walk), which spares re-checking the id; `names`
+        as a frozenset spares a copy (images with the same files share a cached verdict)."""
         if self._current is None:
             from stratum_core.artifacts import pass_names
 
@@ -722,7 +729,7 @@ class ProvenanceStatus:
         except OSError:
             data = b""
         try:
-            stale, unknown, changed = _fast_verdict(data, names, self._current, self._ids, self._passes,
+            stale, unknown, changed = _fast_verdict(data, frozenset(names), self._current, self._ids, self._passes,
                                                     self._verdicts, directory)
         except (ValueError, UnicodeDecodeError):  # a damaged record: its artifacts' provenance is unknown
             stale, unknown, changed = {}, {n for n in self._passes if pass_files(n) <= names}, None

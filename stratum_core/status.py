@@ -102,10 +102,11 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
     # The per-image loop runs millions of times: set operations and counts by file name, mapped at the end.
     root, metadata_file, files = str(output_dir), BY_NAME["metadata"].filename, frozenset(filenames)
     quiet = files | {RECORD_NAME}  # names that are never a failure record
-    by_file: Counter = Counter()
+    by_names: Counter = Counter()  # the set of file names → image dirs holding exactly those (few distinct sets)
     image_dirs = with_metadata = 0
-    for image_id, names in iter_image_dirs(Path(output_dir)):
+    for image_id, listed in iter_image_dirs(Path(output_dir)):
         image_dirs += 1
+        names = frozenset(listed)
         has_metadata = metadata_file in names
         if has_metadata or metadata_failure in names:  # an undecodable source is a known, failed image
             seen.append(hash(image_id))
@@ -115,16 +116,16 @@ def dataset_status(output_dir: Path) -> DatasetStatus:
             status.without_metadata += 1  # counted apart, so no artifact count exceeds the total
             continue
         status.provenance.add(store, image_id, names, f"{root}/{image_id}")  # (ids from the walk are safe)
-        for filename in names & files:
-            by_file[filename] += 1
+        by_names[names] += 1
         if not quiet.issuperset(names):
             for name in names - quiet:
                 if name.startswith(FAILURE_PREFIX) and name.endswith(".json"):
                     pass_name = name[len(FAILURE_PREFIX):-len(".json")]
                     status.add_failure(image_id, pass_name, store.read_failure(image_id, pass_name) or {})
     status.image_dirs, status.with_metadata = image_dirs, with_metadata
-    for filename, n in by_file.items():
-        status.counts[filenames[filename]] += n
+    for names, n in by_names.items():
+        for filename in names & files:
+            status.counts[filenames[filename]] += n
     status.refused_in, record = newest_run_record(store.state_dir / "runs")
     status.refused_sources = list(record.get("discovery_errors") or [])[:MAX_LISTED]
     status.notes = run_notes(record)
