@@ -134,11 +134,16 @@ def test_partitions_command_adds_the_registered_shards_to_the_instance_without_a
     src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.delenv("STRATUM_INPUT_DIR", raising=False)
     write_tree(src, ["ffhq/a.png", "celeb/b.png"])
     assert cli_main(["shards", "register", str(src), "-o", str(out)]) == 0
+    capsys.readouterr()
     assert partitions_main([str(out)]) == 0
     assert partitions_main([str(out)]) == 0  # again: nothing new
-    assert capsys.readouterr().out.splitlines()[-2:] == ["2 shards added as partitions, 2 in all",
-                                                         "0 shards added as partitions, 2 in all"]
+    assert capsys.readouterr().out.splitlines() == [
+        "2 shards added as partitions, 2 in all",
+        "their sources are first observed on source_images_sensor's next tick (set STRATUM_INPUT_DIR to record "
+        "them now)",
+        "0 shards added as partitions, 2 in all"]
     with dg.DagsterInstance.from_config(str(home)) as fresh_instance:
         assert sorted(fresh_instance.get_dynamic_partitions("shards")) == ["celeb-0000", "ffhq-0000"]

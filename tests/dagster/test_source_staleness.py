@@ -132,3 +132,26 @@ def test_a_shard_run_as_soon_as_the_new_images_sensor_adds_it_still_sees_a_later
         replace_source(src / "people/a.png")                             # source_images_sensor tick
         observe_by_sensor(instance, stratum)
         assert resolver(instance, stratum).get_status(dg.AssetKey("metadata"), key) == StaleStatus.STALE
+
+
+def test_a_shard_run_as_soon_as_the_partitions_command_adds_it_still_sees_a_later_source_change(tmp_path,
+                                                                                                monkeypatch):
+    from stratum_dagster.partitions import main as partitions_main
+
+    src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
+    home.mkdir()
+    write_tree(src, ["people/a.png", "people/b.png"])
+    [shard] = shards.register_group(src, out, "people", 1000)[0]
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("STRATUM_INPUT_DIR", str(src))
+    assert partitions_main([str(out)]) == 0
+    stratum = stratum_resource(src, out)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        record = instance.get_latest_data_version_record(SOURCE_IMAGES, True, shard.key)
+        assert record.event_log_entry.asset_observation.tags["dagster/data_version"] == \
+            shard_source_version(src, shard).version
+        assert materialize(["metadata"], shard.key, instance, stratum).success  # before any sensor tick
+        assert resolver(instance, stratum).get_status(dg.AssetKey("metadata"), shard.key) == StaleStatus.FRESH
+        replace_source(src / "people/a.png")
+        observe_by_sensor(instance, stratum)
+        assert resolver(instance, stratum).get_status(dg.AssetKey("metadata"), shard.key) == StaleStatus.STALE
