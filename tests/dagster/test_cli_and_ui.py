@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,10 +18,10 @@ from stratum_core.artifacts import pass_files
 from stratum_core.cli import main as cli_main
 from stratum_core.passes import DEFAULT_PASSES, REGISTRY
 from stratum_core.store import FAILURE_PREFIX
+from tests.dagster import webserver
 from tests.dagster.helpers import register, write_tree
 from stratum_testing.model_dir import build_smoke_model_dir
 
-VENV_BIN = Path(sys.executable).parent
 CATALOG_PAGE = "/assets"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -51,24 +47,14 @@ def site(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def dagster_dev(site):
     """One `dagster dev` on 127.0.0.1 for the module, in its own process group, stopped by its pgid."""
-    port = _free_port()
-    log = open(site["root"] / "dagster_dev.log", "wb")
-    process = subprocess.Popen(
-        [str(VENV_BIN / "dagster"), "dev", "-m", "stratum_dagster.definitions", "-h", "127.0.0.1", "-p", str(port)],
-        env=site["env"], cwd=Path(__file__).parents[2], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url + "/server_info", process, timeout=120)
+    with webserver.dagster_dev(site["env"], site["root"] / "dagster_dev.log") as url:
         yield url
-    finally:
-        _stop_group(process)
-        log.close()
 
 
 def _job_execute(site: dict, job: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`dagster job execute -m stratum_dagster.definitions -j JOB --tags '{"dagster/partition": KEY}'`."""
     tags = json.dumps({"dagster/partition": site["key"]})
-    return subprocess.run([str(VENV_BIN / "dagster"), "job", "execute", "-m", "stratum_dagster.definitions",
+    return subprocess.run([str(webserver.VENV_BIN / "dagster"), "job", "execute", "-m", "stratum_dagster.definitions",
                            "-j", job, "--tags", tags, *extra], env=env or site["env"], capture_output=True,
                           text=True, timeout=300)
 
@@ -106,7 +92,7 @@ def test_dagster_job_execute_enrich_job_writes_every_default_artifact_of_the_sha
 
 def test_graphql_lists_the_assets_and_the_shard_partitions(dagster_dev, site):
     query = """{ assetNodes { assetKey { path } groupName partitionKeysByDimension { name partitionKeys } } }"""
-    nodes = _graphql(dagster_dev, query)["assetNodes"]
+    nodes = webserver.graphql(dagster_dev, query)["assetNodes"]
     by_name = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(by_name) == {*REGISTRY, "hub_dataset", "source_images"}
     [dimension] = by_name["seg"]["partitionKeysByDimension"]
@@ -114,17 +100,17 @@ def test_graphql_lists_the_assets_and_the_shard_partitions(dagster_dev, site):
 
 
 def test_shards_registered_by_the_cli_become_partitions_within_a_daemon_tick_without_any_run(dagster_dev, site):
-    keys = _wait_for_partition(dagster_dev, site["cli_key"])
+    keys = webserver.wait_for_partition(dagster_dev, site["cli_key"])
     assert sorted(keys) == sorted([site["key"], site["cli_key"]])
-    assert _runs(dagster_dev, tags=[{"key": "dagster/partition", "value": site["cli_key"]}]) == []
+    assert webserver.runs(dagster_dev, tags=[{"key": "dagster/partition", "value": site["cli_key"]}]) == []
 
 
 def test_two_runs_of_one_shard_launched_together_run_one_after_the_other(dagster_dev, site):
     """dagster.yaml.example's tag limit on dagster/partition: the second run waits in the queue."""
-    first, second = (_launch(dagster_dev, "metadata_job", site["key"]) for _ in range(2))
+    first, second = (webserver.launch(dagster_dev, "metadata_job", site["key"]) for _ in range(2))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        runs = {r["runId"]: r for r in _runs(dagster_dev, run_ids=[first, second])}
+        runs = {r["runId"]: r for r in webserver.runs(dagster_dev, run_ids=[first, second])}
         if all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs.values()):
             break
         assert not all(r["status"] == "STARTED" for r in runs.values()), "both runs of one shard in progress"
@@ -145,19 +131,19 @@ def test_terminating_a_run_stops_its_step_before_the_next_image(dagster_dev, sit
                          "batch_size": 1}
         config = {"resources": {"stratum": {"config": one_at_a_time},
                                 "caption_server": {"config": {"url": f"{url}/api/generate", "concurrency": 1}}}}
-        _wait_for_partition(dagster_dev, site["cli_key"])  # a shard no other test runs: no captions yet
-        run_id = _launch(dagster_dev, "caption_job", site["cli_key"], config)
+        webserver.wait_for_partition(dagster_dev, site["cli_key"])  # a shard no other test runs: no captions yet
+        run_id = webserver.launch(dagster_dev, "caption_job", site["cli_key"], config)
         deadline = time.monotonic() + 180
         while fake.generate_count == 0 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert fake.generate_count == 1
-        terminated = _graphql(dagster_dev, """mutation($id: String!) { terminateRun(runId: $id) { __typename } }""",
+        terminated = webserver.graphql(dagster_dev, """mutation($id: String!) { terminateRun(runId: $id) { __typename } }""",
                               {"id": run_id})["terminateRun"]
         assert terminated["__typename"] == "TerminateRunSuccess", terminated
-        while _runs(dagster_dev, run_ids=[run_id])[0]["status"] not in ("CANCELED", "FAILURE", "SUCCESS"):
+        while webserver.runs(dagster_dev, run_ids=[run_id])[0]["status"] not in ("CANCELED", "FAILURE", "SUCCESS"):
             assert time.monotonic() < deadline + 60, "the run did not stop"
             time.sleep(0.5)
-        assert _runs(dagster_dev, run_ids=[run_id])[0]["status"] == "CANCELED"
+        assert webserver.runs(dagster_dev, run_ids=[run_id])[0]["status"] == "CANCELED"
         assert fake.generate_count == 1  # the second image was never sent
     assert not (site["out"] / "later" / "d" / "caption.txt").exists()
 
@@ -166,7 +152,7 @@ def test_the_asset_catalog_shows_every_asset_with_its_partitions_and_no_dialog_o
     """What a user sees in headless Chromium after the page's scripts ran: the rendered DOM."""
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium)")
-    _wait_for_partition(dagster_dev, site["cli_key"])
+    webserver.wait_for_partition(dagster_dev, site["cli_key"])
     dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                           "--disable-component-update", "--disable-sync", "--no-first-run",
                           f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,2000",
@@ -198,77 +184,3 @@ class _Page(HTMLParser):
     def handle_data(self, data: str) -> None:
         if data.strip():
             self.texts.append(data.strip())
-
-
-def _wait_for_partition(url: str, key: str, timeout: float = 90) -> list[str]:
-    """The shard partitions once `key` is among them (the daemon's first sensor tick adds it)."""
-    query = """{ assetNodeOrError(assetKey: {path: ["metadata"]}) {
-                   ... on AssetNode { partitionKeysByDimension { partitionKeys } } } }"""
-    deadline = time.monotonic() + timeout
-    while True:
-        keys = _graphql(url, query)["assetNodeOrError"]["partitionKeysByDimension"][0]["partitionKeys"]
-        if key in keys or time.monotonic() > deadline:
-            return keys
-        time.sleep(1)
-
-
-def _launch(url: str, job: str, partition: str, run_config: dict | None = None) -> str:
-    """launchRun as the launchpad does; returns the run id (the run is queued by the instance)."""
-    mutation = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
-                    ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
-    params = {"selector": {"repositoryLocationName": "stratum_dagster.definitions",
-                           "repositoryName": "__repository__", "jobName": job},
-              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
-              "runConfigData": run_config or {}}
-    launched = _graphql(url, mutation, {"p": params})["launchRun"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    return launched["run"]["runId"]
-
-
-def _runs(url: str, run_ids: list[str] | None = None, tags: list[dict] | None = None) -> list[dict]:
-    query = """query($f: RunsFilter) { runsOrError(filter: $f) { ... on Runs {
-                 results { runId status startTime endTime } } } }"""
-    run_filter = {k: v for k, v in (("runIds", run_ids), ("tags", tags)) if v is not None}
-    return _graphql(url, query, {"f": run_filter})["runsOrError"]["results"]
-
-
-def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    body = {"query": query, "variables": variables or {}}
-    request = urllib.request.Request(url + "/graphql", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        payload = json.loads(response.read())
-    assert "errors" not in payload, payload
-    return payload["data"]
-
-
-def _free_port() -> int:
-    # dagster dev takes no port 0: ask the OS for a free one and hand it over.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dagster dev exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"dagster dev did not answer on {url} within {timeout:.0f}s")
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    pgid = process.pid  # start_new_session: the group id is the leader's pid
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(pgid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
