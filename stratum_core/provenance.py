@@ -317,10 +317,15 @@ def _index_lines(record: Mapping[str, Any]) -> str:
 def changed_inputs(directory: str | Path, rec: Mapping[str, Any] | None) -> dict[str, str]:
     """pass → upstream pass whose file (as the pass read it, `input_files`) differs now: a hand-edited
     caption.txt makes t5 stale. One stat per recorded input file."""
-    return _changed_files(directory, ((name, filename, "%d:%d" % tuple(recorded))
+    return _changed_files(directory, ((name, filename, _stamp_text(recorded))
                                       for name, entry in ((rec or {}).get("passes") or {}).items()
                                       if isinstance(entry, dict) and not entry.get("pending")
                                       for filename, recorded in (entry.get("input_files") or {}).items()))
+
+
+def _stamp_text(recorded: Any) -> str:
+    """A record's `[size, mtime_ns]` as the index line writes it; anything else matches no file."""
+    return ":".join(map(str, recorded)) if isinstance(recorded, list) else "?"
 
 
 def _changed_files(directory: str | Path, recorded: Iterable[tuple[str, str, str]]) -> dict[str, str]:

@@ -206,3 +206,14 @@ def test_iter_image_dirs_yields_image_dirs_with_their_files(tmp_path):
     found = dict(iter_image_dirs(tmp_path))
     assert found == {"a": {"metadata.json", "pixel.npy"}, "a/b": {"metadata.json"},
                      "c": {".failed-metadata.json"}}
+
+
+def test_iter_image_dirs_lists_every_file_of_a_dir_that_also_holds_other_names(tmp_path):
+    touch(tmp_path, "a/metadata.json", "a/.provenance.json", "a/notes.txt", "a/.tmp-1234", "a/b/seg.npy")
+    found = dict(iter_image_dirs(tmp_path))
+    assert found == {"a": {"metadata.json", ".provenance.json", "notes.txt", ".tmp-1234"}, "a/b": {"seg.npy"}}
+
+
+def test_a_dir_holding_only_a_provenance_record_is_not_an_image_dir(tmp_path):
+    touch(tmp_path, "a/.provenance.json", "b/.provenance.json", "b/pixel.npy")
+    assert dict(iter_image_dirs(tmp_path)) == {"b": {".provenance.json", "pixel.npy"}}
