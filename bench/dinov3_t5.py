@@ -37,27 +37,15 @@ from stratum_core.passes.base import Item, PassOptions
 from stratum_core.passes.dinov3 import IMAGENET_MEAN, IMAGENET_STD
 from stratum_core.passes.torch_utils import synchronize
 from stratum_core.store import Store
-from stratum_testing.transformers_models import build_t5, t5_tokenizer
+from stratum_testing.transformers_models import DINOV3_LAYERSCALE, T5_LARGE_VOCAB, build_dinov3, build_t5
 
 
 def build_models(root: Path, full_size: bool) -> tuple[Path, Path]:
     """DINOv3 ViT-L/16 and T5-large encoder (random weights) or small 2-layer versions of both."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel, T5Config, T5EncoderModel
-
     layers, ffn = (24, 4096) if full_size else (2, 1024)
-    torch.manual_seed(0)
-    dino_config = DINOv3ViTConfig(hidden_size=1024, intermediate_size=ffn, num_hidden_layers=layers,
-                                  num_attention_heads=16, patch_size=16, num_register_tokens=4,
-                                  layerscale_value=1e-5)
-    DINOv3ViTModel(dino_config).save_pretrained(root / "dinov3")
-    if not full_size:
-        return root / "dinov3", build_t5(root / "t5", layers=layers, d_ff=ffn)
-    tokenizer = t5_tokenizer()
-    t5_config = T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16,
-                         feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    T5EncoderModel(t5_config).save_pretrained(root / "t5")
-    tokenizer.save_pretrained(root / "t5")
-    return root / "dinov3", root / "t5"
+    dinov3 = build_dinov3(root / "dinov3", layers=layers, intermediate_size=ffn, layerscale_value=DINOV3_LAYERSCALE)
+    t5 = build_t5(root / "t5", layers=layers, d_ff=ffn, vocab_size=T5_LARGE_VOCAB if full_size else None)
+    return dinov3, t5
 
 
 def make_inputs(root: Path, images: int, captions: int) -> tuple[Path, Path]:

@@ -198,32 +198,19 @@ def make_captions(folder: Path, n: int, workers: int) -> tuple[list[SourceImage]
 # ---------------------------------------------------------------------- models
 def build_dinov3(folder: Path, smoke: bool) -> Path:
     """DINOv3 ViT-L/16 with the values of facebook/dinov3-vitl16-pretrain-lvd1689m's config.json."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    from stratum_testing import transformers_models
 
-    config = DINOv3ViTConfig(hidden_size=1024, intermediate_size=256 if smoke else 4096,
-                             num_hidden_layers=0 if smoke else 24, num_attention_heads=16, patch_size=16,
-                             num_register_tokens=4, layerscale_value=1e-5, rope_theta=100.0, image_size=224,
-                             query_bias=True, key_bias=False, value_bias=True, proj_bias=True, mlp_bias=True,
-                             use_gated_mlp=False, hidden_act="gelu", layer_norm_eps=1e-5, pos_embed_rescale=2.0)
-    torch.manual_seed(0)
-    DINOv3ViTModel(config).save_pretrained(folder)
-    return folder
+    return transformers_models.build_dinov3(folder, layers=0 if smoke else 24,
+                                            intermediate_size=256 if smoke else 4096,
+                                            layerscale_value=transformers_models.DINOV3_LAYERSCALE)
 
 
 def build_t5(folder: Path, smoke: bool) -> Path:
     """The T5-large encoder (google-t5/t5-large's config values) and a small T5 tokenizer."""
-    from transformers import T5Config, T5EncoderModel
+    from stratum_testing import transformers_models
 
-    from stratum_testing.transformers_models import t5_tokenizer
-
-    tokenizer = t5_tokenizer()
-    config = T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=256 if smoke else 4096,
-                      num_layers=1 if smoke else 24, num_heads=16, relative_attention_num_buckets=32,
-                      feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    torch.manual_seed(0)
-    T5EncoderModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return transformers_models.build_t5(folder, layers=1 if smoke else 24, d_ff=256 if smoke else 4096,
+                                        vocab_size=transformers_models.T5_LARGE_VOCAB)
 
 
 def build_sapiens(model_dir: Path, smoke: bool, device: str) -> float:

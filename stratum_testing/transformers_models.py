@@ -12,6 +12,8 @@ from pathlib import Path
 HIDDEN_SIZE = 1024  # the real output width of both models
 DINOV3_REGISTERS = 4
 DINOV3_PATCH = 16
+DINOV3_LAYERSCALE = 1e-5  # facebook/dinov3-vitl16-pretrain-lvd1689m's; the smoke default 1.0 keeps outputs far from 0
+T5_LARGE_VOCAB = 32128  # google-t5/t5-large's embedding rows (the smoke tokenizer has far fewer words)
 
 # A tiny word list for the tokenizer: enough that captions split into several tokens.
 _WORDS = ("a the of and with in on to is person man woman standing sitting wearing shirt jacket "
@@ -19,14 +21,21 @@ _WORDS = ("a the of and with in on to is person man woman standing sitting weari
           "photo camera angle from above below frame soft hard shadow").split()
 
 
-def build_dinov3(folder: Path, *, layers: int = 1, intermediate_size: int = 1024, seed: int = 0) -> Path:
-    """A DINOv3 ViT with hidden size 1024, 4 registers and patch 16; returns `folder`."""
+def build_dinov3(folder: Path, *, layers: int = 1, intermediate_size: int = 1024, layerscale_value: float = 1.0,
+                 seed: int = 0) -> Path:
+    """A DINOv3 ViT with the real ViT-L/16 config's values (hidden size 1024, 16 heads, 4 registers, patch 16,
+    RoPE, biases), `layers` deep; returns `folder`. The benches build the full model with 24 layers, 4096
+    and DINOV3_LAYERSCALE."""
     import torch
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
+    # Values pinned, not left to defaults: the GPU host runs another transformers release.
     config = DINOv3ViTConfig(hidden_size=HIDDEN_SIZE, intermediate_size=intermediate_size,
                              num_hidden_layers=layers, num_attention_heads=16, patch_size=DINOV3_PATCH,
-                             num_register_tokens=DINOV3_REGISTERS, layerscale_value=1.0)
+                             num_register_tokens=DINOV3_REGISTERS, layerscale_value=layerscale_value,
+                             rope_theta=100.0, image_size=224, query_bias=True, key_bias=False, value_bias=True,
+                             proj_bias=True, mlp_bias=True, use_gated_mlp=False, hidden_act="gelu",
+                             layer_norm_eps=1e-5, pos_embed_rescale=2.0)
     torch.manual_seed(seed)
     model = DINOv3ViTModel(config).eval()
     folder = Path(folder)
@@ -46,9 +55,10 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=100, model_max_length=512)
 
 
-def build_t5(folder: Path, *, layers: int = 1, d_ff: int = 1024, seed: int = 0,
+def build_t5(folder: Path, *, layers: int = 1, d_ff: int = 1024, vocab_size: int | None = None, seed: int = 0,
              with_tokenizer_config: bool = True) -> Path:
-    """A T5 encoder with d_model 1024 plus its tokenizer; returns `folder`.
+    """A T5 encoder with d_model 1024 plus its tokenizer; returns `folder`. The benches build the T5-large
+    encoder with 24 layers, d_ff 4096 and T5_LARGE_VOCAB rows (default: the smoke tokenizer's size).
 
     `with_tokenizer_config=False` leaves out tokenizer_config.json, like the real
     google-t5/t5-large repo (the tokenizer class then comes from config.json).
@@ -57,9 +67,9 @@ def build_t5(folder: Path, *, layers: int = 1, d_ff: int = 1024, seed: int = 0,
     from transformers import T5Config, T5EncoderModel
 
     tokenizer = t5_tokenizer()
-    config = T5Config(vocab_size=len(tokenizer), d_model=HIDDEN_SIZE, d_kv=64, d_ff=d_ff, num_layers=layers,
-                      num_heads=16, feed_forward_proj="relu", pad_token_id=0, eos_token_id=1,
-                      decoder_start_token_id=0)
+    config = T5Config(vocab_size=vocab_size or len(tokenizer), d_model=HIDDEN_SIZE, d_kv=64, d_ff=d_ff,
+                      num_layers=layers, num_heads=16, relative_attention_num_buckets=32, feed_forward_proj="relu",
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     torch.manual_seed(seed)
     model = T5EncoderModel(config).eval()
     folder = Path(folder)
