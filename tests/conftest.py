@@ -38,6 +38,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def sapiens_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A $STRATUM_MODEL_DIR of the Sapiens smoke models (seg, depth, normal TorchScript), built once per run.
+    Shared: a test that changes files in it works on a copy."""
+    from stratum_testing.sapiens_models import build_sapiens_models
+
+    folder = tmp_path_factory.mktemp("sapiens-models")
+    build_sapiens_models(folder)
+    return folder
+
+
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch):
     """A running fake Hub (tests/core/publish, tests/dagster); huggingface_hub leaves the suite's offline mode for it."""

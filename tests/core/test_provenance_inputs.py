@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +28,14 @@ def mtimes(output: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A $STRATUM_MODEL_DIR with the T5 and Sapiens smoke models."""
+def model_dir(sapiens_model_dir, tmp_path_factory) -> Path:
+    """A $STRATUM_MODEL_DIR with the Sapiens smoke models (a copy: the T5 smoke model is added to it)."""
     from stratum_core.passes.t5 import T5Pass
-    from stratum_testing.sapiens_models import build_sapiens_models
     from stratum_testing.transformers_models import build_t5
 
-    root = tmp_path_factory.mktemp("models")
+    root = tmp_path_factory.mktemp("models") / "models"
+    shutil.copytree(sapiens_model_dir, root)
     build_t5(root / T5Pass.model.hub_id)
-    build_sapiens_models(root)
     return root
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,11 @@ from stratum_core.models import resolve_model
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A $STRATUM_MODEL_DIR of Sapiens smoke models (TorchScript files, no Hub metadata)."""
-    from stratum_testing.sapiens_models import build_sapiens_models
-
-    root = tmp_path_factory.mktemp("models")
-    build_sapiens_models(root)
+def model_dir(sapiens_model_dir, tmp_path_factory) -> Path:
+    """A copy of the Sapiens smoke models (TorchScript files, no Hub metadata): these tests touch and rewrite
+    the weight files."""
+    root = tmp_path_factory.mktemp("models") / "models"
+    shutil.copytree(sapiens_model_dir, root)
     return root
 
 

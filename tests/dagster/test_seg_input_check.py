@@ -14,22 +14,13 @@ from tests.dagster.helpers import materialize, register, run_job, stratum_resour
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from stratum_testing.sapiens_models import build_sapiens_models
-
-    folder = tmp_path_factory.mktemp("models")
-    build_sapiens_models(folder)
-    return folder
-
-
 @pytest.fixture
-def segmented(tmp_path: Path, instance, model_dir):
+def segmented(tmp_path: Path, instance, sapiens_model_dir):
     """A shard of two images whose seg.npy is written (depth and normal not yet)."""
     src, out = tmp_path / "in", tmp_path / "out"
     write_tree(src, ["people/a.png", "people/b.png"])
     [key] = register(src, out, instance, "people")
-    stratum = stratum_resource(src, out, model_dir=str(model_dir))
+    stratum = stratum_resource(src, out, model_dir=str(sapiens_model_dir))
     assert materialize(["seg"], key, instance, stratum).success
     return out, key, stratum
 

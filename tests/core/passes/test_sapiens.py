@@ -55,10 +55,8 @@ def write_images(folder: Path, buckets=(SQUARE, TALL)) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    build_sapiens_models(folder)
-    return folder
+def model_dir(sapiens_model_dir) -> Path:
+    return sapiens_model_dir
 
 
 @pytest.fixture(scope="module")
