@@ -234,21 +234,14 @@ def _read_path(path: str) -> bytes | None:
     except OSError:
         return None
     try:
-        data = os.read(fd, 1 << 16)
-        while len(data) % (1 << 16) == 0 and (more := os.read(fd, 1 << 16)):
-            data += more
+        data = os.read(fd, 1 << 16)  # a record is well under 64 KiB: one read
+        if len(data) == 1 << 16:
+            data += b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
         return data
     except OSError:
         return None
     finally:
         os.close(fd)
-
-
-def _read_rest(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 16):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse_record(data: bytes | None) -> dict | None:
@@ -723,16 +716,7 @@ class ProvenanceStatus:
             return
         if directory is None:
             directory = store._image_dir_str(image_id)
-        try:  # (inlined _read_path: this runs once per image)
-            fd = os.open(f"{directory}/{RECORD_NAME}", os.O_RDONLY)
-            try:
-                data = os.read(fd, 1 << 16)
-                if len(data) == 1 << 16:
-                    data += _read_rest(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            data = b""
+        data = _read_path(f"{directory}/{RECORD_NAME}") or b""
         try:
             stale, unknown, changed = _fast_verdict(data, frozenset(names), self._current, self._ids, self._passes,
                                                     self._verdicts, directory)
@@ -742,14 +726,12 @@ class ProvenanceStatus:
             self.sources_changed += 1
         elif changed is None and data and data[2:5] != b" - ":  # a fingerprint whose source is gone
             self.sources_missing += 1
-        if unknown:
-            for name in unknown:
-                self.unknown[name] += 1
-        if stale:
-            for name, reason in stale.items():
-                self.stale[name][reason] += 1
-                if len(self.stale_images[name]) < self.MAX_LISTED:
-                    self.stale_images[name].append(image_id)
+        for name in unknown:
+            self.unknown[name] += 1
+        for name, reason in stale.items():
+            self.stale[name][reason] += 1
+            if len(self.stale_images[name]) < self.MAX_LISTED:
+                self.stale_images[name].append(image_id)
 
     def to_dict(self) -> dict:
         return {"stale": {p: dict(c) for p, c in self.stale.items()},
