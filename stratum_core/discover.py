@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 
 from stratum_core.artifacts import BY_FILENAME
 from stratum_core.errors import ConfigError
+from stratum_core.store import FAILURE_PREFIX
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 # Image formats people keep next to their photos that stratum does not take: reported, never silently
@@ -304,7 +305,6 @@ def _own_file_names() -> frozenset[str]:
     provenance record."""
     from stratum_core.artifacts import pass_names
     from stratum_core.provenance import RECORD_NAME
-    from stratum_core.store import FAILURE_PREFIX
 
     return frozenset(BY_FILENAME) | {f"{FAILURE_PREFIX}{p}.json" for p in pass_names()} | {RECORD_NAME}
 
@@ -351,7 +351,7 @@ def iter_image_dirs(output_dir: Path) -> Iterator[tuple[str, set[str]]]:
 
 
 def _is_image_dir(names: set[str]) -> bool:
-    return not names.isdisjoint(BY_FILENAME) or any(n.startswith(".failed-") for n in names)
+    return not names.isdisjoint(BY_FILENAME) or any(n.startswith(FAILURE_PREFIX) for n in names)
 
 
 _OWN_FILE_NAMES = _own_file_names()

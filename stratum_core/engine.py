@@ -39,7 +39,6 @@ _STOP = object()
 DEFAULT_CPU_GROUP = 8
 DEFAULT_GPU_GROUP = 32
 MAX_AUTO_GROUP = 64  # a pass's own batch choice may grow the groups up to this (64 crops ≈ 200 MB)
-# A full disk, a full quota, a read-only filesystem: no later write can succeed either.
 
 
 class _Dropped(Exception):
