@@ -40,13 +40,13 @@ def build(root: Path, n: int, artifacts: str = "all") -> None:
     from stratum_core import provenance
     from stratum_core.passes import REGISTRY, build_passes
     from stratum_core.passes.base import PassOptions
+    from stratum_core.store import Store
 
     passes = build_passes(REGISTRY if artifacts == "all" else ("metadata", "pixel"), PassOptions())
     keys = {p.name: provenance.pass_key(p) for p in passes}
-    provenance.write_current(root / "out" / ".stratum", keys)
+    store = Store(root / "out")
+    provenance.write_current(store.state_dir, keys)
     filenames = [a.filename for p in passes for a in p.artifacts if a.filename != "metadata.json"]
-    reads = {p.name: {a.filename: a.pass_name for p2 in passes for a in p2.artifacts if a.name in p.reads}
-             for p in passes}
     empty_sha = hashlib.sha256(b"").hexdigest()
 
     for i in range(n):
@@ -67,19 +67,15 @@ def build(root: Path, n: int, artifacts: str = "all") -> None:
                        "sha256": empty_sha}
         stamps = {p: f"{i:012x}{k:04x}" for k, p in enumerate(keys)}
         entries = {}
-        for p, key in keys.items():
-            entry = {"key": key, "stamp": stamps[p], "source_sha256": empty_sha,
-                     "inputs": {up: stamps[up] for up in set(reads[p].values())}}
-            if reads[p]:
-                entry["input_files"] = {f: list(_stamp(image_dir / f)) for f in reads[p]}
-            entries[p] = entry
+        for p in passes:
+            entry = {"key": keys[p.name], "stamp": stamps[p.name], "source_sha256": empty_sha,
+                     "inputs": {up: stamps[up] for up in provenance.upstream_of(p)}}
+            input_files = provenance._input_files(store, f"{folder}/{name}", p)  # as the writer records them
+            if input_files:
+                entry["input_files"] = input_files
+            entries[p.name] = entry
         (image_dir / provenance.RECORD_NAME).write_bytes(provenance.encode_record(
             {"format": provenance.FORMAT, "source": fingerprint, "passes": entries}))
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
 
 
 def bare_walk(*trees: Path) -> int:
